@@ -1,0 +1,43 @@
+# terraseg: `make demo` and `make test` do all set-up themselves on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.terraseg-installed
+# torch/torchvision are pinned to the releases that lie on this machine's disk
+# (pip takes them from there, offline and fast). Override on other machines:
+#   make install TORCH_SPEC="torch torchvision"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+DEMO_DIR ?= demo-out
+DEMO_SIZE ?= 2048
+
+.PHONY: install test test-slow demo lint typecheck bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[dev,notebooks]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/terraseg synth $(DEMO_DIR)/city.tif --size-px $(DEMO_SIZE) --seed 0 --overwrite
+	$(BIN)/terraseg predict $(DEMO_DIR)/city.tif --out $(DEMO_DIR)/run --overwrite
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python benchmarks/throughput.py --size-px 4096 --model cheap
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis

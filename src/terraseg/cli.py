@@ -1,0 +1,92 @@
+"""Command-line interface (typer). Thin: parse options, call one library function.
+
+Any :class:`~terraseg.errors.TerrasegError` is printed as one line,
+``terraseg: error: <message>``, on stderr, with exit status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from terraseg import __version__
+from terraseg.errors import TerrasegError
+
+app = typer.Typer(
+    name="terraseg",
+    help="Segment huge GeoTIFFs into georeferenced building and road polygons.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"terraseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output GeoTIFF path (truth files go beside it).")],
+    size_px: Annotated[int, typer.Option("--size-px", help="Scene width and height in pixels.")] = 4096,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same city.")] = 0,
+    gsd_m: Annotated[float, typer.Option("--gsd-m", help="Ground sample distance, metres/pixel.")] = 0.5,
+    crs: Annotated[str, typer.Option(help="Projected CRS of the scene (e.g. EPSG:32633).")] = "EPSG:32633",
+    bands: Annotated[int, typer.Option(help="3 (RGB) or 4 (RGB + NIR).")] = 3,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Generate a synthetic georeferenced city scene with building and road truth."""
+    from terraseg.progress import progress_callback
+    from terraseg.synthetic import make_city
+
+    with progress_callback("synth", unit="window") as cb:
+        city = make_city(
+            out, size_px=size_px, seed=seed, gsd_m=gsd_m, crs=crs, bands=bands,
+            overwrite=overwrite, progress=cb,
+        )
+    typer.echo(city.describe())
+
+
+def main() -> None:
+    """Entry point of the ``terraseg`` console script."""
+    try:
+        app(standalone_mode=False)
+    except TerrasegError as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"terraseg: error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("terraseg: aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,238 @@
+"""Batched, device-aware prediction of model tiles.
+
+Any :class:`torch.nn.Module` mapping ``(B, C, H, W)`` float tensors to
+``(B, K, H, W)`` logits can be used. :class:`TilePredictor` owns device
+placement, batching, mixed precision (on CUDA only), ``channels_last`` and
+pinned host buffers; it knows nothing about files or geometry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from terraseg.errors import ConfigError
+
+__all__ = [
+    "Activation",
+    "AmpMode",
+    "TilePredictor",
+    "resolve_amp",
+    "select_device",
+]
+
+log = logging.getLogger(__name__)
+
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+Activation = Literal["softmax", "sigmoid", "identity"]
+
+
+def select_device(device: str | torch.device = "auto") -> torch.device:
+    """Resolve ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"`` to a :class:`torch.device`.
+
+    ``"auto"`` picks CUDA when available, else CPU. Asking for a CUDA device
+    that is absent raises :class:`~terraseg.errors.ConfigError` rather than
+    silently running on the CPU.
+
+    Examples
+    --------
+    >>> select_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        return device
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"unknown device '{device}'; use auto, cpu, cuda or cuda:N", device=device
+        ) from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device '{device}' requested but CUDA is not available; use --device cpu or auto",
+                device=device,
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device '{device}' does not exist ({torch.cuda.device_count()} CUDA devices); "
+                "pick an index below that",
+                device=device,
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device '{device}' is not available; use cpu or auto", device=device)
+    elif dev.type not in {"cpu", "cuda", "mps"}:
+        raise ConfigError(f"unsupported device '{device}'; use auto, cpu or cuda[:N]", device=device)
+    return dev
+
+
+def resolve_amp(amp: AmpMode, device: torch.device) -> torch.dtype | None:
+    """Return the autocast dtype for ``amp`` on ``device``, or ``None`` for full precision.
+
+    Mixed precision is used on CUDA only: on the CPU, autocast slows most
+    convolution models down and changes results, so ``"auto"`` means off there
+    and an explicit request is refused.
+
+    Examples
+    --------
+    >>> resolve_amp("auto", torch.device("cpu")) is None
+    True
+    """
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp == "auto":
+            return None
+        raise ConfigError(
+            f"amp='{amp}' needs a CUDA device but the device is '{device}'; use amp='off' or 'auto'",
+            amp=amp,
+        )
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+class TilePredictor:
+    """Run a segmentation model over batches of tiles.
+
+    Parameters
+    ----------
+    model
+        A module, or a zero-argument factory returning one (so a Dask worker
+        can build its own copy). Set to eval mode and moved to ``device``.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    batch_size
+        Tiles per forward pass.
+    amp
+        Mixed precision on CUDA: ``"auto"`` (bf16 where supported, else fp16),
+        ``"bf16"``, ``"fp16"`` or ``"off"``. Always off on the CPU.
+    channels_last
+        Use the channels-last memory format; ``None`` means on CUDA only,
+        where convolutions gain from it.
+    activation
+        How logits become per-class scores to blend: ``"softmax"`` over the
+        class axis, ``"sigmoid"`` per channel, or ``"identity"``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable[[], nn.Module],
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = 8,
+        amp: AmpMode = "auto",
+        channels_last: bool | None = None,
+        activation: Activation = "softmax",
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}", batch_size=batch_size)
+        self.device = select_device(device)
+        self.batch_size = batch_size
+        self.amp_dtype = resolve_amp(amp, self.device)
+        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        self.activation: Activation = activation
+        module = model if isinstance(model, nn.Module) else model()
+        module = module.eval().to(self.device)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.model = module
+        self._pin = self.device.type == "cuda"
+
+    def __repr__(self) -> str:
+        return (
+            f"TilePredictor({type(self.model).__name__}, device={self.device}, "
+            f"batch_size={self.batch_size}, amp={self.amp_dtype}, channels_last={self.channels_last})"
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self._pin:
+            tensor = tensor.pin_memory()
+        tensor = tensor.to(self.device, non_blocking=self._pin)
+        if self.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.activation == "softmax":
+            return torch.softmax(logits, dim=1)
+        if self.activation == "sigmoid":
+            return torch.sigmoid(logits)
+        return logits
+
+    def iter_batches(self, tiles: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, scores)`` for consecutive batches of ``tiles`` ``(N, C, H, W)``.
+
+        ``scores`` is float32 ``(b, K, H, W)`` on the host.
+        """
+        if tiles.ndim != 4:
+            raise ValueError(f"tiles must be (N, C, H, W), got shape {tiles.shape}")
+        with torch.inference_mode(), self._autocast():
+            for start in range(0, tiles.shape[0], self.batch_size):
+                x = self._to_device(tiles[start : start + self.batch_size])
+                scores = self._activate(self._forward(x))
+                yield start, scores.cpu().numpy()
+
+    def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Yield float32 ``(b, K, H, W)`` scores for each ``(b, C, H, W)`` batch, in order.
+
+        On CUDA the next batch is queued on the device before the previous
+        result is copied back, so host-side work on batch *n* (blending)
+        overlaps the forward pass of batch *n + 1*.
+        """
+        pending: tuple[torch.Tensor, torch.cuda.Event] | None = None
+        with torch.inference_mode(), self._autocast():
+            for batch in batches:
+                x = self._to_device(batch)
+                scores = self._activate(self._forward(x))
+                if self.device.type != "cuda":
+                    yield scores.numpy()
+                    continue
+                host = scores.to("cpu", non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+                if pending is not None:
+                    pending[1].synchronize()  # waits for the previous copy only
+                    yield pending[0].numpy()
+                pending = (host, done)
+            if pending is not None:
+                pending[1].synchronize()
+                yield pending[0].numpy()
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        if isinstance(out, dict):  # torchvision-style {"out": logits}
+            out = out["out"]
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != x.shape[0] or (
+            out.shape[-2:] != x.shape[-2:]
+        ):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ConfigError(
+                f"model returned {shape} for input {tuple(x.shape)}; "
+                "expected (B, K, H, W) logits at the input resolution",
+                shape=shape,
+            )
+        return out
+
+    def predict(self, tiles: np.ndarray) -> np.ndarray:
+        """Scores for all ``tiles`` ``(N, C, H, W)`` as float32 ``(N, K, H, W)``."""
+        parts = [scores for _, scores in self.iter_batches(tiles)]
+        return np.concatenate(parts, axis=0)

@@ -1,0 +1,117 @@
+"""What a model expects and produces: input bands and normalisation, classes and colours.
+
+These pydantic models are the code side of a model card; the orchestration
+layer unpacks them into plain keyword arguments for the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["ClassInfo", "InputSpec", "ModelSpec", "DEFAULT_CLASSES"]
+
+
+class ClassInfo(BaseModel):
+    """One output class."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int = Field(ge=0, le=254, description="Class value in the label raster (255 is nodata).")
+    name: str = Field(min_length=1, description="Class name, e.g. 'building'.")
+    color: tuple[int, int, int] = Field(description="RGB colour, 0-255 each, for maps and QGIS.")
+
+
+DEFAULT_CLASSES: tuple[ClassInfo, ...] = (
+    ClassInfo(id=0, name="background", color=(0, 0, 0)),
+    ClassInfo(id=1, name="building", color=(230, 57, 70)),
+    ClassInfo(id=2, name="road", color=(255, 209, 102)),
+)
+
+
+class InputSpec(BaseModel):
+    """Which scene bands a model reads, in which order, and how they are scaled.
+
+    Statistics for ``meanstd``/``percentile``/``minmax`` normalisation are either
+    given here (training statistics) or computed once per scene from a decimated
+    read, never per tile.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bands: tuple[int, ...] = Field(
+        default=(1, 2, 3),
+        description="1-based scene bands in model order; repeat a band to feed a "
+        "panchromatic scene to an RGB model, e.g. [1, 1, 1].",
+    )
+    normalization: Literal["scale", "meanstd", "minmax", "percentile"] = Field(
+        default="scale", description="How raw values become model inputs."
+    )
+    scale: float = Field(default=255.0, gt=0, description="Divisor for 'scale' normalisation.")
+    mean: tuple[float, ...] | None = Field(
+        default=None, description="Per-band mean for 'meanstd' (after 'scale' is NOT applied)."
+    )
+    std: tuple[float, ...] | None = Field(default=None, description="Per-band std for 'meanstd'.")
+
+    @model_validator(mode="after")
+    def _check(self) -> InputSpec:
+        if not self.bands or min(self.bands) < 1:
+            raise ValueError(f"bands must be 1-based band numbers, got {list(self.bands)}")
+        for name in ("mean", "std"):
+            vals = getattr(self, name)
+            if vals is not None and len(vals) != len(self.bands):
+                raise ValueError(
+                    f"{name} has {len(vals)} values but bands has {len(self.bands)}"
+                )
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError("std values must be > 0")
+        return self
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.bands)
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """Normalise ``array`` ``(band, y, x)`` (already band-selected) to float32 in place-ish."""
+        out = array.astype(np.float32, copy=True)
+        if self.normalization == "scale":
+            out /= np.float32(self.scale)
+        elif self.normalization == "meanstd" and self.mean is not None and self.std is not None:
+            mean = np.asarray(self.mean, np.float32)[:, None, None]
+            std = np.asarray(self.std, np.float32)[:, None, None]
+            out -= mean
+            out /= std
+        else:
+            raise ValueError(
+                f"normalization '{self.normalization}' needs scene statistics; "
+                "use terraseg.scene.compute_band_stats and pass them as mean/std"
+            )
+        return out
+
+
+class ModelSpec(BaseModel):
+    """The parts of a model card the engine needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Model name.")
+    task: Literal["semantic", "instance"] = Field(default="semantic", description="Model task.")
+    input: InputSpec = Field(default_factory=InputSpec, description="Input bands and scaling.")
+    classes: tuple[ClassInfo, ...] = Field(default=DEFAULT_CLASSES, description="Output classes.")
+    activation: Literal["softmax", "sigmoid", "identity"] = Field(
+        default="softmax", description="How logits become blendable scores."
+    )
+    tile_px: int = Field(default=512, gt=0, description="Recommended tile size, pixels.")
+    overlap_px: int = Field(default=64, ge=0, description="Recommended tile overlap, pixels.")
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def class_names(self) -> dict[int, str]:
+        return {c.id: c.name for c in self.classes}
+
+    def colormap(self) -> dict[int, tuple[int, int, int]]:
+        return {c.id: c.color for c in self.classes}

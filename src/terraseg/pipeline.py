@@ -1,0 +1,436 @@
+"""The stages of one chunk and of one scene, composed; no Dask here.
+
+One chunk: read its window once (with mask), normalise, batch its lattice
+tiles, predict, blend into a chunk accumulator, and split that into the
+*interior* (final: no other chunk's tile reaches it) and small *pieces* (the
+strips shared with neighbour chunks). One scene: run the chunks in order with
+the next chunk's read prefetched, write interiors as soon as they are done,
+and finish each chunk's seams once its neighbours are done. Every lattice tile
+is predicted exactly once, and the result does not depend on the chunk size.
+
+A notebook can call :func:`predict_chunk` on one chunk with no cluster;
+:mod:`terraseg.distributed` schedules the same functions on Dask.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import logging
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from terraseg import __version__
+from terraseg._io import atomic_output, check_writable_dir
+from terraseg.errors import BandError, OutputExistsError
+from terraseg.grid import Chunk, ChunkGrid, PixelWindow
+from terraseg.inference import TilePredictor
+from terraseg.models.spec import ModelSpec
+from terraseg.rasterio_out import RasterSink
+from terraseg.scene import Scene, open_scene
+from terraseg.stitch import (
+    accumulate_tile,
+    assemble,
+    normalize,
+    quantize_probs,
+    seam_windows,
+    split_accumulator,
+    tile_weights,
+    to_labels,
+)
+
+__all__ = [
+    "ChunkInput",
+    "ChunkResult",
+    "PredictResult",
+    "finish_seams",
+    "plan_scene",
+    "predict_chunk",
+    "predict_scene",
+    "read_chunk",
+]
+
+log = logging.getLogger(__name__)
+
+NODATA = 255
+Ramp = Literal["cosine", "linear", "none"]
+STAGES = ("read", "normalize", "infer", "blend", "write")
+
+
+@dataclass(slots=True)
+class ChunkInput:
+    """A chunk's normalised input: ``x`` ``(band, y, x)`` float32 over its read window."""
+
+    chunk: Chunk
+    x: np.ndarray
+    valid: np.ndarray
+    seconds: dict[str, float]
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """What one chunk contributes to the scene.
+
+    ``interior`` is the chunk accumulator ``(K + 1, h, w)`` over
+    ``chunk.interior`` (``None`` when the chunk was skipped as all-nodata);
+    ``pieces`` are the accumulator strips outside the interior, in scene pixel
+    windows, to be summed with the neighbours' pieces; ``seam_valid`` holds the
+    input validity mask of each of the chunk's seam windows.
+    """
+
+    chunk: Chunk
+    interior: np.ndarray | None
+    interior_valid: np.ndarray
+    pieces: list[tuple[PixelWindow, np.ndarray]]
+    seam_valid: list[tuple[PixelWindow, np.ndarray]]
+    n_tiles: int
+    n_tiles_run: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> bool:
+        return self.interior is None
+
+
+def plan_scene(
+    scene: Scene, *, tile_px: int = 512, overlap_px: int = 64, chunk_px: int = 4096
+) -> ChunkGrid:
+    """The chunk grid and global tile lattice for ``scene`` (pure geometry, reads no pixel)."""
+    return ChunkGrid.from_shape(
+        scene.shape, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px
+    )
+
+
+def check_bands(scene: Scene, spec: ModelSpec) -> None:
+    """Raise :class:`BandError` unless ``scene`` has every band ``spec`` reads."""
+    need = max(spec.input.bands)
+    if need > scene.count:
+        raise BandError(
+            f"model '{spec.name}' reads bands {list(spec.input.bands)} but scene "
+            f"'{scene.path}' has {scene.count} band(s); choose a scene with {need}+ bands or "
+            "set the model's input bands (e.g. [1, 1, 1] for a one-band scene)",
+            path=scene.path,
+            bands=spec.input.bands,
+            count=scene.count,
+        )
+
+
+def read_chunk(scene: Scene, chunk: Chunk, spec: ModelSpec, *, pad: str = "reflect") -> ChunkInput:
+    """Read ``chunk.read_window`` once (boundless, with mask) and normalise it."""
+    t0 = time.perf_counter()
+    raw, valid, _ = scene.read_window_with_mask(
+        chunk.read_window, bands=list(spec.input.bands), pad=pad  # type: ignore[arg-type]
+    )
+    t1 = time.perf_counter()
+    x = spec.input.apply(raw) if valid.any() else np.empty((0, 0, 0), np.float32)
+    t2 = time.perf_counter()
+    return ChunkInput(chunk, x, valid, {"read": t1 - t0, "normalize": t2 - t1})
+
+
+def _tile_batches(
+    inp: ChunkInput, tiles: Sequence[tuple[tuple[int, int], PixelWindow]], batch_size: int
+) -> Iterator[np.ndarray]:
+    origin = inp.chunk.read_window
+    for start in range(0, len(tiles), batch_size):
+        group = tiles[start : start + batch_size]
+        yield np.stack(
+            [
+                inp.x[:, w.row_off - origin.row_off : w.row_stop - origin.row_off,
+                      w.col_off - origin.col_off : w.col_stop - origin.col_off]
+                for _, w in group
+            ]
+        )
+
+
+def predict_chunk(
+    inp: ChunkInput,
+    grid: ChunkGrid,
+    predictor: TilePredictor,
+    *,
+    ramp: Ramp = "cosine",
+) -> ChunkResult:
+    """Predict every lattice tile of one chunk and blend them into its accumulator.
+
+    Tiles whose input is entirely nodata are not run; a chunk whose input is
+    entirely nodata runs no model at all.
+    """
+    chunk = inp.chunk
+    seconds = dict(inp.seconds)
+    origin = chunk.read_window
+    core = chunk.core
+    core_valid = inp.valid[
+        core.row_off - origin.row_off : core.row_stop - origin.row_off,
+        core.col_off - origin.col_off : core.col_stop - origin.col_off,
+    ]
+    seams = [(w, core_valid[_rel(w, core)]) for w in seam_windows(chunk)]
+    interior_valid = core_valid[_rel(chunk.interior, core)]
+    all_tiles = chunk.tiles()
+    run = [
+        (tid, w)
+        for tid, w in all_tiles
+        if inp.valid[
+            max(w.row_off - origin.row_off, 0) : w.row_stop - origin.row_off,
+            max(w.col_off - origin.col_off, 0) : w.col_stop - origin.col_off,
+        ].any()
+    ]
+    if not run:
+        seconds.update(infer=0.0, blend=0.0)
+        return ChunkResult(chunk, None, interior_valid, [], seams, len(all_tiles), 0, seconds)
+
+    extent = chunk.extent
+    acc: np.ndarray | None = None
+    infer_s = blend_s = 0.0
+    t = time.perf_counter()
+    done = 0
+    for scores in predictor.predict_stream(_tile_batches(inp, run, predictor.batch_size)):
+        t1 = time.perf_counter()
+        infer_s += t1 - t
+        if acc is None:
+            acc = np.zeros((scores.shape[1] + 1, extent.height, extent.width), np.float32)
+        for k in range(scores.shape[0]):
+            tid, w = run[done + k]
+            accumulate_tile(acc, extent, w, scores[k], grid.tile_weights(tid, ramp=ramp))
+        done += scores.shape[0]
+        t = time.perf_counter()
+        blend_s += t - t1
+    assert acc is not None  # at least one tile ran
+    interior, pieces = split_accumulator(acc, chunk)
+    interior = interior.copy()  # drop the reference to the full accumulator
+    seconds.update(infer=infer_s, blend=blend_s)
+    return ChunkResult(chunk, interior, interior_valid, pieces, seams, len(all_tiles), len(run), seconds)
+
+
+def _rel(window: PixelWindow, frame: PixelWindow) -> tuple[slice, slice]:
+    """Slices of ``window`` inside an array that covers ``frame``."""
+    return (
+        slice(window.row_off - frame.row_off, window.row_stop - frame.row_off),
+        slice(window.col_off - frame.col_off, window.col_stop - frame.col_off),
+    )
+
+
+def finish_seams(
+    result: ChunkResult, neighbour_pieces: Sequence[Sequence[tuple[PixelWindow, np.ndarray]]],
+    n_channels: int,
+) -> list[tuple[PixelWindow, np.ndarray, np.ndarray]]:
+    """Sum the chunk's and its neighbours' pieces over each seam window.
+
+    Returns ``(window, accumulator, valid)`` per seam window.
+    """
+    pieces = [p for group in neighbour_pieces for p in group] + list(result.pieces)
+    out = []
+    for window, valid in result.seam_valid:
+        out.append((window, assemble(window, pieces, n_channels), valid))
+    return out
+
+
+@dataclass(slots=True)
+class PredictResult:
+    """What :func:`predict_scene` wrote and measured."""
+
+    out_dir: Path
+    classes_path: Path
+    probabilities_path: Path | None
+    run_json: Path
+    stats: dict[str, Any]
+
+
+class _SceneWriter:
+    """Writes finished chunk regions to the class (and probability) sinks."""
+
+    def __init__(self, classes: RasterSink, probs: RasterSink | None) -> None:
+        self.classes = classes
+        self.probs = probs
+        self.seconds = 0.0
+
+    def write(self, window: PixelWindow, acc: np.ndarray | None, valid: np.ndarray) -> None:
+        if window.height == 0 or window.width == 0:
+            return
+        t0 = time.perf_counter()
+        if acc is None:
+            self.classes.write(window, np.full((1, *window.shape), NODATA, np.uint8))
+            if self.probs is not None:
+                n = self.probs.count
+                self.probs.write(window, np.full((n, *window.shape), NODATA, np.uint8))
+        else:
+            probs, weighted = normalize(acc)
+            ok = valid & weighted
+            self.classes.write(window, to_labels(probs, ok, nodata=NODATA)[None])
+            if self.probs is not None:
+                self.probs.write(window, quantize_probs(probs, ok, nodata=NODATA))
+        self.seconds += time.perf_counter() - t0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def predict_scene(
+    scene: Scene | str | os.PathLike[str],
+    predictor: TilePredictor,
+    spec: ModelSpec,
+    out_dir: str | os.PathLike[str],
+    *,
+    tile_px: int = 512,
+    overlap_px: int = 64,
+    chunk_px: int = 4096,
+    ramp: Ramp = "cosine",
+    pad: Literal["reflect", "nodata"] = "reflect",
+    write_probabilities: bool = False,
+    overwrite: bool = False,
+    prefetch: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    config: dict[str, Any] | None = None,
+) -> PredictResult:
+    """Predict a whole scene chunk by chunk and write ``classes.tif`` (COG) and ``run.json``.
+
+    Peak memory depends on ``chunk_px`` and the model, not on the scene size:
+    interiors are written as soon as a chunk is done, and only the thin strips
+    shared with neighbour chunks wait for those neighbours.
+
+    Parameters
+    ----------
+    scene
+        An open :class:`~terraseg.scene.Scene` or a path GDAL can read.
+    predictor
+        Runs the model on batches of tiles.
+    spec
+        Input bands/normalisation and classes of the model.
+    out_dir
+        Output folder: ``classes.tif`` (uint8 labels, 255 = nodata),
+        ``probabilities.tif`` (uint8 0-254 per class, optional) and ``run.json``.
+    tile_px, overlap_px, chunk_px
+        Global tile lattice and chunk size, in pixels.
+    ramp
+        Blending window: ``"cosine"`` (default), ``"linear"``, or ``"none"`` (crop
+        each tile to its core).
+    pad
+        How tiles that hang past the scene edge are filled: ``"reflect"`` or ``"nodata"``.
+    """
+    t_start = time.perf_counter()
+    scene = scene if isinstance(scene, Scene) else open_scene(scene)
+    check_bands(scene, spec)
+    grid = plan_scene(scene, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
+    out = Path(out_dir)
+    check_writable_dir(out)
+    classes_path = out / "classes.tif"
+    probs_path = out / "probabilities.tif" if write_probabilities else None
+    run_json = out / "run.json"
+    for path in (classes_path, probs_path, run_json):
+        if path is not None and path.exists() and not overwrite:
+            raise OutputExistsError(
+                f"output '{path}' already exists; pass --overwrite to replace it", path=path
+            )
+    n_classes = spec.n_classes
+    chunks = list(grid)
+    seconds = dict.fromkeys(STAGES, 0.0)
+    n_tiles_run = 0
+    n_skipped = 0
+
+    with contextlib.ExitStack() as stack:
+        classes_sink = stack.enter_context(
+            RasterSink(
+                classes_path, like=scene, count=1, dtype="uint8", nodata=NODATA,
+                overwrite=overwrite, class_names=spec.class_names(), colormap=spec.colormap(),
+                band_names=["class"],
+            )
+        )
+        probs_sink = None
+        if probs_path is not None:
+            probs_sink = stack.enter_context(
+                RasterSink(
+                    probs_path, like=scene, count=n_classes, dtype="uint8", nodata=NODATA,
+                    overwrite=overwrite, band_names=[c.name for c in spec.classes],
+                    resampling="average",
+                )
+            )
+        writer = _SceneWriter(classes_sink, probs_sink)
+        pool = stack.enter_context(cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read"))
+
+        def load(c: Chunk) -> ChunkInput:
+            return read_chunk(scene, c, spec, pad=pad)
+
+        results: dict[tuple[int, int], ChunkResult] = {}
+        seams_done: set[tuple[int, int]] = set()
+        finished: set[tuple[int, int]] = set()
+        neighbours = {c.index: [n.index for n in grid.neighbours(c)] for c in chunks}
+
+        def try_finish(idx: tuple[int, int]) -> None:
+            if idx in seams_done or idx not in finished:
+                return
+            if not all(n in finished for n in neighbours[idx]):
+                return
+            res = results[idx]
+            for window, acc, valid in finish_seams(
+                res, [results[n].pieces for n in neighbours[idx]], n_classes + 1
+            ):
+                writer.write(window, acc, valid)
+            seams_done.add(idx)
+            # release pieces nobody needs any more
+            for j in [idx, *neighbours[idx]]:
+                if j in results and all(k in seams_done for k in [j, *neighbours[j]]):
+                    results[j].pieces = []
+                    results[j].seam_valid = []
+
+        future = pool.submit(load, chunks[0]) if prefetch and chunks else None
+        for i, chunk in enumerate(chunks):
+            if future is not None:
+                inp = future.result()
+                # read the next chunk while this one is on the model
+                future = pool.submit(load, chunks[i + 1]) if i + 1 < len(chunks) else None
+            else:
+                inp = load(chunk)
+            res = predict_chunk(inp, grid, predictor, ramp=ramp)
+            del inp
+            for key in ("read", "normalize", "infer", "blend"):
+                seconds[key] += res.seconds.get(key, 0.0)
+            n_tiles_run += res.n_tiles_run
+            n_skipped += int(res.skipped)
+            if res.interior is not None and res.interior.shape[0] != n_classes + 1:
+                raise BandError(
+                    f"model '{spec.name}' returned {res.interior.shape[0] - 1} channels but its "
+                    f"spec lists {n_classes} classes; fix the model card",
+                    name=spec.name,
+                )
+            writer.write(chunk.interior, res.interior, res.interior_valid)
+            res.interior = None
+            results[chunk.index] = res
+            finished.add(chunk.index)
+            for idx in [chunk.index, *neighbours[chunk.index]]:
+                try_finish(idx)
+            if progress is not None:
+                progress(i + 1, len(chunks))
+        t_write = time.perf_counter()
+    # sinks closed here: COG conversion happened on exit
+    finalize_s = time.perf_counter() - t_write
+    seconds["write"] = writer.seconds + finalize_s
+    wall = time.perf_counter() - t_start
+    mpx = scene.shape[0] * scene.shape[1] / 1e6
+    stats: dict[str, Any] = {
+        "terraseg_version": __version__,
+        "scene": str(scene.path),
+        "shape": list(scene.shape),
+        "crs": scene.crs.to_string() if scene.crs else None,
+        "model": spec.name,
+        "predictor": repr(predictor),
+        "grid": grid.summary(),
+        "tiles_run": n_tiles_run,
+        "chunks_skipped_nodata": n_skipped,
+        "seconds": {k: round(v, 4) for k, v in seconds.items()} | {"wall": round(wall, 4)},
+        "throughput_mpx_s": round(mpx / wall, 4) if wall > 0 else None,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "device": str(predictor.device)},
+        "config": config or {},
+    }
+    with atomic_output(run_json, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(stats, indent=2, default=str))
+    return PredictResult(out, classes_path, probs_path, run_json, stats)
