@@ -65,6 +65,61 @@ def synth(
     typer.echo(city.describe())
 
 
+@app.command()
+def predict(
+    scene: Annotated[Path, typer.Argument(help="Input GeoTIFF/COG (any path GDAL reads).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    model: Annotated[str, typer.Option(help="Built-in model name or checkpoint path.")] = "cheap",
+    tile_px: Annotated[int, typer.Option("--tile-px", help="Model tile size, pixels.")] = 512,
+    overlap_px: Annotated[int, typer.Option("--overlap-px", help="Tile overlap, pixels.")] = 64,
+    chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size (Dask task), pixels.")] = 4096,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[str, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16, off.")] = "auto",
+    ramp: Annotated[str, typer.Option(help="Blending window: cosine, linear or none.")] = "cosine",
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write probabilities.tif.")
+    ] = False,
+    assume_crs: Annotated[
+        str | None, typer.Option("--assume-crs", help="CRS for a scene that has none.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Predict class masks for a scene, chunk by chunk, into a COG."""
+    from terraseg.api import predict_to_dir
+
+    result = predict_to_dir(
+        scene, out, model=model, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px,
+        batch_size=batch_size, device=device, amp=amp, ramp=ramp,
+        write_probabilities=probabilities, assume_crs=assume_crs, overwrite=overwrite,
+        show_progress=None,
+    )
+    st = result.stats
+    typer.echo(
+        f"wrote {result.classes_path} ({st['shape'][0]}x{st['shape'][1]} px, "
+        f"{st['grid']['n_chunks']} chunks, {st['tiles_run']} tiles) "
+        f"in {st['seconds']['wall']:.1f} s, {st['throughput_mpx_s']:.2f} Mpx/s, "
+        f"peak RSS {st['peak_rss_mb']:.0f} MB; details in {result.run_json}"
+    )
+
+
+@app.command()
+def plan(
+    scene: Annotated[Path, typer.Argument(help="Input GeoTIFF/COG.")],
+    tile_px: Annotated[int, typer.Option("--tile-px")] = 512,
+    overlap_px: Annotated[int, typer.Option("--overlap-px")] = 64,
+    chunk_px: Annotated[int, typer.Option("--chunk-px")] = 4096,
+    assume_crs: Annotated[str | None, typer.Option("--assume-crs")] = None,
+) -> None:
+    """Dry run: print the chunk grid and tile lattice for a scene (reads no pixels)."""
+    import json
+
+    from terraseg.api import plan_summary
+
+    typer.echo(json.dumps(plan_summary(scene, tile_px=tile_px, overlap_px=overlap_px,
+                                       chunk_px=chunk_px, assume_crs=assume_crs), indent=2))
+
+
 def main() -> None:
     """Entry point of the ``terraseg`` console script."""
     try:

@@ -1,0 +1,106 @@
+"""Device selection, AMP guards and batching of TilePredictor (CPU; CUDA paths marked gpu)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from terraseg.errors import ConfigError
+from terraseg.inference import TilePredictor, resolve_amp, select_device
+from terraseg.models.builtin import build_builtin
+
+
+def test_select_device_auto_and_cpu() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device("auto").type == expected
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_select_device_cuda_absent_is_clear() -> None:
+    with pytest.raises(ConfigError, match="CUDA is not available; use --device cpu"):
+        select_device("cuda:0")
+
+
+def test_select_device_unknown() -> None:
+    with pytest.raises(ConfigError, match="unknown device 'gpu0'"):
+        select_device("gpu0")
+
+
+def test_amp_is_off_on_cpu_and_refused_explicitly() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None
+    assert resolve_amp("off", cpu) is None
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        resolve_amp("bf16", cpu)
+
+
+def test_amp_dtypes_on_cuda_device_object() -> None:
+    # resolve_amp only looks at the device type, so this runs without a GPU
+    cuda = torch.device("cuda")
+    assert resolve_amp("fp16", cuda) is torch.float16
+    assert resolve_amp("off", cuda) is None
+
+
+def test_batch_size_validated() -> None:
+    with pytest.raises(ConfigError, match="batch_size must be"):
+        TilePredictor(nn.Identity(), device="cpu", batch_size=0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_predict_matches_direct_forward(batch_size: int, channels_last: bool) -> None:
+    net, _ = build_builtin("cheap")
+    pred = TilePredictor(net, device="cpu", batch_size=batch_size, channels_last=channels_last)
+    tiles = np.random.default_rng(0).random((7, 3, 32, 40), dtype=np.float32)
+    got = pred.predict(tiles)
+    with torch.inference_mode():
+        want = torch.softmax(net(torch.from_numpy(tiles)), dim=1).numpy()
+    assert got.shape == (7, 3, 32, 40)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    streamed = np.concatenate(list(pred.predict_stream([tiles[:2], tiles[2:]])))
+    np.testing.assert_allclose(streamed, want, atol=1e-6)
+
+
+def test_activations() -> None:
+    tiles = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    ident = TilePredictor(nn.Identity(), device="cpu", activation="identity").predict(tiles)
+    np.testing.assert_array_equal(ident, tiles)
+    sig = TilePredictor(nn.Identity(), device="cpu", activation="sigmoid").predict(tiles)
+    np.testing.assert_allclose(sig, 1 / (1 + np.exp(-tiles)), rtol=1e-5)
+
+
+def test_model_factory_and_dict_output() -> None:
+    class DictOut(nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"out": x[:, :2]}
+
+    pred = TilePredictor(DictOut, device="cpu", activation="identity")
+    out = pred.predict(np.ones((1, 3, 4, 4), np.float32))
+    assert out.shape == (1, 2, 4, 4)
+
+
+def test_wrong_output_shape_is_clear() -> None:
+    class Pool(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.avg_pool2d(x, 2)
+
+    pred = TilePredictor(Pool(), device="cpu")
+    with pytest.raises(ConfigError, match=r"expected \(B, K, H, W\) logits at the input resolution"):
+        pred.predict(np.ones((1, 3, 8, 8), np.float32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_amp_channels_last_close_to_fp32() -> None:
+    import segmentation_models_pytorch as smp
+
+    net = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=3)
+    tiles = np.random.default_rng(0).random((4, 3, 256, 256), dtype=np.float32)
+    ref = TilePredictor(net, device="cuda", amp="off", channels_last=False).predict(tiles)
+    fast = TilePredictor(net, device="cuda", amp="auto", channels_last=True).predict(tiles)
+    assert np.abs(ref - fast).max() < 0.05
+    assert (ref.argmax(1) == fast.argmax(1)).mean() > 0.99
