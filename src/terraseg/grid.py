@@ -19,9 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from terraseg.errors import GridError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from terraseg.stitch import Ramp
 
 __all__ = ["Chunk", "ChunkGrid", "PixelWindow", "TileId", "TileLattice"]
 
@@ -555,6 +561,12 @@ class ChunkGrid:
     def chunk_of_tile(self, tile_id: TileId) -> Chunk:
         """The chunk that computes lattice tile ``(i, j)``."""
         return self.chunk(tile_id[0] // self._m, tile_id[1] // self._m)
+
+    def tile_weights(self, tile_id: TileId, *, ramp: Ramp = "cosine") -> NDArray[np.float32]:
+        """Blending weights of lattice tile ``(i, j)``; see :func:`terraseg.stitch.tile_weights`."""
+        from terraseg.stitch import tile_weights
+
+        return tile_weights(self.lattice, tile_id, self._counts, ramp=ramp)
 
     def neighbours(self, chunk: Chunk) -> list[Chunk]:
         """The up to 8 chunks around ``chunk``, row-major.
