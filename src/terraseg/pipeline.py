@@ -44,11 +44,12 @@ from terraseg.stitch import (
     quantize_probs,
     seam_windows,
     split_accumulator,
-    tile_weights,
     to_labels,
 )
 
 __all__ = [
+    "RunStats",
+    "iter_predictions",
     "ChunkInput",
     "ChunkResult",
     "PredictResult",
@@ -206,7 +207,9 @@ def predict_chunk(
     interior, pieces = split_accumulator(acc, chunk)
     interior = interior.copy()  # drop the reference to the full accumulator
     seconds.update(infer=infer_s, blend=blend_s)
-    return ChunkResult(chunk, interior, interior_valid, pieces, seams, len(all_tiles), len(run), seconds)
+    return ChunkResult(
+        chunk, interior, interior_valid, pieces, seams, len(all_tiles), len(run), seconds
+    )
 
 
 def _rel(window: PixelWindow, frame: PixelWindow) -> tuple[slice, slice]:
@@ -243,8 +246,99 @@ class PredictResult:
     stats: dict[str, Any]
 
 
+@dataclass(slots=True)
+class RunStats:
+    """Counters filled in while :func:`iter_predictions` runs."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    chunks_done: int = 0
+    tiles_run: int = 0
+    chunks_skipped_nodata: int = 0
+
+
+def iter_predictions(
+    scene: Scene,
+    grid: ChunkGrid,
+    predictor: TilePredictor,
+    spec: ModelSpec,
+    *,
+    ramp: Ramp = "cosine",
+    pad: Literal["reflect", "nodata"] = "reflect",
+    prefetch: bool = True,
+    chunks: Sequence[Chunk] | None = None,
+    stats: RunStats | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[PixelWindow, np.ndarray | None, np.ndarray]]:
+    """Yield finished regions of the scene as ``(window, accumulator, valid)``.
+
+    ``accumulator`` is ``(K + 1, h, w)`` float32 (K weighted scores + weight sum;
+    see :func:`terraseg.stitch.normalize`) or ``None`` for a region whose chunk
+    was all nodata; ``valid`` is the input validity ``(h, w)``. The windows
+    partition the scene (or the cores of ``chunks``) exactly once; chunk
+    interiors come as soon as their chunk is done, seams once the neighbour
+    chunks are. The next chunk's read runs in a thread while the model works.
+    """
+    stats = stats if stats is not None else RunStats()
+    chunks = list(grid) if chunks is None else list(chunks)
+    wanted = {c.index for c in chunks}
+    n_channels = spec.n_classes + 1
+    neighbours = {
+        c.index: [n.index for n in grid.neighbours(c) if n.index in wanted] for c in chunks
+    }
+    results: dict[tuple[int, int], ChunkResult] = {}
+    finished: set[tuple[int, int]] = set()
+    seams_done: set[tuple[int, int]] = set()
+
+    def load(c: Chunk) -> ChunkInput:
+        return read_chunk(scene, c, spec, pad=pad)
+
+    def ready_seams(idx: tuple[int, int]) -> Iterator[tuple[PixelWindow, np.ndarray, np.ndarray]]:
+        if idx in seams_done or idx not in finished:
+            return
+        if not all(n in finished for n in neighbours[idx]):
+            return
+        yield from finish_seams(
+            results[idx], [results[n].pieces for n in neighbours[idx]], n_channels
+        )
+        seams_done.add(idx)
+        for j in [idx, *neighbours[idx]]:  # release pieces nobody needs any more
+            if all(k in seams_done for k in [j, *neighbours[j]]):
+                results.pop(j, None)
+
+    with cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="terraseg-read") as pool:
+        future = pool.submit(load, chunks[0]) if prefetch and chunks else None
+        for i, chunk in enumerate(chunks):
+            if future is not None:
+                inp = future.result()
+                # read the next chunk while this one is on the model
+                future = pool.submit(load, chunks[i + 1]) if i + 1 < len(chunks) else None
+            else:
+                inp = load(chunk)
+            res = predict_chunk(inp, grid, predictor, ramp=ramp)
+            del inp
+            for key, value in res.seconds.items():
+                stats.seconds[key] = stats.seconds.get(key, 0.0) + value
+            stats.tiles_run += res.n_tiles_run
+            stats.chunks_skipped_nodata += int(res.skipped)
+            if res.interior is not None and res.interior.shape[0] != n_channels:
+                raise BandError(
+                    f"model '{spec.name}' returned {res.interior.shape[0] - 1} channels but its "
+                    f"spec lists {spec.n_classes} classes; fix the model card",
+                    name=spec.name,
+                )
+            interior, res.interior = res.interior, None
+            yield chunk.interior, interior, res.interior_valid
+            results[chunk.index] = res
+            finished.add(chunk.index)
+            for idx in [chunk.index, *neighbours[chunk.index]]:
+                yield from ready_seams(idx)
+            stats.chunks_done += 1
+            if progress is not None:
+                progress(i + 1, len(chunks))
+
+
 class _SceneWriter:
-    """Writes finished chunk regions to the class (and probability) sinks."""
+    """Writes finished regions to the class (and probability) sinks."""
 
     def __init__(self, classes: RasterSink, probs: RasterSink | None) -> None:
         self.classes = classes
@@ -330,10 +424,7 @@ def predict_scene(
                 f"output '{path}' already exists; pass --overwrite to replace it", path=path
             )
     n_classes = spec.n_classes
-    chunks = list(grid)
-    seconds = dict.fromkeys(STAGES, 0.0)
-    n_tiles_run = 0
-    n_skipped = 0
+    run = RunStats()
 
     with contextlib.ExitStack() as stack:
         classes_sink = stack.enter_context(
@@ -353,64 +444,15 @@ def predict_scene(
                 )
             )
         writer = _SceneWriter(classes_sink, probs_sink)
-        pool = stack.enter_context(cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="read"))
-
-        def load(c: Chunk) -> ChunkInput:
-            return read_chunk(scene, c, spec, pad=pad)
-
-        results: dict[tuple[int, int], ChunkResult] = {}
-        seams_done: set[tuple[int, int]] = set()
-        finished: set[tuple[int, int]] = set()
-        neighbours = {c.index: [n.index for n in grid.neighbours(c)] for c in chunks}
-
-        def try_finish(idx: tuple[int, int]) -> None:
-            if idx in seams_done or idx not in finished:
-                return
-            if not all(n in finished for n in neighbours[idx]):
-                return
-            res = results[idx]
-            for window, acc, valid in finish_seams(
-                res, [results[n].pieces for n in neighbours[idx]], n_classes + 1
-            ):
-                writer.write(window, acc, valid)
-            seams_done.add(idx)
-            # release pieces nobody needs any more
-            for j in [idx, *neighbours[idx]]:
-                if j in results and all(k in seams_done for k in [j, *neighbours[j]]):
-                    results[j].pieces = []
-                    results[j].seam_valid = []
-
-        future = pool.submit(load, chunks[0]) if prefetch and chunks else None
-        for i, chunk in enumerate(chunks):
-            if future is not None:
-                inp = future.result()
-                # read the next chunk while this one is on the model
-                future = pool.submit(load, chunks[i + 1]) if i + 1 < len(chunks) else None
-            else:
-                inp = load(chunk)
-            res = predict_chunk(inp, grid, predictor, ramp=ramp)
-            del inp
-            for key in ("read", "normalize", "infer", "blend"):
-                seconds[key] += res.seconds.get(key, 0.0)
-            n_tiles_run += res.n_tiles_run
-            n_skipped += int(res.skipped)
-            if res.interior is not None and res.interior.shape[0] != n_classes + 1:
-                raise BandError(
-                    f"model '{spec.name}' returned {res.interior.shape[0] - 1} channels but its "
-                    f"spec lists {n_classes} classes; fix the model card",
-                    name=spec.name,
-                )
-            writer.write(chunk.interior, res.interior, res.interior_valid)
-            res.interior = None
-            results[chunk.index] = res
-            finished.add(chunk.index)
-            for idx in [chunk.index, *neighbours[chunk.index]]:
-                try_finish(idx)
-            if progress is not None:
-                progress(i + 1, len(chunks))
+        for window, acc, valid in iter_predictions(
+            scene, grid, predictor, spec, ramp=ramp, pad=pad, prefetch=prefetch, stats=run,
+            progress=progress,
+        ):
+            writer.write(window, acc, valid)
         t_write = time.perf_counter()
     # sinks closed here: COG conversion happened on exit
     finalize_s = time.perf_counter() - t_write
+    seconds = dict(run.seconds)
     seconds["write"] = writer.seconds + finalize_s
     wall = time.perf_counter() - t_start
     mpx = scene.shape[0] * scene.shape[1] / 1e6
@@ -422,8 +464,8 @@ def predict_scene(
         "model": spec.name,
         "predictor": repr(predictor),
         "grid": grid.summary(),
-        "tiles_run": n_tiles_run,
-        "chunks_skipped_nodata": n_skipped,
+        "tiles_run": run.tiles_run,
+        "chunks_skipped_nodata": run.chunks_skipped_nodata,
         "seconds": {k: round(v, 4) for k, v in seconds.items()} | {"wall": round(wall, 4)},
         "throughput_mpx_s": round(mpx / wall, 4) if wall > 0 else None,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
