@@ -276,7 +276,7 @@ class Scene:
     ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_], Affine]:
         """Like :meth:`read_window`, plus a ``(y, x)`` validity mask.
 
-        A pixel is invalid where any selected band equals nodata or is NaN,
+        A pixel is invalid where ALL selected bands equal nodata (GDAL's dataset-mask rule), or any is NaN,
         where the alpha band or GDAL's dataset mask (``.msk``) is 0, and
         everywhere outside the raster (also where ``pad="reflect"`` filled it).
         Data and mask come from the same open handle and window.
@@ -422,10 +422,13 @@ def _valid_mask(
     if per_dataset:  # alpha band or .msk: one mask for the whole dataset
         valid &= ds.read_masks(per_dataset[0], **kw) > 0
     nodata = ds.nodata
+    if nodata is not None and not np.isnan(nodata) and len(bands):
+        # GDAL's dataset-mask rule: a pixel is nodata only where ALL bands hold the
+        # nodata value; a dark pixel with one band at 0 is still data.
+        nd = np.asarray(nodata).astype(data.dtype)
+        valid &= (data[: len(bands)] != nd).any(axis=0)
     for j, band in enumerate(bands):
         band_flags = flags[band - 1]
-        if nodata is not None and not np.isnan(nodata):
-            valid &= data[j] != np.asarray(nodata).astype(data.dtype)
         if np.issubdtype(data.dtype, np.floating):
             valid &= ~np.isnan(data[j])
         if not ({MaskFlags.all_valid, MaskFlags.per_dataset, MaskFlags.nodata} & set(band_flags)):
