@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--model", default="cheap", choices=["cheap", "identity", "unet-r18"])
     ap.add_argument("--tile-px", type=int, default=512)
     ap.add_argument("--overlap-px", type=int, default=64)
-    ap.add_argument("--chunk-px", type=int, default=4096)
+    ap.add_argument("--chunk-px", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")

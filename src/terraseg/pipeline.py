@@ -39,12 +39,12 @@ from terraseg.rasterio_out import RasterSink
 from terraseg.scene import Scene, open_scene
 from terraseg.stitch import (
     accumulate_tile,
+    argmax_classes,
     assemble,
     normalize,
     quantize_probs,
     seam_windows,
     split_accumulator,
-    to_labels,
 )
 
 __all__ = [
@@ -103,7 +103,7 @@ class ChunkResult:
 
 
 def plan_scene(
-    scene: Scene, *, tile_px: int = 512, overlap_px: int = 64, chunk_px: int = 4096
+    scene: Scene, *, tile_px: int = 512, overlap_px: int = 64, chunk_px: int = 2048
 ) -> ChunkGrid:
     """The chunk grid and global tile lattice for ``scene`` (pure geometry, reads no pixel)."""
     return ChunkGrid.from_shape(
@@ -138,18 +138,25 @@ def read_chunk(scene: Scene, chunk: Chunk, spec: ModelSpec, *, pad: str = "refle
 
 
 def _tile_batches(
-    inp: ChunkInput, tiles: Sequence[tuple[tuple[int, int], PixelWindow]], batch_size: int
+    inp: ChunkInput,
+    tiles: Sequence[tuple[tuple[int, int], PixelWindow]],
+    batch_size: int,
+    *,
+    channels_last: bool = True,
 ) -> Iterator[np.ndarray]:
+    """Batches ``(b, C, H, W)`` of tiles cut from the chunk input.
+
+    With ``channels_last`` the batch is a ``(b, C, H, W)`` view of NHWC memory,
+    which the predictor hands to the model without another copy.
+    """
     origin = inp.chunk.read_window
     for start in range(0, len(tiles), batch_size):
         group = tiles[start : start + batch_size]
-        yield np.stack(
-            [
-                inp.x[:, w.row_off - origin.row_off : w.row_stop - origin.row_off,
-                      w.col_off - origin.col_off : w.col_stop - origin.col_off]
-                for _, w in group
-            ]
-        )
+        views = [inp.x[(slice(None), *_rel(w, origin))] for _, w in group]
+        if channels_last:
+            yield np.stack([v.transpose(1, 2, 0) for v in views]).transpose(0, 3, 1, 2)
+        else:
+            yield np.stack(views)
 
 
 def predict_chunk(
@@ -192,7 +199,9 @@ def predict_chunk(
     infer_s = blend_s = 0.0
     t = time.perf_counter()
     done = 0
-    for scores in predictor.predict_stream(_tile_batches(inp, run, predictor.batch_size)):
+    for scores in predictor.predict_stream(
+        _tile_batches(inp, run, predictor.batch_size, channels_last=predictor.channels_last)
+    ):
         t1 = time.perf_counter()
         infer_s += t1 - t
         if acc is None:
@@ -205,7 +214,6 @@ def predict_chunk(
         blend_s += t - t1
     assert acc is not None  # at least one tile ran
     interior, pieces = split_accumulator(acc, chunk)
-    interior = interior.copy()  # drop the reference to the full accumulator
     seconds.update(infer=infer_s, blend=blend_s)
     return ChunkResult(
         chunk, interior, interior_valid, pieces, seams, len(all_tiles), len(run), seconds
@@ -355,10 +363,13 @@ class _SceneWriter:
                 n = self.probs.count
                 self.probs.write(window, np.full((n, *window.shape), NODATA, np.uint8))
         else:
-            probs, weighted = normalize(acc)
-            ok = valid & weighted
-            self.classes.write(window, to_labels(probs, ok, nodata=NODATA)[None])
+            k = acc.shape[0] - 1
+            ok = valid & (acc[k] > 0)
+            labels = argmax_classes(acc[:k])  # the weight is > 0 where it matters
+            labels[~ok] = NODATA
+            self.classes.write(window, labels[None])
             if self.probs is not None:
+                probs, _ = normalize(acc)
                 self.probs.write(window, quantize_probs(probs, ok, nodata=NODATA))
         self.seconds += time.perf_counter() - t0
 
@@ -375,7 +386,7 @@ def predict_scene(
     *,
     tile_px: int = 512,
     overlap_px: int = 64,
-    chunk_px: int = 4096,
+    chunk_px: int = 2048,
     ramp: Ramp = "cosine",
     pad: Literal["reflect", "nodata"] = "reflect",
     write_probabilities: bool = False,

@@ -358,8 +358,30 @@ def to_labels(
             "use nodata=255",
             nodata=nodata,
         )
-    labels: NDArray[np.uint8] = np.argmax(probs, axis=0).astype(np.uint8)
+    labels = argmax_classes(probs)
     labels[~valid] = nodata
+    return labels
+
+
+def argmax_classes(scores: NDArray[np.floating]) -> NDArray[np.uint8]:
+    """``np.argmax(scores, axis=0)`` as uint8, several times faster for few classes.
+
+    Walks the class planes once each (contiguous memory) instead of striding
+    across them per pixel; ties go to the lowest class, as with ``np.argmax``.
+    Scores may be an unnormalised accumulator: dividing by a positive weight
+    does not change the argmax.
+
+    Examples
+    --------
+    >>> argmax_classes(np.array([[[0.2, 0.5, 0.1]], [[0.8, 0.5, 0.0]]])).tolist()
+    [[1, 0, 0]]
+    """
+    labels = np.zeros(scores.shape[1:], dtype=np.uint8)
+    best = scores[0].copy()
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        labels[better] = k
+        np.maximum(best, scores[k], out=best)
     return labels
 
 
