@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from terraseg.inference import AmpMode, TilePredictor
-from terraseg.models.builtin import build_builtin
+from terraseg.models.loading import load_model
 from terraseg.pipeline import PredictResult, Ramp, plan_scene, predict_scene
 from terraseg.progress import progress_callback
 from terraseg.scene import open_scene
@@ -21,7 +21,7 @@ def plan_summary(
     *,
     tile_px: int = 512,
     overlap_px: int = 64,
-    chunk_px: int = 4096,
+    chunk_px: int = 2048,
     assume_crs: str | None = None,
 ) -> dict[str, Any]:
     """Describe the chunk plan of a scene without reading pixels."""
@@ -43,7 +43,7 @@ def predict_to_dir(
     model: str = "cheap",
     tile_px: int = 512,
     overlap_px: int = 64,
-    chunk_px: int = 4096,
+    chunk_px: int = 2048,
     batch_size: int = 8,
     device: str = "auto",
     amp: str = "auto",
@@ -66,7 +66,8 @@ def predict_to_dir(
         raise ConfigError(f"unknown amp '{amp}'; use auto, bf16, fp16 or off", amp=amp)
     sc = open_scene(scene, assume_crs=assume_crs)
     plan_scene(sc, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)  # validates sizes
-    net, spec = build_builtin(model)
+    net, card = load_model(model)
+    spec = card.to_spec()
     predictor = TilePredictor(
         net, device=device, batch_size=batch_size, amp=cast(AmpMode, amp),
         activation=spec.activation,

@@ -15,6 +15,7 @@ import typer
 
 from terraseg import __version__
 from terraseg.errors import TerrasegError
+from terraseg.progress import progress_bars
 
 app = typer.Typer(
     name="terraseg",
@@ -46,10 +47,16 @@ def _root(
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Output GeoTIFF path (truth files go beside it).")],
-    size_px: Annotated[int, typer.Option("--size-px", help="Scene width and height in pixels.")] = 4096,
+    size_px: Annotated[
+        int, typer.Option("--size-px", help="Scene width and height in pixels.")
+    ] = 4096,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same city.")] = 0,
-    gsd_m: Annotated[float, typer.Option("--gsd-m", help="Ground sample distance, metres/pixel.")] = 0.5,
-    crs: Annotated[str, typer.Option(help="Projected CRS of the scene (e.g. EPSG:32633).")] = "EPSG:32633",
+    gsd_m: Annotated[
+        float, typer.Option("--gsd-m", help="Ground sample distance, metres/pixel.")
+    ] = 0.5,
+    crs: Annotated[
+        str, typer.Option(help="Projected CRS of the scene (e.g. EPSG:32633).")
+    ] = "EPSG:32633",
     bands: Annotated[int, typer.Option(help="3 (RGB) or 4 (RGB + NIR).")] = 3,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
@@ -59,8 +66,14 @@ def synth(
 
     with progress_callback("synth", unit="window") as cb:
         city = make_city(
-            out, size_px=size_px, seed=seed, gsd_m=gsd_m, crs=crs, bands=bands,
-            overwrite=overwrite, progress=cb,
+            out,
+            size_px=size_px,
+            seed=seed,
+            gsd_m=gsd_m,
+            crs=crs,
+            bands=bands,
+            overwrite=overwrite,
+            progress=cb,
         )
     typer.echo(city.describe())
 
@@ -72,10 +85,14 @@ def predict(
     model: Annotated[str, typer.Option(help="Built-in model name or checkpoint path.")] = "cheap",
     tile_px: Annotated[int, typer.Option("--tile-px", help="Model tile size, pixels.")] = 512,
     overlap_px: Annotated[int, typer.Option("--overlap-px", help="Tile overlap, pixels.")] = 64,
-    chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size (Dask task), pixels.")] = 4096,
+    chunk_px: Annotated[
+        int, typer.Option("--chunk-px", help="Chunk size (Dask task), pixels.")
+    ] = 2048,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    amp: Annotated[str, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16, off.")] = "auto",
+    amp: Annotated[
+        str, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16, off.")
+    ] = "auto",
     ramp: Annotated[str, typer.Option(help="Blending window: cosine, linear or none.")] = "cosine",
     probabilities: Annotated[
         bool, typer.Option("--probabilities", help="Also write probabilities.tif.")
@@ -89,9 +106,19 @@ def predict(
     from terraseg.api import predict_to_dir
 
     result = predict_to_dir(
-        scene, out, model=model, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px,
-        batch_size=batch_size, device=device, amp=amp, ramp=ramp,
-        write_probabilities=probabilities, assume_crs=assume_crs, overwrite=overwrite,
+        scene,
+        out,
+        model=model,
+        tile_px=tile_px,
+        overlap_px=overlap_px,
+        chunk_px=chunk_px,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+        ramp=ramp,
+        write_probabilities=probabilities,
+        assume_crs=assume_crs,
+        overwrite=overwrite,
         show_progress=None,
     )
     st = result.stats
@@ -108,7 +135,7 @@ def plan(
     scene: Annotated[Path, typer.Argument(help="Input GeoTIFF/COG.")],
     tile_px: Annotated[int, typer.Option("--tile-px")] = 512,
     overlap_px: Annotated[int, typer.Option("--overlap-px")] = 64,
-    chunk_px: Annotated[int, typer.Option("--chunk-px")] = 4096,
+    chunk_px: Annotated[int, typer.Option("--chunk-px")] = 2048,
     assume_crs: Annotated[str | None, typer.Option("--assume-crs")] = None,
 ) -> None:
     """Dry run: print the chunk grid and tile lattice for a scene (reads no pixels)."""
@@ -116,8 +143,83 @@ def plan(
 
     from terraseg.api import plan_summary
 
-    typer.echo(json.dumps(plan_summary(scene, tile_px=tile_px, overlap_px=overlap_px,
-                                       chunk_px=chunk_px, assume_crs=assume_crs), indent=2))
+    typer.echo(
+        json.dumps(
+            plan_summary(
+                scene,
+                tile_px=tile_px,
+                overlap_px=overlap_px,
+                chunk_px=chunk_px,
+                assume_crs=assume_crs,
+            ),
+            indent=2,
+        )
+    )
+
+
+@app.command()
+def run(
+    workflow: Annotated[Path, typer.Argument(help="Workflow YAML (see workflows/).")],
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:8786).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (overrides outputs.dir).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; compute nothing.")
+    ] = False,
+) -> None:
+    """Run a batch workflow over many scenes on Dask (LocalCluster or a running scheduler)."""
+    import json
+
+    from terraseg.batch import plan_workflow, run_workflow
+    from terraseg.config import load_workflow
+
+    wf = load_workflow(workflow)
+    if dry_run:
+        typer.echo(json.dumps(plan_workflow(wf, out=out), indent=2))
+        return
+    with progress_bars() as bar:
+        result = run_workflow(
+            wf, out=out, scheduler=scheduler, resume=resume, overwrite=overwrite, progress=bar
+        )
+    for s in result.scenes:
+        st = s.stats
+        typer.echo(
+            f"{s.scene}: {len(s.outputs)} outputs in {s.out_dir} "
+            f"({st.get('chunks_computed', 0)} chunks computed, "
+            f"{st.get('chunks_resumed', 0)} resumed)"
+        )
+    typer.echo(
+        f"run '{result.name}' done in {result.seconds:.1f} s; summary in "
+        f"{Path(result.out_dir) / 'run.json'}"
+    )
+
+
+@app.command()
+def validate(
+    workflow: Annotated[Path, typer.Argument(help="Workflow YAML to check.")],
+) -> None:
+    """Check a workflow file and its inputs without running anything."""
+    from terraseg.batch import plan_workflow
+    from terraseg.config import load_workflow
+
+    plan_ = plan_workflow(load_workflow(workflow))
+    typer.echo(
+        f"{workflow}: valid; {plan_['n_scenes']} scene(s), {plan_['chunk_tasks']} chunk "
+        f"tasks, {plan_['megapixels']} Mpx; stages {', '.join(plan_['stages'])}"
+    )
+
+
+from terraseg.cli_models import models_app, train_command  # noqa: E402
+
+app.add_typer(models_app, name="models")
+app.command("train")(train_command)
 
 
 def main() -> None:

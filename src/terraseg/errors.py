@@ -24,6 +24,7 @@ __all__ = [
     "ModelLoadError",
     "ExportError",
     "OutputExistsError",
+    "ChunkFailedError",
 ]
 
 
@@ -84,3 +85,7 @@ class ExportError(TerrasegError, OSError):
 
 class OutputExistsError(ExportError, FileExistsError):
     """An output exists and ``overwrite`` was not given."""
+
+
+class ChunkFailedError(TerrasegError, RuntimeError):
+    """Some chunks of a run failed; see ``failures.jsonl`` and rerun with ``--resume``."""

@@ -22,6 +22,7 @@ import os
 import platform
 import resource
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ import numpy as np
 
 from terraseg import __version__
 from terraseg._io import atomic_output, check_writable_dir
-from terraseg.errors import BandError, OutputExistsError
+from terraseg.chunkstore import ChunkOutput, DirStore, labels_from_acc, write_from_store
+from terraseg.errors import BandError, ChunkFailedError, OutputExistsError
 from terraseg.grid import Chunk, ChunkGrid, PixelWindow
 from terraseg.inference import TilePredictor
 from terraseg.models.spec import ModelSpec
@@ -39,15 +41,17 @@ from terraseg.rasterio_out import RasterSink
 from terraseg.scene import Scene, open_scene
 from terraseg.stitch import (
     accumulate_tile,
-    argmax_classes,
     assemble,
-    normalize,
-    quantize_probs,
     seam_windows,
     split_accumulator,
 )
 
 __all__ = [
+    "ChunkFailure",
+    "ChunkRunner",
+    "local_runner",
+    "predict_scene_resumable",
+    "run_chunk",
     "RunStats",
     "iter_predictions",
     "ChunkInput",
@@ -243,6 +247,42 @@ def finish_seams(
     return out
 
 
+def run_chunk(
+    scene: Scene,
+    chunk: Chunk,
+    grid: ChunkGrid,
+    predictor: TilePredictor,
+    spec: ModelSpec,
+    *,
+    ramp: Ramp = "cosine",
+    pad: Literal["reflect", "nodata"] = "reflect",
+    with_probs: bool = False,
+) -> ChunkOutput:
+    """Read, predict and reduce one chunk to a :class:`~terraseg.chunkstore.ChunkOutput`.
+
+    The unit of work of a Dask task: the interior becomes final uint8 labels at
+    once (small to store and ship); only the seam pieces stay float32.
+    """
+    t0 = time.perf_counter()
+    res = predict_chunk(read_chunk(scene, chunk, spec, pad=pad), grid, predictor, ramp=ramp)
+    labels = qprobs = None
+    if res.interior is not None:
+        if res.interior.shape[0] != spec.n_classes + 1:
+            raise BandError(
+                f"model '{spec.name}' returned {res.interior.shape[0] - 1} channels but its "
+                f"spec lists {spec.n_classes} classes; fix the model card",
+                name=spec.name,
+            )
+        labels, qprobs = labels_from_acc(res.interior, res.interior_valid, with_probs=with_probs)
+    stats = {
+        "seconds": res.seconds | {"chunk": time.perf_counter() - t0},
+        "tiles": res.n_tiles,
+        "tiles_run": res.n_tiles_run,
+        "skipped": res.skipped,
+    }
+    return ChunkOutput(chunk.index, labels, qprobs, res.pieces, res.seam_valid, stats)
+
+
 @dataclass(slots=True)
 class PredictResult:
     """What :func:`predict_scene` wrote and measured."""
@@ -363,19 +403,99 @@ class _SceneWriter:
                 n = self.probs.count
                 self.probs.write(window, np.full((n, *window.shape), NODATA, np.uint8))
         else:
-            k = acc.shape[0] - 1
-            ok = valid & (acc[k] > 0)
-            labels = argmax_classes(acc[:k])  # the weight is > 0 where it matters
-            labels[~ok] = NODATA
+            labels, qprobs = labels_from_acc(acc, valid, with_probs=self.probs is not None)
             self.classes.write(window, labels[None])
-            if self.probs is not None:
-                probs, _ = normalize(acc)
-                self.probs.write(window, quantize_probs(probs, ok, nodata=NODATA))
+            if self.probs is not None and qprobs is not None:
+                self.probs.write(window, qprobs)
         self.seconds += time.perf_counter() - t0
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _output_paths(
+    out_dir: str | os.PathLike[str], *, write_probabilities: bool, overwrite: bool
+) -> tuple[Path, Path, Path | None, Path]:
+    """Output folder and file paths; refuses existing outputs unless ``overwrite``."""
+    out = Path(out_dir)
+    check_writable_dir(out)
+    classes_path = out / "classes.tif"
+    probs_path = out / "probabilities.tif" if write_probabilities else None
+    run_json = out / "run.json"
+    for path in (classes_path, probs_path, run_json):
+        if path is not None and path.exists() and not overwrite:
+            raise OutputExistsError(
+                f"output '{path}' already exists; pass --overwrite to replace it", path=path
+            )
+    return out, classes_path, probs_path, run_json
+
+
+def _open_sinks(
+    stack: contextlib.ExitStack,
+    scene: Scene,
+    spec: ModelSpec,
+    classes_path: Path,
+    probs_path: Path | None,
+    *,
+    overwrite: bool,
+) -> tuple[RasterSink, RasterSink | None]:
+    classes_sink = stack.enter_context(
+        RasterSink(
+            classes_path, like=scene, count=1, dtype="uint8", nodata=NODATA,
+            overwrite=overwrite, class_names=spec.class_names(), colormap=spec.colormap(),
+            band_names=["class"],
+        )
+    )
+    probs_sink = None
+    if probs_path is not None:
+        probs_sink = stack.enter_context(
+            RasterSink(
+                probs_path, like=scene, count=spec.n_classes, dtype="uint8", nodata=NODATA,
+                overwrite=overwrite, band_names=[c.name for c in spec.classes],
+                resampling="average",
+            )
+        )
+    return classes_sink, probs_sink
+
+
+def _finish_run(
+    scene: Scene,
+    spec: ModelSpec,
+    grid: ChunkGrid,
+    run: RunStats,
+    *,
+    out: Path,
+    classes_path: Path,
+    probs_path: Path | None,
+    run_json: Path,
+    wall: float,
+    device: str,
+    predictor: str,
+    config: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
+) -> PredictResult:
+    mpx = scene.shape[0] * scene.shape[1] / 1e6
+    stats: dict[str, Any] = {
+        "terraseg_version": __version__,
+        "scene": str(scene.path),
+        "shape": list(scene.shape),
+        "crs": scene.crs.to_string() if scene.crs else None,
+        "model": spec.name,
+        "predictor": predictor,
+        "grid": grid.summary(),
+        "tiles_run": run.tiles_run,
+        "chunks_skipped_nodata": run.chunks_skipped_nodata,
+        "seconds": {k: round(v, 4) for k, v in run.seconds.items()} | {"wall": round(wall, 4)},
+        "throughput_mpx_s": round(mpx / wall, 4) if wall > 0 else None,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "device": device},
+        "config": config or {},
+        **(extra or {}),
+    }
+    with atomic_output(run_json, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(stats, indent=2, default=str))
+    return PredictResult(out, classes_path, probs_path, run_json, stats)
 
 
 def predict_scene(
@@ -397,9 +517,10 @@ def predict_scene(
 ) -> PredictResult:
     """Predict a whole scene chunk by chunk and write ``classes.tif`` (COG) and ``run.json``.
 
-    Peak memory depends on ``chunk_px`` and the model, not on the scene size:
-    interiors are written as soon as a chunk is done, and only the thin strips
-    shared with neighbour chunks wait for those neighbours.
+    In one process, streaming: interiors are written as soon as a chunk is
+    done, and only the thin strips shared with neighbour chunks wait for those
+    neighbours, so peak memory depends on ``chunk_px`` and the model, not on
+    the scene size. For a resumable run on Dask see :func:`predict_scene_resumable`.
 
     Parameters
     ----------
@@ -424,36 +545,14 @@ def predict_scene(
     scene = scene if isinstance(scene, Scene) else open_scene(scene)
     check_bands(scene, spec)
     grid = plan_scene(scene, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
-    out = Path(out_dir)
-    check_writable_dir(out)
-    classes_path = out / "classes.tif"
-    probs_path = out / "probabilities.tif" if write_probabilities else None
-    run_json = out / "run.json"
-    for path in (classes_path, probs_path, run_json):
-        if path is not None and path.exists() and not overwrite:
-            raise OutputExistsError(
-                f"output '{path}' already exists; pass --overwrite to replace it", path=path
-            )
-    n_classes = spec.n_classes
+    out, classes_path, probs_path, run_json = _output_paths(
+        out_dir, write_probabilities=write_probabilities, overwrite=overwrite
+    )
     run = RunStats()
-
     with contextlib.ExitStack() as stack:
-        classes_sink = stack.enter_context(
-            RasterSink(
-                classes_path, like=scene, count=1, dtype="uint8", nodata=NODATA,
-                overwrite=overwrite, class_names=spec.class_names(), colormap=spec.colormap(),
-                band_names=["class"],
-            )
+        classes_sink, probs_sink = _open_sinks(
+            stack, scene, spec, classes_path, probs_path, overwrite=overwrite
         )
-        probs_sink = None
-        if probs_path is not None:
-            probs_sink = stack.enter_context(
-                RasterSink(
-                    probs_path, like=scene, count=n_classes, dtype="uint8", nodata=NODATA,
-                    overwrite=overwrite, band_names=[c.name for c in spec.classes],
-                    resampling="average",
-                )
-            )
         writer = _SceneWriter(classes_sink, probs_sink)
         for window, acc, valid in iter_predictions(
             scene, grid, predictor, spec, ramp=ramp, pad=pad, prefetch=prefetch, stats=run,
@@ -462,28 +561,143 @@ def predict_scene(
             writer.write(window, acc, valid)
         t_write = time.perf_counter()
     # sinks closed here: COG conversion happened on exit
-    finalize_s = time.perf_counter() - t_write
-    seconds = dict(run.seconds)
-    seconds["write"] = writer.seconds + finalize_s
-    wall = time.perf_counter() - t_start
-    mpx = scene.shape[0] * scene.shape[1] / 1e6
-    stats: dict[str, Any] = {
-        "terraseg_version": __version__,
-        "scene": str(scene.path),
-        "shape": list(scene.shape),
-        "crs": scene.crs.to_string() if scene.crs else None,
-        "model": spec.name,
-        "predictor": repr(predictor),
-        "grid": grid.summary(),
-        "tiles_run": run.tiles_run,
-        "chunks_skipped_nodata": run.chunks_skipped_nodata,
-        "seconds": {k: round(v, 4) for k, v in seconds.items()} | {"wall": round(wall, 4)},
-        "throughput_mpx_s": round(mpx / wall, 4) if wall > 0 else None,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "device": str(predictor.device)},
-        "config": config or {},
-    }
-    with atomic_output(run_json, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(stats, indent=2, default=str))
-    return PredictResult(out, classes_path, probs_path, run_json, stats)
+    run.seconds["write"] = writer.seconds + time.perf_counter() - t_write
+    return _finish_run(
+        scene, spec, grid, run, out=out, classes_path=classes_path, probs_path=probs_path,
+        run_json=run_json, wall=time.perf_counter() - t_start, device=str(predictor.device),
+        predictor=repr(predictor), config=config,
+    )
+
+
+@dataclass(slots=True)
+class ChunkFailure:
+    """A chunk whose task raised: recorded in ``failures.jsonl``, recomputed on resume."""
+
+    index: tuple[int, int]
+    window: PixelWindow
+    error: str
+    traceback: str
+
+
+ChunkRunner = Callable[[Sequence[Chunk]], Iterator["ChunkOutput | ChunkFailure"]]
+"""Computes the given chunks (in any order, anywhere) and yields their outputs."""
+
+
+def local_runner(
+    scene: Scene,
+    grid: ChunkGrid,
+    predictor: TilePredictor,
+    spec: ModelSpec,
+    *,
+    ramp: Ramp = "cosine",
+    pad: Literal["reflect", "nodata"] = "reflect",
+    with_probs: bool = False,
+) -> ChunkRunner:
+    """A :data:`ChunkRunner` that runs chunks one after another in this process."""
+
+    def run(chunks: Sequence[Chunk]) -> Iterator[ChunkOutput | ChunkFailure]:
+        for chunk in chunks:
+            try:
+                yield run_chunk(scene, chunk, grid, predictor, spec, ramp=ramp, pad=pad,
+                                with_probs=with_probs)
+            except Exception as exc:  # recorded, the run goes on
+                yield ChunkFailure(chunk.index, chunk.core, f"{type(exc).__name__}: {exc}",
+                                   traceback.format_exc())
+
+    return run
+
+
+def predict_scene_resumable(
+    scene: Scene,
+    spec: ModelSpec,
+    out_dir: str | os.PathLike[str],
+    runner: ChunkRunner,
+    *,
+    tile_px: int = 512,
+    overlap_px: int = 64,
+    chunk_px: int = 2048,
+    write_probabilities: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_chunks: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    config: dict[str, Any] | None = None,
+    device: str = "",
+) -> PredictResult:
+    """Predict a scene through a chunk store: parallel, resumable, failure-tolerant.
+
+    ``runner`` computes the chunks that are not stored yet (on Dask workers, or
+    locally); each output is saved in ``out_dir/.chunks/`` as it arrives, so an
+    interrupted run continues with ``resume=True`` and recomputes only the
+    missing chunks. Chunks that fail are written to ``out_dir/failures.jsonl``
+    (window and traceback); the others still finish, and the run then raises
+    :class:`~terraseg.errors.ChunkFailedError`. When every chunk is stored the
+    COGs are streamed from the store, and the store is removed.
+    """
+    t_start = time.perf_counter()
+    check_bands(scene, spec)
+    grid = plan_scene(scene, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
+    out, classes_path, probs_path, run_json = _output_paths(
+        out_dir, write_probabilities=write_probabilities, overwrite=overwrite
+    )
+    store = DirStore(out / ".chunks")
+    done = store.done()
+    if done and not resume:
+        if not overwrite:
+            raise OutputExistsError(
+                f"'{out}' holds {len(done)} chunks of an unfinished run; pass --resume to "
+                "continue it or --overwrite to start again",
+                path=out,
+            )
+        store.clear()
+        done = set()
+    todo = [c for c in grid if c.index not in done]
+    failures_path = out / "failures.jsonl"
+    failures_path.unlink(missing_ok=True)
+    run = RunStats()
+    failures: list[ChunkFailure] = []
+    n_done = len(done)
+    if progress is not None:
+        progress(n_done, len(grid))
+    for item in runner(todo):
+        if isinstance(item, ChunkFailure):
+            failures.append(item)
+            with open(failures_path, "a") as fh:
+                fh.write(json.dumps({
+                    "chunk": list(item.index),
+                    "window": [item.window.row_off, item.window.col_off,
+                               item.window.height, item.window.width],
+                    "error": item.error, "traceback": item.traceback,
+                }) + "\n")
+            continue
+        store.put(item)
+        for key, value in item.stats.get("seconds", {}).items():
+            run.seconds[key] = run.seconds.get(key, 0.0) + value
+        run.tiles_run += int(item.stats.get("tiles_run", 0))
+        run.chunks_skipped_nodata += int(bool(item.stats.get("skipped")))
+        n_done += 1
+        if progress is not None:
+            progress(n_done, len(grid))
+    if failures:
+        first = failures[0]
+        raise ChunkFailedError(
+            f"{len(failures)} of {len(grid)} chunks failed (first: chunk {list(first.index)}: "
+            f"{first.error}); details in '{failures_path}'; fix the cause and rerun with "
+            "--resume to compute only those chunks",
+            failures=failures_path,
+        )
+    t_write = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        classes_sink, probs_sink = _open_sinks(
+            stack, scene, spec, classes_path, probs_path, overwrite=overwrite
+        )
+        write_from_store(grid, store, classes_sink, probs_sink, n_classes=spec.n_classes)
+    run.seconds["write"] = time.perf_counter() - t_write
+    if not keep_chunks:
+        store.clear()
+    return _finish_run(
+        scene, spec, grid, run, out=out, classes_path=classes_path, probs_path=probs_path,
+        run_json=run_json, wall=time.perf_counter() - t_start, device=device,
+        predictor=device, config=config,
+        extra={"chunks_computed": len(todo), "chunks_resumed": len(done)},
+    )

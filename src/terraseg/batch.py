@@ -1,0 +1,199 @@
+"""Batch runs: a workflow (config) over many scenes, on Dask or in-process.
+
+This module unpacks a :class:`~terraseg.config.Workflow` into plain keyword
+arguments for :mod:`terraseg.pipeline` and :mod:`terraseg.distributed`; no
+config object goes further in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from terraseg import __version__
+from terraseg._io import atomic_output
+from terraseg.config import Workflow
+from terraseg.errors import ConfigError, TerrasegError
+from terraseg.scene import open_scene
+
+__all__ = ["RunSummary", "SceneSummary", "plan_workflow", "run_workflow"]
+
+
+@dataclass(slots=True)
+class SceneSummary:
+    """What happened to one scene."""
+
+    scene: str
+    out_dir: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What :func:`run_workflow` did."""
+
+    name: str
+    out_dir: str
+    scenes: list[SceneSummary]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "out_dir": self.out_dir,
+            "seconds": round(self.seconds, 3),
+            "scenes": [
+                {"scene": s.scene, "out_dir": s.out_dir, "outputs": s.outputs, "stats": s.stats}
+                for s in self.scenes
+            ],
+        }
+
+
+def _scene_out(root: Path, scene_path: str, taken: set[str]) -> Path:
+    stem = Path(scene_path.rstrip("/")).stem or "scene"
+    name, n = stem, 1
+    while name in taken:  # two inputs with the same stem get distinct folders
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    return root / name
+
+
+def plan_workflow(wf: Workflow, *, out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Dry run: every scene's chunk plan and task count, validating inputs; reads no pixels."""
+    from terraseg.pipeline import plan_scene
+
+    scenes = []
+    total_tasks = 0
+    total_mpx = 0.0
+    root = wf.output_dir(out)
+    taken: set[str] = set()
+    for path in wf.scene_paths():
+        sc = open_scene(path, assume_crs=wf.inputs.assume_crs)
+        grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
+                          chunk_px=wf.tiling.chunk_px)
+        summary = grid.summary()
+        total_tasks += summary["n_chunks"]
+        total_mpx += sc.shape[0] * sc.shape[1] / 1e6
+        scenes.append({"scene": path, "out_dir": str(_scene_out(root, path, taken)),
+                       "crs": sc.crs.to_string(), "gsd_m": round(sc.gsd_m, 4), **summary})
+    return {
+        "workflow": wf.name,
+        "stages": list(wf.stages),
+        "scenes": scenes,
+        "n_scenes": len(scenes),
+        "chunk_tasks": total_tasks,
+        "megapixels": round(total_mpx, 3),
+    }
+
+
+def run_workflow(
+    wf: Workflow,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    scheduler: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> RunSummary:
+    """Run every stage of ``wf`` over every scene.
+
+    Parameters
+    ----------
+    wf
+        A loaded workflow (:func:`terraseg.config.load_workflow`).
+    out
+        Output folder; overrides ``outputs.dir``.
+    scheduler
+        A Dask scheduler address; overrides the workflow's ``cluster``.
+    resume
+        Continue an interrupted run: chunks already stored are not recomputed.
+    overwrite
+        Replace existing outputs.
+    progress
+        ``progress(scene, done, total)`` after each chunk.
+    """
+    from terraseg.distributed import DaskRunner, PredictorOptions, connect, get_worker_predictor
+    from terraseg.pipeline import local_runner, plan_scene, predict_scene_resumable
+
+    t0 = time.perf_counter()
+    root = wf.output_dir(out)
+    scene_paths = wf.scene_paths()
+    # validate every scene and the model before any compute is spent
+    scenes = [open_scene(p, assume_crs=wf.inputs.assume_crs) for p in scene_paths]
+    stages = list(wf.stages)
+    if "predict" in stages and not wf.models.semantic:
+        raise ConfigError("stage 'predict' needs models.semantic (a bundled name or a path)")
+    opts = PredictorOptions(
+        model=wf.models.semantic or "", device=wf.inference.device,
+        batch_size=wf.inference.batch_size, amp=wf.inference.amp,
+    )
+    local_predictor, spec = get_worker_predictor(opts)  # validates model, card and device
+    for sc in scenes:
+        from terraseg.pipeline import check_bands
+
+        check_bands(sc, spec)
+    cluster = wf.cluster
+    kwargs: dict[str, Any] = {
+        "type": cluster.type, "address": cluster.address, "n_workers": cluster.n_workers,
+        "threads_per_worker": cluster.threads_per_worker, "memory_limit": cluster.memory_limit,
+        "tls": cluster.tls.model_dump() if cluster.tls else None,
+    }
+    if scheduler:
+        kwargs.update(type="address", address=scheduler)
+    summaries: list[SceneSummary] = []
+    taken: set[str] = set()
+    config = wf.model_dump(mode="json") | {"config_hash": wf.config_hash()}
+    with connect(**kwargs) as client:
+        for sc in scenes:
+            scene_dir = _scene_out(root, sc.path, taken)
+            summary = SceneSummary(scene=sc.path, out_dir=str(scene_dir))
+            if "predict" in stages:
+                grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
+                                  chunk_px=wf.tiling.chunk_px)
+                if client is None:
+                    runner = local_runner(sc, grid, local_predictor, spec, ramp=wf.tiling.ramp,
+                                          pad=wf.tiling.pad,
+                                          with_probs=wf.outputs.probabilities)
+                else:
+                    runner = DaskRunner(client, sc, grid, opts, ramp=wf.tiling.ramp,
+                                        pad=wf.tiling.pad, with_probs=wf.outputs.probabilities)
+                res = predict_scene_resumable(
+                    sc, spec, scene_dir, runner, tile_px=wf.tiling.tile_px,
+                    overlap_px=wf.tiling.overlap_px, chunk_px=wf.tiling.chunk_px,
+                    write_probabilities=wf.outputs.probabilities, resume=resume,
+                    overwrite=overwrite, config=config, device=str(local_predictor.device),
+                    progress=(lambda d, t, _p=sc.path: progress(_p, d, t)) if progress else None,
+                )
+                summary.outputs["classes"] = str(res.classes_path)
+                if res.probabilities_path is not None:
+                    summary.outputs["probabilities"] = str(res.probabilities_path)
+                summary.stats = {k: res.stats[k] for k in (
+                    "tiles_run", "chunks_computed", "chunks_resumed", "seconds",
+                    "throughput_mpx_s", "chunks_skipped_nodata")}
+            summaries.append(summary)
+    result = RunSummary(wf.name, str(root), summaries, time.perf_counter() - t0)
+    _write_summary(root, wf, result)
+    return result
+
+
+def _write_summary(root: Path, wf: Workflow, result: RunSummary) -> None:
+    """``run.json`` at the top of the output folder: resolved config, version, results."""
+    payload = {
+        "terraseg_version": __version__,
+        "workflow": wf.model_dump(mode="json"),
+        "config_hash": wf.config_hash(),
+        **result.to_dict(),
+    }
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with atomic_output(root / "run.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps(payload, indent=2, default=str))
+    except OSError as exc:  # pragma: no cover - reported, outputs already written
+        raise TerrasegError(f"cannot write run summary in '{root}': {exc}") from exc
