@@ -1,0 +1,322 @@
+"""Workflows and Dask batch runs: config validation, real scheduler + workers on 127.0.0.1,
+a worker killed mid-run, a client killed and resumed. Every process started here is stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from rasterio.transform import from_origin
+
+from terraseg.batch import plan_workflow, run_workflow
+from terraseg.config import Workflow, load_workflow
+from terraseg.errors import ConfigError, OutputExistsError
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_scene(path: Path, size: tuple[int, int], seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
+    arr = np.stack([(yy + xx) % 256, (yy * 3) % 256, (xx * 2) % 256]).astype(np.uint8)
+    arr = (arr + rng.integers(0, 40, arr.shape)).clip(0, 255).astype(np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", height=size[0], width=size[1], count=3,
+                       dtype="uint8", crs="EPSG:32633", tiled=True, blockxsize=256,
+                       blockysize=256, transform=from_origin(401_000.5, 4_700_000.5, 0.5, 0.5)) as ds:
+        ds.write(arr)
+    return path
+
+
+@pytest.fixture(scope="module")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised resnet18 U-Net saved as safetensors + card: slow enough on the
+    CPU (~0.1-0.3 s per 256² chunk) that a run can be interrupted part-way."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from terraseg.models.card import Architecture, ModelCard
+    from terraseg.models.loading import save_model
+
+    torch.manual_seed(0)
+    kwargs = {"encoder_name": "resnet18", "in_channels": 3, "classes": 3}
+    net = smp.Unet(encoder_weights=None, **kwargs).eval()
+    card = ModelCard(name="slow-unet", architecture=Architecture(library="smp", name="Unet",
+                                                                kwargs=kwargs))
+    out = tmp_path_factory.mktemp("model") / "slow-unet"
+    weights, _ = save_model(net, card, out)
+    return weights
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    d = tmp_path_factory.mktemp("scenes")
+    return [write_scene(d / "a.tif", (700, 900), 1), write_scene(d / "b.tif", (520, 480), 2)]
+
+
+def workflow_file(tmp: Path, scenes: list[Path], model: str, **over: object) -> Path:
+    data: dict[str, object] = {
+        "version": 1, "name": "test",
+        "inputs": {"paths": [str(p) for p in scenes]},
+        "models": {"semantic": model},
+        "tiling": {"tile_px": 256, "overlap_px": 32, "chunk_px": 256},
+        "inference": {"device": "cpu", "batch_size": 4},
+        "stages": ["predict"],
+        "outputs": {"dir": str(tmp / "out")},
+        "cluster": {"type": "synchronous"},
+    }
+    data.update(over)
+    path = tmp / "wf.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def read_classes(out: Path, stem: str) -> np.ndarray:
+    with rasterio.open(out / stem / "classes.tif") as ds:
+        return ds.read(1)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_every_shipped_workflow_validates() -> None:
+    files = sorted((REPO / "workflows").glob("*.yaml"))
+    assert files, "workflows/ must ship example workflows"
+    for f in files:
+        wf = load_workflow(f)
+        assert wf.version == 1 and wf.stages
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("version: 1\ninputs: {paths: [a.tif]}\nbogus: 1\n", r"bogus: unknown key"),
+        ("version: 1\ninputs: {paths: [a.tif]}\ntiling: {tile_px: 256, overlap_px: 256}\n",
+         r"overlap_px \(256\) must be smaller"),
+        ("version: 1\ninputs: {paths: [a.tif]}\ntiling: {tile_pixels: 3}\n",
+         r"tiling.tile_pixels: unknown key"),
+        ("version: 9\ninputs: {paths: [a.tif]}\n", r"newer than this terraseg"),
+        ("version: 1\ninputs: {paths: [a.tif]}\ncluster: {type: address}\n", r"needs cluster.address"),
+        ("version: 1\ninputs: {paths: [a.tif]}\nname: !!python/object/apply:os.system [echo hi]\n",
+         r"YAML tag that is not allowed"),
+        ("version: 1\ninputs: [unclosed\n", r"not valid YAML at line"),
+        ("- just\n- a list\n", r"must be a mapping"),
+        ("version: 1\nstages: [predict]\n", r"at least one scene"),
+    ],
+)
+def test_bad_workflows_are_one_clear_line(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_workflow(path)
+    assert "bad.yaml" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_workflow_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read workflow"):
+        load_workflow(tmp_path / "nope.yaml")
+
+
+def test_version_0_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("inputs: {paths: [a.tif]}\ntiles: {tile_px: 128, overlap_px: 16}\nout_dir: o\n")
+    wf = load_workflow(path)
+    assert wf.version == 1 and wf.tiling.tile_px == 128
+    assert wf.output_dir() == (tmp_path / "o").resolve()
+
+
+def test_paths_resolve_against_workflow_folder_and_globs(tmp_path: Path, scenes: list[Path]) -> None:
+    folder = scenes[0].parent
+    (tmp_path / "list.txt").write_text(f"# scenes\n{scenes[1]}\n")
+    wf = Workflow(inputs={"paths": [f"{folder}/a*.tif"], "list_file": "list.txt"},  # type: ignore[arg-type]
+                  base_dir=str(tmp_path))
+    assert wf.scene_paths() == [str(scenes[0]), str(scenes[1])]
+    with pytest.raises(ConfigError, match="matches no file"):
+        Workflow(inputs={"paths": ["nothing*.tif"]}, base_dir=str(tmp_path)).scene_paths()  # type: ignore[arg-type]
+
+
+def test_plan_counts_tasks(tmp_path: Path, scenes: list[Path]) -> None:
+    wf = load_workflow(workflow_file(tmp_path, scenes, "cheap"))
+    plan = plan_workflow(wf)
+    assert plan["n_scenes"] == 2
+    assert plan["chunk_tasks"] == sum(s["n_chunks"] for s in plan["scenes"])
+    # ceil((n - overlap) / stride) tiles per axis, one tile per chunk here: 3×4 and 3×2
+    assert plan["chunk_tasks"] == 3 * 4 + 3 * 2
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, scenes: list[Path],
+              slow_model: Path) -> Path:
+    """The synchronous (no cluster) result every cluster run must reproduce exactly."""
+    tmp = tmp_path_factory.mktemp("ref")
+    wf = load_workflow(workflow_file(tmp, scenes, str(slow_model)))
+    summary = run_workflow(wf)
+    assert [s.stats["chunks_computed"] for s in summary.scenes] == [12, 6]
+    return tmp / "out"
+
+
+def test_local_cluster_equals_synchronous(tmp_path: Path, scenes: list[Path], slow_model: Path,
+                                          reference: Path) -> None:
+    wf = load_workflow(workflow_file(tmp_path, scenes, str(slow_model),
+                                     cluster={"type": "local", "n_workers": 2}))
+    summary = run_workflow(wf)
+    for s in ("a", "b"):
+        assert (read_classes(tmp_path / "out", s) == read_classes(reference, s)).all()
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["config_hash"] == wf.config_hash()
+    assert not (tmp_path / "out" / "a" / ".chunks").exists()  # the chunk store is cleaned up
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        run_workflow(wf)
+    assert len(summary.scenes) == 2
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """`dask scheduler` + two `dask worker` processes on 127.0.0.1, always stopped."""
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "OMP_NUM_THREADS": "1"}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--no-dashboard", "--scheduler-file", str(sched_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        deadline = time.monotonic() + 60
+        while not sched_file.exists():
+            assert time.monotonic() < deadline, "scheduler did not start"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        address = json.loads(sched_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                 "--nworkers", "1", "--no-dashboard", "--no-nanny", "--death-timeout", "60"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        from distributed import Client
+
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=90)
+        yield address, procs
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+
+
+def start_run(wf: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([str(BIN / "terraseg"), "run", str(wf), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def wait_for_chunks(store: Path, n: int, proc: subprocess.Popen[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(store.glob("chunk_*.npz"))) < n:
+        assert proc.poll() is None, f"run ended early: {proc.communicate()}"
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.05)
+
+
+@pytest.mark.cluster
+def test_real_scheduler_worker_killed_then_client_killed_and_resumed(
+    tmp_path: Path, scenes: list[Path], slow_model: Path, reference: Path,
+    dask_cluster: tuple[str, list[subprocess.Popen[bytes]]],
+) -> None:
+    address, procs = dask_cluster
+    wf = workflow_file(tmp_path, scenes, str(slow_model))
+
+    # 1. a worker dies after some chunks finished: the run still completes, output identical
+    out1 = tmp_path / "killed-worker"
+    run = start_run(wf, "--scheduler", address, "--out", str(out1))
+    try:
+        wait_for_chunks(out1 / "a" / ".chunks", 4, run)
+        procs[2].send_signal(signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr
+    for s in ("a", "b"):
+        assert (read_classes(out1, s) == read_classes(reference, s)).all()
+
+    # 2. the client dies mid-run; --resume computes only the missing chunks
+    out2 = tmp_path / "resumed"
+    run = start_run(wf, "--scheduler", address, "--out", str(out2))
+    try:
+        wait_for_chunks(out2 / "a" / ".chunks", 5, run)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    stored = len(list((out2 / "a" / ".chunks").glob("chunk_*.npz")))
+    assert 5 <= stored < 12
+    proc = subprocess.run([str(BIN / "terraseg"), "run", str(wf), "--scheduler", address, "--out",
+                           str(out2)], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "--resume" in proc.stderr  # refuses to clobber the partial run
+    proc = subprocess.run([str(BIN / "terraseg"), "run", str(wf), "--scheduler", address, "--out",
+                           str(out2), "--resume"], capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out2 / "run.json").read_text())
+    a = summary["scenes"][0]["stats"]
+    assert a["chunks_resumed"] == stored and a["chunks_computed"] == 12 - stored
+    for s in ("a", "b"):
+        assert (read_classes(out2, s) == read_classes(reference, s)).all()
+
+
+def test_failed_chunks_are_logged_and_resumable(tmp_path: Path, scenes: list[Path],
+                                                reference: Path, slow_model: Path) -> None:
+    """A scene that turns unreadable mid-run: failures.jsonl, exit 2, then --resume finishes."""
+    import shutil
+
+    from terraseg.errors import ChunkFailedError
+    from terraseg.pipeline import ChunkFailure, local_runner, predict_scene_resumable
+    from terraseg.scene import open_scene
+
+    scene = open_scene(scenes[1])
+    from terraseg.distributed import PredictorOptions, get_worker_predictor
+    from terraseg.pipeline import plan_scene
+
+    predictor, spec = get_worker_predictor(PredictorOptions(model=str(slow_model), device="cpu"))
+    grid = plan_scene(scene, tile_px=256, overlap_px=32, chunk_px=256)
+    good = local_runner(scene, grid, predictor, spec)
+
+    def flaky(chunks):  # type: ignore[no-untyped-def]
+        for item in good(chunks):
+            if item.index == (1, 1):
+                yield ChunkFailure(item.index, grid.chunk(1, 1).core, "OSError: disk hiccup", "tb")
+            else:
+                yield item
+
+    out = tmp_path / "b"
+    with pytest.raises(ChunkFailedError, match=r"1 of 6 chunks failed .*--resume"):
+        predict_scene_resumable(scene, spec, out, flaky, tile_px=256, overlap_px=32, chunk_px=256)
+    lines = (out / "failures.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["chunk"] == [1, 1]
+    assert not (out / "classes.tif").exists()
+    res = predict_scene_resumable(scene, spec, out, good, tile_px=256, overlap_px=32,
+                                  chunk_px=256, resume=True)
+    assert res.stats["chunks_computed"] == 1 and res.stats["chunks_resumed"] == 5
+    assert (read_classes(tmp_path, "b") == read_classes(reference, "b")).all()
+    assert not (out / "failures.jsonl").exists()
+    shutil.rmtree(out)
