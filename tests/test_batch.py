@@ -31,9 +31,20 @@ def write_scene(path: Path, size: tuple[int, int], seed: int) -> Path:
     yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
     arr = np.stack([(yy + xx) % 256, (yy * 3) % 256, (xx * 2) % 256]).astype(np.uint8)
     arr = (arr + rng.integers(0, 40, arr.shape)).clip(0, 255).astype(np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", height=size[0], width=size[1], count=3,
-                       dtype="uint8", crs="EPSG:32633", tiled=True, blockxsize=256,
-                       blockysize=256, transform=from_origin(401_000.5, 4_700_000.5, 0.5, 0.5)) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=size[0],
+        width=size[1],
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        transform=from_origin(401_000.5, 4_700_000.5, 0.5, 0.5),
+    ) as ds:
         ds.write(arr)
     return path
 
@@ -51,8 +62,9 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     kwargs = {"encoder_name": "resnet18", "in_channels": 3, "classes": 3}
     net = smp.Unet(encoder_weights=None, **kwargs).eval()
-    card = ModelCard(name="slow-unet", architecture=Architecture(library="smp", name="Unet",
-                                                                kwargs=kwargs))
+    card = ModelCard(
+        name="slow-unet", architecture=Architecture(library="smp", name="Unet", kwargs=kwargs)
+    )
     out = tmp_path_factory.mktemp("model") / "slow-unet"
     weights, _ = save_model(net, card, out)
     return weights
@@ -66,7 +78,8 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def workflow_file(tmp: Path, scenes: list[Path], model: str, **over: object) -> Path:
     data: dict[str, object] = {
-        "version": 1, "name": "test",
+        "version": 1,
+        "name": "test",
         "inputs": {"paths": [str(p) for p in scenes]},
         "models": {"semantic": model},
         "tiling": {"tile_px": 256, "overlap_px": 32, "chunk_px": 256},
@@ -101,14 +114,23 @@ def test_every_shipped_workflow_validates() -> None:
     ("text", "match"),
     [
         ("version: 1\ninputs: {paths: [a.tif]}\nbogus: 1\n", r"bogus: unknown key"),
-        ("version: 1\ninputs: {paths: [a.tif]}\ntiling: {tile_px: 256, overlap_px: 256}\n",
-         r"overlap_px \(256\) must be smaller"),
-        ("version: 1\ninputs: {paths: [a.tif]}\ntiling: {tile_pixels: 3}\n",
-         r"tiling.tile_pixels: unknown key"),
+        (
+            "version: 1\ninputs: {paths: [a.tif]}\ntiling: {tile_px: 256, overlap_px: 256}\n",
+            r"overlap_px \(256\) must be smaller",
+        ),
+        (
+            "version: 1\ninputs: {paths: [a.tif]}\ntiling: {tile_pixels: 3}\n",
+            r"tiling.tile_pixels: unknown key",
+        ),
         ("version: 9\ninputs: {paths: [a.tif]}\n", r"newer than this terraseg"),
-        ("version: 1\ninputs: {paths: [a.tif]}\ncluster: {type: address}\n", r"needs cluster.address"),
-        ("version: 1\ninputs: {paths: [a.tif]}\nname: !!python/object/apply:os.system [echo hi]\n",
-         r"YAML tag that is not allowed"),
+        (
+            "version: 1\ninputs: {paths: [a.tif]}\ncluster: {type: address}\n",
+            r"needs cluster.address",
+        ),
+        (
+            "version: 1\ninputs: {paths: [a.tif]}\nname: !!python/object/apply:os.system [echo hi]\n",
+            r"YAML tag that is not allowed",
+        ),
         ("version: 1\ninputs: [unclosed\n", r"not valid YAML at line"),
         ("- just\n- a list\n", r"must be a mapping"),
         ("version: 1\nstages: [predict]\n", r"at least one scene"),
@@ -135,11 +157,15 @@ def test_version_0_is_upgraded(tmp_path: Path) -> None:
     assert wf.output_dir() == (tmp_path / "o").resolve()
 
 
-def test_paths_resolve_against_workflow_folder_and_globs(tmp_path: Path, scenes: list[Path]) -> None:
+def test_paths_resolve_against_workflow_folder_and_globs(
+    tmp_path: Path, scenes: list[Path]
+) -> None:
     folder = scenes[0].parent
     (tmp_path / "list.txt").write_text(f"# scenes\n{scenes[1]}\n")
-    wf = Workflow(inputs={"paths": [f"{folder}/a*.tif"], "list_file": "list.txt"},  # type: ignore[arg-type]
-                  base_dir=str(tmp_path))
+    wf = Workflow(
+        inputs={"paths": [f"{folder}/a*.tif"], "list_file": "list.txt"},  # type: ignore[arg-type]
+        base_dir=str(tmp_path),
+    )
     assert wf.scene_paths() == [str(scenes[0]), str(scenes[1])]
     with pytest.raises(ConfigError, match="matches no file"):
         Workflow(inputs={"paths": ["nothing*.tif"]}, base_dir=str(tmp_path)).scene_paths()  # type: ignore[arg-type]
@@ -158,8 +184,9 @@ def test_plan_counts_tasks(tmp_path: Path, scenes: list[Path]) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, scenes: list[Path],
-              slow_model: Path) -> Path:
+def reference(
+    tmp_path_factory: pytest.TempPathFactory, scenes: list[Path], slow_model: Path
+) -> Path:
     """The synchronous (no cluster) result every cluster run must reproduce exactly."""
     tmp = tmp_path_factory.mktemp("ref")
     wf = load_workflow(workflow_file(tmp, scenes, str(slow_model)))
@@ -168,14 +195,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory, scenes: list[Path],
     return tmp / "out"
 
 
-def test_local_cluster_equals_synchronous(tmp_path: Path, scenes: list[Path], slow_model: Path,
-                                          reference: Path) -> None:
-    wf = load_workflow(workflow_file(tmp_path, scenes, str(slow_model),
-                                     cluster={"type": "local", "n_workers": 2}))
+def test_local_cluster_equals_synchronous(
+    tmp_path: Path, scenes: list[Path], slow_model: Path, reference: Path
+) -> None:
+    wf = load_workflow(
+        workflow_file(tmp_path, scenes, str(slow_model), cluster={"type": "local", "n_workers": 2})
+    )
     summary = run_workflow(wf)
     for s in ("a", "b"):
         assert (read_classes(tmp_path / "out", s) == read_classes(reference, s)).all()
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["config_hash"] == wf.config_hash()
+    assert (
+        json.loads((tmp_path / "out" / "run.json").read_text())["config_hash"] == wf.config_hash()
+    )
     assert not (tmp_path / "out" / "a" / ".chunks").exists()  # the chunk store is cleaned up
     with pytest.raises(OutputExistsError, match="--overwrite"):
         run_workflow(wf)
@@ -189,10 +220,24 @@ def dask_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[by
     env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "OMP_NUM_THREADS": "1"}
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(subprocess.Popen(
-            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--no-dashboard", "--scheduler-file", str(sched_file)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "dask"),
+                    "scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--scheduler-file",
+                    str(sched_file),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
+        )
         deadline = time.monotonic() + 60
         while not sched_file.exists():
             assert time.monotonic() < deadline, "scheduler did not start"
@@ -200,10 +245,28 @@ def dask_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[by
         time.sleep(0.5)
         address = json.loads(sched_file.read_text())["address"]
         for _ in range(2):
-            procs.append(subprocess.Popen(
-                [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
-                 "--nworkers", "1", "--no-dashboard", "--no-nanny", "--death-timeout", "60"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        address,
+                        "--host",
+                        "127.0.0.1",
+                        "--nthreads",
+                        "1",
+                        "--nworkers",
+                        "1",
+                        "--no-dashboard",
+                        "--no-nanny",
+                        "--death-timeout",
+                        "60",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
+            )
         from distributed import Client
 
         with Client(address, timeout="30s") as c:
@@ -222,9 +285,13 @@ def dask_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[by
 
 
 def start_run(wf: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([str(BIN / "terraseg"), "run", str(wf), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [str(BIN / "terraseg"), "run", str(wf), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def wait_for_chunks(store: Path, n: int, proc: subprocess.Popen[str], timeout: float = 180) -> None:
@@ -237,7 +304,10 @@ def wait_for_chunks(store: Path, n: int, proc: subprocess.Popen[str], timeout: f
 
 @pytest.mark.cluster
 def test_real_scheduler_worker_killed_then_client_killed_and_resumed(
-    tmp_path: Path, scenes: list[Path], slow_model: Path, reference: Path,
+    tmp_path: Path,
+    scenes: list[Path],
+    slow_model: Path,
+    reference: Path,
     dask_cluster: tuple[str, list[subprocess.Popen[bytes]]],
 ) -> None:
     address, procs = dask_cluster
@@ -269,13 +339,30 @@ def test_real_scheduler_worker_killed_then_client_killed_and_resumed(
             run.kill()
     stored = len(list((out2 / "a" / ".chunks").glob("chunk_*.npz")))
     assert 5 <= stored < 12
-    proc = subprocess.run([str(BIN / "terraseg"), "run", str(wf), "--scheduler", address, "--out",
-                           str(out2)], capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [str(BIN / "terraseg"), "run", str(wf), "--scheduler", address, "--out", str(out2)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2 and "--resume" in proc.stderr  # refuses to clobber the partial run
-    proc = subprocess.run([str(BIN / "terraseg"), "run", str(wf), "--scheduler", address, "--out",
-                           str(out2), "--resume"], capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [
+            str(BIN / "terraseg"),
+            "run",
+            str(wf),
+            "--scheduler",
+            address,
+            "--out",
+            str(out2),
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out2 / "run.json").read_text())
     a = summary["scenes"][0]["stats"]
@@ -284,13 +371,14 @@ def test_real_scheduler_worker_killed_then_client_killed_and_resumed(
         assert (read_classes(out2, s) == read_classes(reference, s)).all()
 
 
-def test_failed_chunks_are_logged_and_resumable(tmp_path: Path, scenes: list[Path],
-                                                reference: Path, slow_model: Path) -> None:
+def test_failed_chunks_are_logged_and_resumable(
+    tmp_path: Path, scenes: list[Path], reference: Path, slow_model: Path
+) -> None:
     """A scene that turns unreadable mid-run: failures.jsonl, exit 2, then --resume finishes."""
     import shutil
 
     from terraseg.errors import ChunkFailedError
-    from terraseg.pipeline import ChunkFailure, local_runner, predict_scene_resumable
+    from terraseg.resumable import ChunkFailure, local_runner, predict_scene_resumable
     from terraseg.scene import open_scene
 
     scene = open_scene(scenes[1])
@@ -314,8 +402,9 @@ def test_failed_chunks_are_logged_and_resumable(tmp_path: Path, scenes: list[Pat
     lines = (out / "failures.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["chunk"] == [1, 1]
     assert not (out / "classes.tif").exists()
-    res = predict_scene_resumable(scene, spec, out, good, tile_px=256, overlap_px=32,
-                                  chunk_px=256, resume=True)
+    res = predict_scene_resumable(
+        scene, spec, out, good, tile_px=256, overlap_px=32, chunk_px=256, resume=True
+    )
     assert res.stats["chunks_computed"] == 1 and res.stats["chunks_resumed"] == 5
     assert (read_classes(tmp_path, "b") == read_classes(reference, "b")).all()
     assert not (out / "failures.jsonl").exists()

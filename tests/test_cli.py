@@ -18,8 +18,15 @@ TERRASEG = str(Path(sys.executable).with_name("terraseg"))
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([TERRASEG, *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [TERRASEG, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -37,9 +44,20 @@ def small_scene(tmp_path: Path) -> Path:
     path = tmp_path / "scene.tif"
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 255, (3, 300, 260), dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", height=300, width=260, count=3, dtype="uint8",
-                       crs="EPSG:32633", transform=from_origin(433_000.5, 4_650_000.5, 0.5, 0.5),
-                       tiled=True, blockxsize=128, blockysize=128) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=300,
+        width=260,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(433_000.5, 4_650_000.5, 0.5, 0.5),
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+    ) as ds:
         ds.write(arr)
     return path
 
@@ -64,8 +82,20 @@ def test_synth_then_predict_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     plan = json.loads(proc.stdout)
     assert plan["shape"] == [600, 600] and plan["n_chunks"] == 9 and plan["crs"] == "EPSG:32633"
-    proc = run("predict", str(out), "--out", str(tmp_path / "run"), "--tile-px", "256",
-               "--overlap-px", "32", "--chunk-px", "256", "--device", "cpu")
+    proc = run(
+        "predict",
+        str(out),
+        "--out",
+        str(tmp_path / "run"),
+        "--tile-px",
+        "256",
+        "--overlap-px",
+        "32",
+        "--chunk-px",
+        "256",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and "Mpx/s" in proc.stdout
     with rasterio.open(tmp_path / "run" / "classes.tif") as ds:
@@ -116,8 +146,20 @@ def test_predict_missing_crs_suggests_assume_crs(tmp_path: Path, small_scene: Pa
             dst.write(src.read())
     proc = run("predict", str(nocrs), "--out", str(tmp_path / "run"))
     assert_one_line_error(proc, "nocrs.tif", "--assume-crs")
-    proc = run("predict", str(nocrs), "--out", str(tmp_path / "run"), "--assume-crs",
-               "EPSG:32633", "--tile-px", "128", "--overlap-px", "16", "--device", "cpu")
+    proc = run(
+        "predict",
+        str(nocrs),
+        "--out",
+        str(tmp_path / "run"),
+        "--assume-crs",
+        "EPSG:32633",
+        "--tile-px",
+        "128",
+        "--overlap-px",
+        "16",
+        "--device",
+        "cpu",
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -132,8 +174,9 @@ def test_predict_missing_crs_suggests_assume_crs(tmp_path: Path, small_scene: Pa
         (["--model", "no-such-model"], ["no-such-model"]),
     ],
 )
-def test_predict_bad_options(tmp_path: Path, small_scene: Path, args: list[str],
-                             needles: list[str]) -> None:
+def test_predict_bad_options(
+    tmp_path: Path, small_scene: Path, args: list[str], needles: list[str]
+) -> None:
     out = tmp_path / "run"
     proc = run("predict", str(small_scene), "--out", str(out), *args)
     if "--device" in args and proc.returncode == 0:

@@ -89,7 +89,9 @@ def test_wrong_output_shape_is_clear() -> None:
             return nn.functional.avg_pool2d(x, 2)
 
     pred = TilePredictor(Pool(), device="cpu")
-    with pytest.raises(ConfigError, match=r"expected \(B, K, H, W\) logits at the input resolution"):
+    with pytest.raises(
+        ConfigError, match=r"expected \(B, K, H, W\) logits at the input resolution"
+    ):
         pred.predict(np.ones((1, 3, 8, 8), np.float32))
 
 

@@ -28,11 +28,28 @@ from terraseg.stitch import accumulate_tile, normalize, to_labels
 ORIGIN = (355_012.5, 4_651_987.5)  # inside UTM 33N, deliberately not a round number
 
 
-def write_tif(path: Path, arr: np.ndarray, *, crs: str = "EPSG:32633", nodata: float | None = None,
-              res: float = 0.5, photometric: str | None = None) -> Path:
-    profile = dict(driver="GTiff", height=arr.shape[1], width=arr.shape[2], count=arr.shape[0],
-                   dtype=arr.dtype, crs=crs, transform=from_origin(*ORIGIN, res, res),
-                   tiled=True, blockxsize=128, blockysize=128, nodata=nodata)
+def write_tif(
+    path: Path,
+    arr: np.ndarray,
+    *,
+    crs: str = "EPSG:32633",
+    nodata: float | None = None,
+    res: float = 0.5,
+    photometric: str | None = None,
+) -> Path:
+    profile = dict(
+        driver="GTiff",
+        height=arr.shape[1],
+        width=arr.shape[2],
+        count=arr.shape[0],
+        dtype=arr.dtype,
+        crs=crs,
+        transform=from_origin(*ORIGIN, res, res),
+        tiled=True,
+        blockxsize=128,
+        blockysize=128,
+        nodata=nodata,
+    )
     if photometric:
         profile["photometric"] = photometric
     with rasterio.open(path, "w", **profile) as ds:
@@ -70,19 +87,35 @@ class PositionModel(nn.Module):
         return torch.sin(self.conv(x) * 3.0) * 4.0
 
 
-def spec_for(n_classes: int, *, bands: tuple[int, ...] = (1, 2, 3), scale: float = 255.0,
-             activation: str = "softmax") -> ModelSpec:
+def spec_for(
+    n_classes: int,
+    *,
+    bands: tuple[int, ...] = (1, 2, 3),
+    scale: float = 255.0,
+    activation: str = "softmax",
+) -> ModelSpec:
     classes = tuple(ClassInfo(id=i, name=f"c{i}", color=(i, i, i)) for i in range(n_classes))
-    return ModelSpec(name="test", input=InputSpec(bands=bands, scale=scale), classes=classes,
-                     activation=activation)  # type: ignore[arg-type]
+    return ModelSpec(
+        name="test",
+        input=InputSpec(bands=bands, scale=scale),
+        classes=classes,
+        activation=activation,
+    )  # type: ignore[arg-type]
 
 
-def one_pass(scene_path: Path, model: nn.Module, spec: ModelSpec, tile: int, overlap: int,
-             ramp: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+def one_pass(
+    scene_path: Path,
+    model: nn.Module,
+    spec: ModelSpec,
+    tile: int,
+    overlap: int,
+    ramp: str = "cosine",
+) -> tuple[np.ndarray, np.ndarray]:
     """Reference: every lattice tile predicted and blended into ONE scene accumulator."""
     scene = open_scene(scene_path)
-    grid = ChunkGrid.from_shape(scene.shape, tile_px=tile, overlap_px=overlap,
-                                chunk_px=10 * max(scene.shape))
+    grid = ChunkGrid.from_shape(
+        scene.shape, tile_px=tile, overlap_px=overlap, chunk_px=10 * max(scene.shape)
+    )
     full = PixelWindow(0, 0, *scene.shape)
     acc = np.zeros((spec.n_classes + 1, *scene.shape), np.float32)
     pred = TilePredictor(model, device="cpu", batch_size=1, activation=spec.activation)
@@ -97,8 +130,16 @@ def one_pass(scene_path: Path, model: nn.Module, spec: ModelSpec, tile: int, ove
     return probs, acc
 
 
-def chunked(scene_path: Path, model: nn.Module, spec: ModelSpec, tile: int, overlap: int,
-            chunk: int, ramp: str = "cosine", batch_size: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def chunked(
+    scene_path: Path,
+    model: nn.Module,
+    spec: ModelSpec,
+    tile: int,
+    overlap: int,
+    chunk: int,
+    ramp: str = "cosine",
+    batch_size: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
     scene = open_scene(scene_path)
     grid = plan_scene(scene, tile_px=tile, overlap_px=overlap, chunk_px=chunk)
     pred = TilePredictor(model, device="cpu", batch_size=batch_size, activation=spec.activation)
@@ -159,8 +200,16 @@ def test_predict_scene_writes_cog(rgb_file: Path, tmp_path: Path) -> None:
     net, spec = build_builtin("cheap")
     pred = TilePredictor(net, device="cpu", batch_size=4)
     out = tmp_path / "run"
-    res = predict_scene(rgb_file, pred, spec, out, tile_px=128, overlap_px=32, chunk_px=256,
-                        write_probabilities=True)
+    res = predict_scene(
+        rgb_file,
+        pred,
+        spec,
+        out,
+        tile_px=128,
+        overlap_px=32,
+        chunk_px=256,
+        write_probabilities=True,
+    )
     src = open_scene(rgb_file)
     with rasterio.open(res.classes_path) as ds:
         assert ds.crs == src.crs and ds.transform == src.transform
@@ -204,8 +253,15 @@ def test_nodata_masked_and_empty_chunks_skipped(tmp_path: Path, rgb_array: np.nd
     path = write_tif(tmp_path / "nd.tif", arr, nodata=0)
     model = CountingModel()
     spec = spec_for(2)
-    out = predict_scene(path, TilePredictor(model, device="cpu", batch_size=4), spec,
-                        tmp_path / "run", tile_px=128, overlap_px=32, chunk_px=128)
+    out = predict_scene(
+        path,
+        TilePredictor(model, device="cpu", batch_size=4),
+        spec,
+        tmp_path / "run",
+        tile_px=128,
+        overlap_px=32,
+        chunk_px=128,
+    )
     with rasterio.open(out.classes_path) as ds:
         labels = ds.read(1)
     invalid = (arr == 0).all(0)
@@ -227,8 +283,15 @@ def test_alpha_band_masks_output(tmp_path: Path, rgb_array: np.ndarray) -> None:
 
         ds.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
     net, spec = build_builtin("cheap")
-    out = predict_scene(path, TilePredictor(net, device="cpu"), spec, tmp_path / "run",
-                        tile_px=128, overlap_px=32, chunk_px=256)
+    out = predict_scene(
+        path,
+        TilePredictor(net, device="cpu"),
+        spec,
+        tmp_path / "run",
+        tile_px=128,
+        overlap_px=32,
+        chunk_px=256,
+    )
     with rasterio.open(out.classes_path) as ds:
         labels = ds.read(1)
     assert (labels[alpha == 0] == 255).all() and (labels[alpha > 0] != 255).all()
@@ -242,15 +305,32 @@ def test_alpha_band_masks_output(tmp_path: Path, rgb_array: np.ndarray) -> None:
         ((3, 210, 333), np.uint8, 3, (1, 2, 3), "EPSG:4326", 4e-6),  # geographic
     ],
 )
-def test_odd_inputs(tmp_path: Path, shape: tuple[int, int, int], dtype: type, bands: int,
-                    spec_bands: tuple[int, ...], crs: str, res: float) -> None:
+def test_odd_inputs(
+    tmp_path: Path,
+    shape: tuple[int, int, int],
+    dtype: type,
+    bands: int,
+    spec_bands: tuple[int, ...],
+    crs: str,
+    res: float,
+) -> None:
     rng = np.random.default_rng(1)
     arr = rng.integers(1, 200, shape).astype(dtype)
     path = tmp_path / "odd.tif"
-    profile = dict(driver="GTiff", height=shape[1], width=shape[2], count=shape[0], dtype=dtype,
-                   crs=crs, transform=from_origin(14.2 if crs == "EPSG:4326" else ORIGIN[0],
-                                                  41.9 if crs == "EPSG:4326" else ORIGIN[1],
-                                                  res, res))
+    profile = dict(
+        driver="GTiff",
+        height=shape[1],
+        width=shape[2],
+        count=shape[0],
+        dtype=dtype,
+        crs=crs,
+        transform=from_origin(
+            14.2 if crs == "EPSG:4326" else ORIGIN[0],
+            41.9 if crs == "EPSG:4326" else ORIGIN[1],
+            res,
+            res,
+        ),
+    )
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(arr)
     model = PositionModel()
@@ -258,8 +338,15 @@ def test_odd_inputs(tmp_path: Path, shape: tuple[int, int, int], dtype: type, ba
     ref, _ = one_pass(path, model, spec, tile=64, overlap=16)
     got, valid = chunked(path, model, spec, tile=64, overlap=16, chunk=64)
     assert valid.all() and np.abs(got - ref).max() < 1e-5
-    res_ = predict_scene(path, TilePredictor(model, device="cpu"), spec, tmp_path / "run",
-                         tile_px=64, overlap_px=16, chunk_px=128)
+    res_ = predict_scene(
+        path,
+        TilePredictor(model, device="cpu"),
+        spec,
+        tmp_path / "run",
+        tile_px=64,
+        overlap_px=16,
+        chunk_px=128,
+    )
     with rasterio.open(res_.classes_path) as ds:
         assert ds.crs.to_string() == crs and ds.shape == shape[1:]
         assert (ds.read(1) == to_labels(ref, np.ones(shape[1:], bool))).all()
@@ -273,10 +360,15 @@ def test_missing_bands_is_clear(rgb_file: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "classes.tif").exists()
 
 
-@pytest.mark.parametrize(("tile", "overlap", "chunk", "match"), [
-    (128, 128, 512, "overlap"), (128, 200, 512, "overlap"), (256, 16, 128, "chunk"),
-    (0, 0, 512, "tile"),
-])
+@pytest.mark.parametrize(
+    ("tile", "overlap", "chunk", "match"),
+    [
+        (128, 128, 512, "overlap"),
+        (128, 200, 512, "overlap"),
+        (256, 16, 128, "chunk"),
+        (0, 0, 512, "tile"),
+    ],
+)
 def test_bad_sizes(rgb_file: Path, tile: int, overlap: int, chunk: int, match: str) -> None:
     with pytest.raises(GridError, match=match):
         plan_scene(open_scene(rgb_file), tile_px=tile, overlap_px=overlap, chunk_px=chunk)
@@ -296,9 +388,15 @@ def test_failure_leaves_no_partial_output(rgb_file: Path, tmp_path: Path) -> Non
 
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="fell over"):
-        predict_scene(rgb_file, TilePredictor(Boom(), device="cpu", batch_size=1,
-                                              activation="identity"),
-                      spec_for(3), out, tile_px=128, overlap_px=32, chunk_px=128)
+        predict_scene(
+            rgb_file,
+            TilePredictor(Boom(), device="cpu", batch_size=1, activation="identity"),
+            spec_for(3),
+            out,
+            tile_px=128,
+            overlap_px=32,
+            chunk_px=128,
+        )
     assert not out.exists() or sorted(p.name for p in out.iterdir()) == []
 
 
@@ -330,8 +428,14 @@ MEMORY_SCRIPT = textwrap.dedent(
 
 def _peak_mb(size: int, tmp: Path) -> float:
     env = {"GDAL_CACHEMAX": "64", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(size), str(tmp)],
-                         capture_output=True, text=True, timeout=900, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(size), str(tmp)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        check=True,
+    )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
 
 

@@ -120,7 +120,8 @@ def run_workflow(
         ``progress(scene, done, total)`` after each chunk.
     """
     from terraseg.distributed import DaskRunner, PredictorOptions, connect, get_worker_predictor
-    from terraseg.pipeline import local_runner, plan_scene, predict_scene_resumable
+    from terraseg.pipeline import plan_scene
+    from terraseg.resumable import local_runner, predict_scene_resumable
 
     t0 = time.perf_counter()
     root = wf.output_dir(out)
@@ -169,7 +170,7 @@ def run_workflow(
                     overlap_px=wf.tiling.overlap_px, chunk_px=wf.tiling.chunk_px,
                     write_probabilities=wf.outputs.probabilities, resume=resume,
                     overwrite=overwrite, config=config, device=str(local_predictor.device),
-                    progress=(lambda d, t, _p=sc.path: progress(_p, d, t)) if progress else None,
+                    progress=_scene_progress(progress, sc.path),
                 )
                 summary.outputs["classes"] = str(res.classes_path)
                 if res.probabilities_path is not None:
@@ -181,6 +182,18 @@ def run_workflow(
     result = RunSummary(wf.name, str(root), summaries, time.perf_counter() - t0)
     _write_summary(root, wf, result)
     return result
+
+
+def _scene_progress(
+    progress: Callable[[str, int, int], None] | None, label: str
+) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+
+    def update(done: int, total: int) -> None:
+        progress(label, done, total)
+
+    return update
 
 
 def _write_summary(root: Path, wf: Workflow, result: RunSummary) -> None:

@@ -40,6 +40,7 @@ __all__ = [
 
 CURRENT_VERSION = 1
 Stage = Literal["predict", "vectorize", "export", "train"]
+VectorFormat = Literal["gpkg", "fgb", "parquet"]
 
 
 class _Model(BaseModel):
@@ -101,8 +102,9 @@ class OutputsConfig(_Model):
     """Where results go and in which formats."""
 
     dir: str = Field(default="out", description="Output folder (one sub-folder per scene).")
-    formats: list[Literal["gpkg", "fgb", "parquet"]] = Field(
-        default_factory=lambda: ["gpkg"], description="Vector formats to export."
+    formats: list[VectorFormat] = Field(
+        default_factory=lambda: list[VectorFormat](["gpkg"]),
+        description="Vector formats to export.",
     )
     crs: str | None = Field(
         default=None, description="Reproject vector outputs to this CRS (default: scene CRS)."

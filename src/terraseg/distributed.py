@@ -130,7 +130,7 @@ class DaskRunner:
     def __call__(self, chunks: Sequence[Chunk]) -> Iterator[Any]:
         from distributed import as_completed
 
-        from terraseg.pipeline import ChunkFailure
+        from terraseg.resumable import ChunkFailure
 
         if not chunks:
             return
