@@ -316,6 +316,8 @@ class _TruthWriter:
             geometry_type=gtype,
             crs=self.crs,
             append=layer in self.started,
+            # GeoPackage 1.2: read without warnings by every GDAL >= 2.2 (Debian's 3.6 too)
+            dataset_options=None if self.started else {"VERSION": "1.2"},
         )
         self.started.add(layer)
 
