@@ -155,7 +155,8 @@ def run_workflow(
         for sc in scenes:
             scene_dir = _scene_out(root, sc.path, taken)
             summary = SceneSummary(scene=sc.path, out_dir=str(scene_dir))
-            if "predict" in stages:
+            classes_path = scene_dir / "classes.tif"
+            if "predict" in stages and not (resume and _finished(classes_path)):
                 grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
                                   chunk_px=wf.tiling.chunk_px)
                 if client is None:
@@ -172,16 +173,72 @@ def run_workflow(
                     overwrite=overwrite, config=config, device=str(local_predictor.device),
                     progress=_scene_progress(progress, sc.path),
                 )
-                summary.outputs["classes"] = str(res.classes_path)
-                if res.probabilities_path is not None:
-                    summary.outputs["probabilities"] = str(res.probabilities_path)
                 summary.stats = {k: res.stats[k] for k in (
                     "tiles_run", "chunks_computed", "chunks_resumed", "seconds",
                     "throughput_mpx_s", "chunks_skipped_nodata")}
+            elif "predict" in stages:
+                summary.stats = {"chunks_computed": 0, "chunks_resumed": "all"}
+            if classes_path.exists():
+                summary.outputs["classes"] = str(classes_path)
+            if (scene_dir / "probabilities.tif").exists():
+                summary.outputs["probabilities"] = str(scene_dir / "probabilities.tif")
+            if "vectorize" in stages or "export" in stages:
+                summary.outputs.update(_vector_stages(
+                    wf, scene_dir, Path(sc.path).stem, classes_path,
+                    export="export" in stages, resume=resume, overwrite=overwrite,
+                    run_info={"config_hash": wf.config_hash(), "model": spec.name,
+                              "seconds": summary.stats.get("seconds", {})},
+                ))
             summaries.append(summary)
     result = RunSummary(wf.name, str(root), summaries, time.perf_counter() - t0)
     _write_summary(root, wf, result)
     return result
+
+
+def _finished(path: Path) -> bool:
+    """An output written by an earlier run (atomic writes: present means complete)."""
+    return path.exists()
+
+
+def _vector_stages(
+    wf: Workflow,
+    scene_dir: Path,
+    stem: str,
+    classes_path: Path,
+    *,
+    export: bool,
+    resume: bool,
+    overwrite: bool,
+    run_info: dict[str, Any],
+) -> dict[str, str]:
+    """Instances, vectors and export of one scene, from its class COG."""
+    from terraseg.postprocess import export_vectors, label_instances, vectorize_masks
+
+    if not classes_path.exists():
+        raise ConfigError(
+            f"stage 'vectorize' needs '{classes_path}'; add 'predict' to stages or run it first"
+        )
+    instances_path = scene_dir / "instances.tif"
+    gpkg = scene_dir / f"{stem}.gpkg"
+    if resume and gpkg.exists():
+        return {"instances": str(instances_path), "gpkg": str(gpkg)}
+    probs = scene_dir / "probabilities.tif"
+    if not (resume and instances_path.exists()):
+        label_instances(classes_path, instances_path, chunk_px=wf.tiling.chunk_px,
+                        probabilities_path=probs if probs.exists() else None,
+                        overwrite=overwrite or resume)
+    layers = vectorize_masks(classes_path, instances_path, chunk_px=wf.tiling.chunk_px)
+    formats = tuple(wf.outputs.formats) if export else ("gpkg",)
+    if "gpkg" not in formats:
+        formats = ("gpkg", *formats)
+    result = export_vectors(
+        layers.as_dict(), scene_dir, scene_name=stem, formats=formats,
+        masks={"classes": classes_path, "instances": instances_path}, run_info=run_info,
+        to_crs=wf.outputs.crs if export else None, overwrite=overwrite or resume,
+    )
+    return {"instances": str(instances_path)} | {
+        Path(p).name: str(p) for p in result.paths if Path(p).suffix != ".tif"
+    }
 
 
 def _scene_progress(

@@ -100,9 +100,12 @@ def predict(
     assume_crs: Annotated[
         str | None, typer.Option("--assume-crs", help="CRS for a scene that has none.")
     ] = None,
+    vectorize: Annotated[
+        bool, typer.Option("--vectorize/--no-vectorize", help="Also write instances.tif and <scene>.gpkg (+ .qgz).")
+    ] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
-    """Predict class masks for a scene, chunk by chunk, into a COG."""
+    """Predict class masks for a scene chunk by chunk into a COG, then vectorize them."""
     from terraseg.api import predict_to_dir
 
     result = predict_to_dir(
@@ -128,6 +131,76 @@ def predict(
         f"in {st['seconds']['wall']:.1f} s, {st['throughput_mpx_s']:.2f} Mpx/s, "
         f"peak RSS {st['peak_rss_mb']:.0f} MB; details in {result.run_json}"
     )
+    if vectorize:
+        _vectorize_and_report(result.classes_path, out / "instances.tif", out, scene.stem,
+                              chunk_px=chunk_px, overwrite=overwrite,
+                              probabilities=result.probabilities_path)
+
+
+def _vectorize_and_report(
+    classes: Path, instances: Path, out_dir: Path, name: str, *, chunk_px: int,
+    overwrite: bool, probabilities: Path | None = None, formats: tuple[str, ...] = ("gpkg",),
+    to_crs: str | None = None, given_instances: bool = False,
+) -> None:
+    from terraseg.postprocess import export_vectors, label_instances, vectorize_masks
+
+    if not given_instances:
+        table = label_instances(classes, instances, chunk_px=chunk_px, overwrite=overwrite,
+                                probabilities_path=probabilities)
+        typer.echo(f"wrote {instances} ({len(table.ids)} building instances)")
+    layers = vectorize_masks(classes, instances, chunk_px=chunk_px)
+    masks = {"classes": classes, "instances": instances}
+    res = export_vectors(layers.as_dict(), out_dir, scene_name=name, formats=formats,  # type: ignore[arg-type]
+                         masks=masks, to_crs=to_crs, overwrite=overwrite)
+    counts = ", ".join(f"{n} {k}" for k, n in layers.counts().items())
+    typer.echo(f"wrote {', '.join(str(p) for p in res.paths if p.suffix != '.tif')} ({counts})")
+
+
+@app.command("vectorize")
+def vectorize_cmd(
+    mask: Annotated[Path, typer.Argument(help="Class COG (classes.tif) written by predict.")],
+    out: Annotated[Path, typer.Option("--out", help="Output GeoPackage, e.g. city.gpkg.")],
+    instances: Annotated[
+        Path | None, typer.Option("--instances", help="Instance COG; computed from MASK if omitted.")
+    ] = None,
+    chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size, pixels.")] = 2048,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Vectorize masks into buildings, roads and road centerlines (GeoPackage + QGIS project)."""
+    if out.suffix.lower() != ".gpkg":
+        from terraseg.errors import ConfigError
+
+        raise ConfigError(f"--out '{out}' must end in .gpkg; e.g. --out {out.with_suffix('.gpkg')}")
+    inst = instances if instances is not None else out.with_name("instances.tif")
+    _vectorize_and_report(mask, inst, out.parent, out.stem, chunk_px=chunk_px,
+                          overwrite=overwrite, given_instances=instances is not None)
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Output folder of predict/run (holds <scene>.gpkg).")],
+    format: Annotated[str, typer.Option("--format", help="Comma-separated: gpkg,fgb,parquet.")] = "gpkg",  # noqa: A002
+    to_crs: Annotated[str | None, typer.Option("--to-crs", help="Reproject vectors, e.g. EPSG:4326.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Export folder (default RUN_DIR/export).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Re-export a finished run in other formats or another CRS, without recomputing."""
+    from terraseg.errors import ConfigError
+    from terraseg.postprocess import export_vectors, read_vectors
+
+    formats = tuple(f.strip() for f in format.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("gpkg", "fgb", "parquet")]
+    if bad or not formats:
+        raise ConfigError(f"unknown format(s) {bad or format!r}; use gpkg, fgb and/or parquet")
+    gpkgs = sorted(p for p in run_dir.glob("*.gpkg") if not p.name.startswith("."))
+    if not gpkgs:
+        raise ConfigError(f"no <scene>.gpkg in '{run_dir}'; run `terraseg predict` or `terraseg run` first")
+    dest = out if out is not None else run_dir / "export"
+    for gpkg in gpkgs:
+        masks = {m.stem: m for m in (run_dir / "classes.tif", run_dir / "instances.tif") if m.exists()}
+        res = export_vectors(read_vectors(gpkg), dest, scene_name=gpkg.stem, formats=formats,  # type: ignore[arg-type]
+                             masks=masks, to_crs=to_crs, overwrite=overwrite)
+        typer.echo(f"exported {gpkg.name}: {', '.join(str(p) for p in res.paths)}")
 
 
 @app.command()
