@@ -100,11 +100,43 @@ def test_synth_then_predict_end_to_end(tmp_path: Path) -> None:
     assert "wrote" in proc.stdout and "Mpx/s" in proc.stdout
     with rasterio.open(tmp_path / "run" / "classes.tif") as ds:
         assert ds.shape == (600, 600) and ds.crs.to_epsg() == 32633
+    # predict vectorizes by default: instances, a styled GeoPackage and a QGIS project
+    for name in ("instances.tif", "city.gpkg", "city.qgz"):
+        assert (tmp_path / "run" / name).exists(), name
+    proc = run("export", str(tmp_path / "run"), "--format", "fgb,parquet", "--to-crs", "EPSG:4326")
+    assert proc.returncode == 0, proc.stderr
+    import geopandas as gpd
+
+    fgb = gpd.read_file(tmp_path / "run" / "export" / "city_buildings.fgb")
+    assert fgb.crs.to_epsg() == 4326
+    assert len(fgb) == len(gpd.read_file(tmp_path / "run" / "city.gpkg", layer="buildings"))
     # a second run refuses to overwrite, and leaves the first output intact
     before = (tmp_path / "run" / "classes.tif").stat().st_mtime_ns
     proc = run("predict", str(out), "--out", str(tmp_path / "run"), "--device", "cpu")
     assert_one_line_error(proc, "already exists", "--overwrite")
     assert (tmp_path / "run" / "classes.tif").stat().st_mtime_ns == before
+
+
+def test_vectorize_truth_oracle(tmp_path: Path) -> None:
+    """Vectorizing the truth rasters gives back the truth buildings, one polygon each."""
+    import geopandas as gpd
+
+    from terraseg.synthetic import make_city
+
+    city = make_city(tmp_path / "c.tif", size_px=700, seed=2)
+    out = tmp_path / "v" / "c.gpkg"
+    proc = run("vectorize", str(city.truth_classes), "--instances", str(city.truth_instances),
+               "--out", str(out), "--chunk-px", "256")
+    assert proc.returncode == 0, proc.stderr
+    got = gpd.read_file(out, layer="buildings")
+    truth = gpd.read_file(city.truth_gpkg, layer="buildings")
+    assert got.crs == truth.crs
+    assert got.geometry.is_valid.all()
+    assert got["building_id"].is_unique
+    # buildings under min_area_m2 (4 m², slivers cut by the scene edge) are dropped, with a warning
+    big = truth[truth.area >= 4.0]
+    assert set(big["building_id"]) <= set(got["building_id"])
+    assert len(gpd.read_file(out, layer="road_centerlines")) > 0
 
 
 @pytest.mark.parametrize(
