@@ -1,3 +1,35 @@
-"""terraseg."""
+"""terraseg: huge GeoTIFFs to georeferenced building and road polygons, out of core, on Dask.
+
+The notebook API::
+
+    import terraseg
+    scene = terraseg.open_scene("city.tif")          # lazy; scene.to_xarray() for a dask view
+    classes = terraseg.predict(scene, window=(0, 0, 1024, 1024))   # DataArray with CRS
+    layers = terraseg.vectorize(classes)             # GeoDataFrames in the scene CRS
+    summary = terraseg.run("workflows/demo.yaml")    # a batch run on Dask
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load_workflow", "open_scene", "predict", "run", "vectorize"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: `import terraseg` stays cheap (no torch) until a function is used
+    if name == "open_scene":
+        from terraseg.scene import open_scene
+
+        return open_scene
+    if name in ("predict", "vectorize", "run"):
+        from terraseg import api
+
+        return getattr(api, name)
+    if name == "load_workflow":
+        from terraseg.config import load_workflow
+
+        return load_workflow
+    raise AttributeError(f"module 'terraseg' has no attribute {name!r}")

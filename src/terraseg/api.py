@@ -13,7 +13,7 @@ from terraseg.pipeline import PredictResult, Ramp, plan_scene, predict_scene
 from terraseg.progress import progress_callback
 from terraseg.scene import open_scene
 
-__all__ = ["plan_summary", "predict_to_dir"]
+__all__ = ["plan_summary", "predict", "predict_to_dir", "run", "vectorize"]
 
 
 def plan_summary(
@@ -86,3 +86,198 @@ def predict_to_dir(
         )
 
 
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+
+def _as_scene(source: Any, tmpdir: Path) -> Any:
+    """A Scene from a path, a Scene, or an in-memory (band, y, x) DataArray with a CRS."""
+    from terraseg.scene import Scene
+
+    if isinstance(source, Scene):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return open_scene(source)
+    import xarray as xr
+
+    if isinstance(source, xr.DataArray):
+        import rioxarray  # noqa: F401  (registers .rio)
+
+        from terraseg.errors import CRSError
+
+        da = source if source.ndim == 3 else source.expand_dims("band")
+        if da.rio.crs is None:
+            raise CRSError(
+                "the DataArray has no CRS; set one with da.rio.write_crs('EPSG:32633')"
+            )
+        path = tmpdir / "input.tif"
+        da.rio.to_raster(path, tiled=True, blockxsize=256, blockysize=256)
+        return open_scene(path)
+    raise TypeError(f"expected a path, a Scene or an xarray.DataArray, got {type(source).__name__}")
+
+
+def _window_of(window: Any, shape: tuple[int, int]) -> Any:
+    from terraseg.grid import PixelWindow
+
+    if window is None:
+        return PixelWindow(0, 0, *shape)
+    if isinstance(window, PixelWindow):
+        return window.clip(shape)
+    row_off, col_off, height, width = (int(v) for v in window)
+    return PixelWindow(row_off, col_off, height, width).clip(shape)
+
+
+def predict(
+    scene: Any,
+    *,
+    model: str = "demo-semantic",
+    window: Any = None,
+    tile_px: int = 512,
+    overlap_px: int = 64,
+    device: str = "auto",
+    batch_size: int = 8,
+    probabilities: bool = False,
+) -> Any:
+    """Predict classes for a scene or a window of it, as an ``xarray.DataArray`` with CRS.
+
+    Uses the scene's global tile lattice, so a window's labels equal the
+    full-scene run's away from the window's edge (at the edge, tiles outside
+    the window's chunks are not run and the blend uses the tiles that are).
+
+    Parameters
+    ----------
+    scene
+        A path GDAL reads, a :class:`~terraseg.scene.Scene`, or an in-memory
+        ``(band, y, x)`` DataArray with a CRS (rioxarray).
+    model
+        Bundled model name or checkpoint path.
+    window
+        ``(row_off, col_off, height, width)`` in scene pixels, or a
+        :class:`~terraseg.grid.PixelWindow`; ``None`` for the whole scene
+        (only sensible for small scenes: the result is in memory).
+    probabilities
+        Return per-class probabilities ``(class, y, x)`` float32 instead of labels.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(y, x)`` uint8 labels (255 = nodata) or ``(class, y, x)`` probabilities,
+        with ``x``/``y`` pixel-centre coordinates, the scene CRS (``.rio.crs``),
+        and ``attrs["classes"]`` / ``attrs["colors"]``.
+    """
+    import tempfile
+
+    import numpy as np
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    from terraseg.chunkstore import labels_from_acc
+    from terraseg.grid import ChunkGrid
+    from terraseg.pipeline import check_bands, iter_predictions
+    from terraseg.stitch import normalize
+
+    with tempfile.TemporaryDirectory(prefix="terraseg-") as tmp:
+        sc = _as_scene(scene, Path(tmp))
+        win = _window_of(window, sc.shape)
+        net, card = load_model(model)
+        spec = card.to_spec()
+        check_bands(sc, spec)
+        predictor = TilePredictor(net, device=device, batch_size=batch_size,
+                                  activation=spec.activation)
+        chunk_px = max(tile_px, min(2048, max(win.height, win.width)))
+        grid = ChunkGrid.from_shape(sc.shape, tile_px=tile_px, overlap_px=overlap_px,
+                                    chunk_px=chunk_px)
+        chunks = [c for c in grid if not c.core.intersection(win).is_empty]
+        k = spec.n_classes
+        out = (np.zeros((k, win.height, win.width), np.float32) if probabilities
+               else np.full((win.height, win.width), 255, np.uint8))
+        for region, acc, valid in iter_predictions(sc, grid, predictor, spec, chunks=chunks):
+            inter = region.intersection(win)
+            if inter.is_empty or acc is None:
+                continue
+            src = inter.relative_to(region).to_slices()
+            dst = inter.relative_to(win).to_slices()
+            if probabilities:
+                p, ok = normalize(acc[(slice(None), *src)])
+                out[(slice(None), *dst)] = np.where(valid[src] & ok, p, np.nan)
+            else:
+                labels, _ = labels_from_acc(acc[(slice(None), *src)], valid[src])
+                out[dst] = labels
+        transform = sc.transform * sc.transform.translation(win.col_off, win.row_off)
+        xs = transform.c + transform.a * (np.arange(win.width) + 0.5)
+        ys = transform.f + transform.e * (np.arange(win.height) + 0.5)
+        dims = ("class", "y", "x") if probabilities else ("y", "x")
+        coords: dict[str, Any] = {"y": ys, "x": xs}
+        if probabilities:
+            coords["class"] = [c.name for c in spec.classes]
+        da = xr.DataArray(out, dims=dims, coords=coords, name="probabilities" if probabilities
+                          else "classes")
+        da = da.rio.write_crs(sc.crs).rio.write_transform(transform)
+        if not probabilities:
+            da = da.rio.write_nodata(255)
+        da.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name)
+        return da
+
+
+def vectorize(
+    classes: Any,
+    *,
+    instances: Any = None,
+    chunk_px: int = 2048,
+    min_area_m2: float = 4.0,
+    regularize: bool = True,
+) -> dict[str, Any]:
+    """Buildings, roads, road centerlines and the road graph as GeoDataFrames.
+
+    ``classes`` is a class COG path or a ``(y, x)`` labels DataArray (e.g. from
+    :func:`predict`); ``instances`` an instance COG path/DataArray, computed
+    from ``classes`` when omitted. Every GeoDataFrame is in the scene CRS.
+    """
+    import tempfile
+
+    from terraseg.postprocess import label_instances, vectorize_masks
+
+    with tempfile.TemporaryDirectory(prefix="terraseg-") as tmp:
+        t = Path(tmp)
+        classes_path = _as_raster_path(classes, t / "classes.tif")
+        if instances is None:
+            inst_path = t / "instances.tif"
+            label_instances(classes_path, inst_path, chunk_px=chunk_px)
+        else:
+            inst_path = _as_raster_path(instances, t / "instances.tif")
+        layers = vectorize_masks(classes_path, inst_path, chunk_px=chunk_px,
+                                 min_area_m2=min_area_m2, regularize=regularize)
+        return layers.as_dict()
+
+
+def _as_raster_path(source: Any, path: Path) -> Path:
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source)
+    import rioxarray  # noqa: F401
+
+    from terraseg.rasterio_out import RasterSink
+
+    da = source
+    names = {int(k): str(v) for k, v in da.attrs.get("classes", {}).items()} or None
+    with RasterSink(path, like={"crs": da.rio.crs, "transform": da.rio.transform(),
+                                "shape": da.shape[-2:]},
+                    dtype=str(da.dtype), nodata=da.rio.nodata if da.rio.nodata is not None else 0,
+                    class_names=names) as sink:
+        from terraseg.grid import PixelWindow
+
+        sink.write(PixelWindow(0, 0, *da.shape[-2:]), da.values.reshape(1, *da.shape[-2:]))
+    return path
+
+
+def run(workflow: Any, *, client: Any = None, out: Any = None, resume: bool = False,
+        overwrite: bool = False) -> Any:
+    """Run a workflow (path or :class:`~terraseg.config.Workflow`); returns a RunSummary.
+
+    Uses ``client`` (or the workflow's cluster settings) for the chunk tasks.
+    """
+    from terraseg.batch import run_workflow
+    from terraseg.config import Workflow, load_workflow
+
+    wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
+    return run_workflow(wf, out=out, resume=resume, overwrite=overwrite, client=client)

@@ -7,6 +7,7 @@ config object goes further in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -101,6 +102,7 @@ def run_workflow(
     resume: bool = False,
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    client: Any = None,
 ) -> RunSummary:
     """Run every stage of ``wf`` over every scene.
 
@@ -118,6 +120,9 @@ def run_workflow(
         Replace existing outputs.
     progress
         ``progress(scene, done, total)`` after each chunk.
+    client
+        A ``distributed.Client`` to use instead of the workflow's ``cluster``
+        (e.g. the one a notebook already started).
     """
     from terraseg.distributed import DaskRunner, PredictorOptions, connect, get_worker_predictor
     from terraseg.pipeline import plan_scene
@@ -151,7 +156,8 @@ def run_workflow(
     summaries: list[SceneSummary] = []
     taken: set[str] = set()
     config = wf.model_dump(mode="json") | {"config_hash": wf.config_hash()}
-    with connect(**kwargs) as client:
+    ctx = contextlib.nullcontext(client) if client is not None else connect(**kwargs)
+    with ctx as client:
         for sc in scenes:
             scene_dir = _scene_out(root, sc.path, taken)
             summary = SceneSummary(scene=sc.path, out_dir=str(scene_dir))
