@@ -608,3 +608,18 @@ def test_gdal_virtual_path(u16_array: np.ndarray) -> None:
         data, _ = s.read_window(PixelWindow(-3, -3, 10, 10), pad="nodata")
         np.testing.assert_array_equal(data[:, 3:, 3:], u16_array[:, :7, :7])
         clear_handle_cache()
+
+
+def test_quicklook_plot_is_decimated_and_georeferenced(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from terraseg.quicklook import read_quicklook
+
+    arr = np.random.default_rng(0).integers(1, 255, (3, 700, 500), dtype=np.uint8)
+    s = open_scene(write_tif(tmp_path / "q.tif", arr))
+    data, valid = read_quicklook(s, max_px=100)
+    assert max(data.shape[1:]) <= 100 and valid.all()
+    ax = s.plot(max_px=100)
+    left, right, bottom, top = ax.images[0].get_extent()
+    assert (left, bottom, right, top) == pytest.approx(tuple(s.bounds))

@@ -32,20 +32,19 @@ from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 from skimage.morphology import skeletonize as _skeletonize
 
-from terraseg.errors import ConfigError
-from terraseg.grid import PixelWindow
-from terraseg.vectorize import (
+from terraseg._dissolve import (
     EDGE_BOTTOM,
     EDGE_LEFT,
     EDGE_RIGHT,
     EDGE_TOP,
     ChunkLayout,
-    MetricFrame,
     ReadFn,
-    SomeCRS,
     _as_2d,
     _internal_sides,
 )
+from terraseg.errors import ConfigError
+from terraseg.grid import PixelWindow
+from terraseg.metric import MetricFrame, SomeCRS
 
 __all__ = [
     "RoadNetwork",

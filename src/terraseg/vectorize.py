@@ -14,7 +14,9 @@ the ``iter_*`` generators are consumed batch by batch.
 All dissolving happens in the scene's pixel frame, where every vertex is an
 integer, so unions are exact; geometries move to the scene CRS only when
 emitted. Areas and lengths are in metres whatever the CRS: a geographic CRS is
-measured in the local UTM zone of the scene. Outputs are in the scene CRS.
+measured in the local UTM zone of the scene (:class:`terraseg.metric.MetricFrame`).
+Outputs are in the scene CRS. The chunk layout and the union-find that dissolves
+parts across chunk edges are in :mod:`terraseg._dissolve`.
 Pure module: numpy, shapely, affine, pyproj, scipy and rasterio's in-memory
 ``rasterio.features``; it opens no file.
 """
@@ -23,8 +25,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 import geopandas as gpd
@@ -37,8 +39,26 @@ from numpy.typing import NDArray
 from rasterio import features
 from scipy import ndimage
 
-from terraseg.errors import ConfigError, CRSError
+from terraseg._dissolve import (
+    _OPPOSITE,
+    EDGE_BOTTOM,
+    EDGE_LEFT,
+    EDGE_RIGHT,
+    EDGE_TOP,
+    ChunkLayout,
+    ReadFn,
+    _as_2d,
+    _connect,
+    _dissolve,
+    _Dissolver,
+    _edge_flags,
+    _internal_sides,
+    _strip,
+)
+from terraseg.errors import ConfigError
+from terraseg.evaluate import PolygonMatch, match_polygons
 from terraseg.grid import PixelWindow
+from terraseg.metric import MetricFrame, SomeCRS, _apply_affine
 from terraseg.regularize import regularize_polygons
 
 __all__ = [
@@ -58,20 +78,10 @@ __all__ = [
     "vectorize_buildings",
     "vectorize_roads",
 ]
+# ChunkLayout and EDGE_* live in terraseg._dissolve, MetricFrame in terraseg.metric and
+# match_polygons/PolygonMatch in terraseg.evaluate; they are re-exported here. ReadFn and
+# SomeCRS are re-exported too (type aliases of the signatures below).
 
-EDGE_TOP, EDGE_BOTTOM, EDGE_LEFT, EDGE_RIGHT = 1, 2, 4, 8
-"""Bits of :attr:`ChunkPolygons.edges`: the internal chunk edges a polygon touches."""
-
-_SIDES: tuple[int, ...] = (EDGE_TOP, EDGE_BOTTOM, EDGE_LEFT, EDGE_RIGHT)
-_OPPOSITE = {
-    EDGE_TOP: EDGE_BOTTOM,
-    EDGE_BOTTOM: EDGE_TOP,
-    EDGE_LEFT: EDGE_RIGHT,
-    EDGE_RIGHT: EDGE_LEFT,
-}
-
-SomeCRS: TypeAlias = "str | int | pyproj.CRS | Any"
-ReadFn: TypeAlias = Callable[[PixelWindow], "NDArray[Any]"]
 Geoms: TypeAlias = "NDArray[np.object_]"
 
 
@@ -123,20 +133,6 @@ class ChunkPolygons:
         return out
 
 
-def _as_2d(labels: NDArray[Any], window: PixelWindow) -> NDArray[Any]:
-    arr = np.asarray(labels)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.shape != window.shape:
-        raise ConfigError(
-            f"read function returned an array of shape {arr.shape} for window {window}; "
-            f"expected {window.shape} (rows, cols) or (1, rows, cols)",
-            shape=arr.shape,
-            window=window,
-        )
-    return arr
-
-
 def _to_int32(labels: NDArray[Any]) -> NDArray[Any]:
     """Labels in a dtype GDAL's polygonizer accepts (uint8, uint16, int16, int32).
 
@@ -156,41 +152,6 @@ def _to_int32(labels: NDArray[Any]) -> NDArray[Any]:
         "non-negative integers below 2**31",
         dtype=str(labels.dtype),
     )
-
-
-def _internal_sides(window: PixelWindow, scene_shape: tuple[int, int] | None) -> list[int]:
-    sides = []
-    if window.row_off > 0:
-        sides.append(EDGE_TOP)
-    if scene_shape is None or window.row_stop < scene_shape[0]:
-        sides.append(EDGE_BOTTOM)
-    if window.col_off > 0:
-        sides.append(EDGE_LEFT)
-    if scene_shape is None or window.col_stop < scene_shape[1]:
-        sides.append(EDGE_RIGHT)
-    return sides
-
-
-def _strip(arr: NDArray[Any], side: int) -> NDArray[Any]:
-    if side == EDGE_TOP:
-        return arr[0, :]
-    if side == EDGE_BOTTOM:
-        return arr[-1, :]
-    if side == EDGE_LEFT:
-        return arr[:, 0]
-    return arr[:, -1]
-
-
-def _edge_flags(
-    labels: NDArray[Any], values: NDArray[np.int64], sides: Iterable[int]
-) -> NDArray[np.uint8]:
-    flags = np.zeros(len(values), np.uint8)
-    for side in sides:
-        strip = _strip(labels, side)
-        on = np.unique(strip[strip != 0])
-        if on.size:
-            flags[np.isin(values, on)] |= np.uint8(side)
-    return flags
 
 
 def _shapes_px(labels: NDArray[np.int32], window: PixelWindow) -> tuple[NDArray[np.int64], Geoms]:
@@ -234,23 +195,6 @@ def _group_parts(values: NDArray[np.int64], polys: Geoms) -> tuple[NDArray[np.in
     )
     out[multi] = grouped
     return uniq, out
-
-
-def _apply_affine(geoms: Geoms, aff: Affine) -> Geoms:
-    if aff == Affine.identity():
-        return geoms
-    a, b, c, d, e, f = aff.a, aff.b, aff.c, aff.d, aff.e, aff.f
-
-    def fn(xy: NDArray[np.float64]) -> NDArray[np.float64]:
-        x, y = xy[:, 0], xy[:, 1]
-        return np.column_stack([a * x + b * y + c, d * x + e * y + f])
-
-    return np.asarray(shapely.transform(geoms, fn), object)
-
-
-def _xy(t: Affine, col: float, row: float) -> tuple[float, float]:
-    """``t`` applied to the pixel point ``(col, row)``."""
-    return (t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f)
 
 
 def _components(mask: NDArray[np.bool_]) -> tuple[NDArray[np.int32], int]:
@@ -328,285 +272,6 @@ def polygonize_chunk(
     if transform != Affine.identity():
         polys = _apply_affine(polys, transform)
     return ChunkPolygons(window, values, polys, edges)
-
-
-# --------------------------------------------------------------------------- metric frame
-
-
-@dataclass(frozen=True)
-class MetricFrame:
-    """Converts scene-pixel geometries to the scene CRS and to a metric frame.
-
-    The metric frame is the scene CRS scaled to metres when it is projected, and
-    the UTM zone of the scene centre (WGS 84) when it is geographic.
-
-    Attributes
-    ----------
-    transform
-        Scene affine transform (pixel → CRS).
-    crs
-        Scene CRS.
-    pixel_m
-        Approximate size of a pixel in metres (square root of its area).
-    """
-
-    transform: Affine
-    crs: pyproj.CRS
-    pixel_m: float
-    _unit_m: float | None = None
-    _to_m: pyproj.Transformer | None = field(default=None, repr=False)
-    _from_m: pyproj.Transformer | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_scene(
-        cls, transform: Affine, crs: SomeCRS, scene_shape: tuple[int, int]
-    ) -> MetricFrame:
-        """Frame for a scene of ``scene_shape = (rows, cols)`` with ``transform`` and ``crs``."""
-        if crs is None:
-            raise CRSError(
-                "scene has no CRS; pass the scene's CRS (e.g. crs='EPSG:32633')", crs=crs
-            )
-        try:
-            pcrs = pyproj.CRS.from_user_input(crs)
-        except pyproj.exceptions.CRSError as exc:
-            raise CRSError(
-                f"unknown CRS {crs!r}; pass an EPSG code or WKT, e.g. 'EPSG:32633'", crs=crs
-            ) from exc
-        det = abs(transform.determinant)
-        if pcrs.is_geographic:
-            cx, cy = _xy(transform, scene_shape[1] / 2.0, scene_shape[0] / 2.0)
-            lonlat = pyproj.Transformer.from_crs(pcrs, "EPSG:4326", always_xy=True)
-            lon, lat = lonlat.transform(cx, cy)
-            infos = pyproj.database.query_utm_crs_info(
-                datum_name="WGS 84",
-                area_of_interest=pyproj.aoi.AreaOfInterest(lon, lat, lon, lat),
-            )
-            if not infos:
-                raise CRSError(
-                    f"no UTM zone covers the scene centre ({lon:.4f}, {lat:.4f}); "
-                    "reproject the scene to a projected CRS",
-                    crs=crs,
-                )
-            utm = pyproj.CRS.from_epsg(int(infos[0].code))
-            to_m = pyproj.Transformer.from_crs(pcrs, utm, always_xy=True)
-            from_m = pyproj.Transformer.from_crs(utm, pcrs, always_xy=True)
-            x0, y0 = to_m.transform(cx, cy)
-            x1, y1 = to_m.transform(*_xy(transform, scene_shape[1] / 2.0 + 1, scene_shape[0] / 2.0))
-            x2, y2 = to_m.transform(*_xy(transform, scene_shape[1] / 2.0, scene_shape[0] / 2.0 + 1))
-            pixel_m = math.sqrt(abs((x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)))
-            return cls(transform, pcrs, pixel_m, None, to_m, from_m)
-        unit = float(pcrs.axis_info[0].unit_conversion_factor) if pcrs.axis_info else 1.0
-        return cls(transform, pcrs, math.sqrt(det) * unit, unit)
-
-    @property
-    def is_geographic(self) -> bool:
-        """True when the metric frame is a UTM zone, not the scene CRS itself."""
-        return self._unit_m is None
-
-    def px_to_crs(self, geoms: Geoms) -> Geoms:
-        """Scene-pixel geometries → scene CRS."""
-        return _apply_affine(geoms, self.transform)
-
-    def px_to_metric(self, geoms: Geoms) -> Geoms:
-        """Scene-pixel geometries → metric frame (metres)."""
-        if self._unit_m is not None:
-            t, u = self.transform, self._unit_m
-            return _apply_affine(
-                geoms, Affine(t.a * u, t.b * u, t.c * u, t.d * u, t.e * u, t.f * u)
-            )
-        return self._pyproj(self.px_to_crs(geoms), self._to_m)
-
-    def metric_to_crs(self, geoms: Geoms) -> Geoms:
-        """Metric-frame geometries → scene CRS."""
-        if self._unit_m is not None:
-            return _apply_affine(geoms, Affine.scale(1.0 / self._unit_m))
-        return self._pyproj(geoms, self._from_m)
-
-    @staticmethod
-    def _pyproj(geoms: Geoms, tr: pyproj.Transformer | None) -> Geoms:
-        assert tr is not None
-
-        def fn(xy: NDArray[np.float64]) -> NDArray[np.float64]:
-            x, y = tr.transform(xy[:, 0], xy[:, 1])
-            return np.column_stack([x, y])
-
-        return np.asarray(shapely.transform(geoms, fn), object)
-
-
-# --------------------------------------------------------------------------- chunk layout
-
-
-class ChunkLayout:
-    """Chunk windows that partition a scene, and the windows across each chunk edge.
-
-    Parameters
-    ----------
-    windows
-        Chunk core windows (scene pixels); empty ones are ignored. Together they must
-        cover ``[0, rows) x [0, cols)`` exactly once, where ``rows``/``cols`` are the
-        largest stops.
-
-    Attributes
-    ----------
-    windows
-        The non-empty windows, in the given order (the processing order).
-    scene_shape
-        ``(rows, cols)`` of the scene.
-    neighbours
-        Per window, ``{EDGE_*: [indices of the windows across that edge]}``.
-
-    Raises
-    ------
-    ConfigError
-        If the windows do not partition the scene.
-
-    Examples
-    --------
-    >>> lay = ChunkLayout([PixelWindow(0, 0, 4, 3), PixelWindow(0, 3, 4, 2)])
-    >>> lay.scene_shape, lay.neighbours[0][EDGE_RIGHT], lay.neighbours[0][EDGE_LEFT]
-    ((4, 5), [1], [])
-    """
-
-    def __init__(self, windows: Sequence[PixelWindow]) -> None:
-        self.windows = [w for w in windows if not w.is_empty]
-        if not self.windows:
-            raise ConfigError("no chunk windows given; pass the chunk core windows", windows=[])
-        rows = max(w.row_stop for w in self.windows)
-        cols = max(w.col_stop for w in self.windows)
-        self.scene_shape = (rows, cols)
-        if (
-            min(w.row_off for w in self.windows) != 0
-            or min(w.col_off for w in self.windows) != 0
-            or (sum(w.size for w in self.windows) != rows * cols)
-        ):
-            raise ConfigError(
-                f"chunk windows must partition the scene ({rows} x {cols} px) exactly once; "
-                "pass the chunk cores (e.g. ChunkGrid cores), not read windows",
-                scene_shape=self.scene_shape,
-            )
-        by_row_stop: dict[int, list[int]] = {}
-        by_row_off: dict[int, list[int]] = {}
-        by_col_stop: dict[int, list[int]] = {}
-        by_col_off: dict[int, list[int]] = {}
-        for i, w in enumerate(self.windows):
-            by_row_stop.setdefault(w.row_stop, []).append(i)
-            by_row_off.setdefault(w.row_off, []).append(i)
-            by_col_stop.setdefault(w.col_stop, []).append(i)
-            by_col_off.setdefault(w.col_off, []).append(i)
-        self.neighbours: list[dict[int, list[int]]] = []
-        for w in self.windows:
-            nb = {
-                EDGE_TOP: [
-                    j for j in by_row_stop.get(w.row_off, []) if _overlap_cols(w, self.windows[j])
-                ],
-                EDGE_BOTTOM: [
-                    j for j in by_row_off.get(w.row_stop, []) if _overlap_cols(w, self.windows[j])
-                ],
-                EDGE_LEFT: [
-                    j for j in by_col_stop.get(w.col_off, []) if _overlap_rows(w, self.windows[j])
-                ],
-                EDGE_RIGHT: [
-                    j for j in by_col_off.get(w.col_stop, []) if _overlap_rows(w, self.windows[j])
-                ],
-            }
-            self.neighbours.append(nb)
-
-    def needs(self, i: int, edges: int) -> set[int]:
-        """Chunks across the edges flagged in ``edges`` of chunk ``i``."""
-        out: set[int] = set()
-        for side in _SIDES:
-            if edges & side:
-                out.update(self.neighbours[i][side])
-        return out
-
-
-def _overlap_cols(a: PixelWindow, b: PixelWindow) -> bool:
-    return a.col_off < b.col_stop and b.col_off < a.col_stop
-
-
-def _overlap_rows(a: PixelWindow, b: PixelWindow) -> bool:
-    return a.row_off < b.row_stop and b.row_off < a.row_stop
-
-
-# --------------------------------------------------------------------------- dissolve
-
-
-class _Dissolver:
-    """Union-find over waiting parts; a group is done when no neighbour it needs is unread."""
-
-    def __init__(self, layout: ChunkLayout) -> None:
-        self.layout = layout
-        self.parent: dict[int, int] = {}
-        self.members: dict[int, list[int]] = {}
-        self.outstanding: dict[int, set[int]] = {}
-        self.value: dict[int, int] = {}
-        self.geom: dict[int, Any] = {}
-        self.waiting: dict[int, list[int]] = {}
-        self.done: set[int] = set()
-        self._next = 0
-
-    def find(self, key: int) -> int:
-        root = key
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[key] != root:
-            self.parent[key], key = root, self.parent[key]
-        return root
-
-    def add(self, chunk: int, geom: Any, value: int, edges: int) -> int:
-        key = self._next
-        self._next += 1
-        self.parent[key] = key
-        self.members[key] = [key]
-        self.geom[key] = geom
-        self.value[key] = value
-        need = self.layout.needs(chunk, edges) - self.done
-        self.outstanding[key] = need
-        for j in need:
-            self.waiting.setdefault(j, []).append(key)
-        return key
-
-    def union(self, a: int, b: int) -> int:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return ra
-        if len(self.members[ra]) < len(self.members[rb]):
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.members[ra].extend(self.members.pop(rb))
-        self.outstanding[ra] |= self.outstanding.pop(rb)
-        return ra
-
-    def finish(self, chunk: int, touched: Iterable[int]) -> list[tuple[int, list[Any]]]:
-        """Mark ``chunk`` read; return ``(value, parts)`` of the groups now complete."""
-        roots = {self.find(k) for k in self.waiting.pop(chunk, [])}
-        roots.update(self.find(k) for k in touched)
-        out = []
-        for root in roots:
-            need = self.outstanding[root]
-            need.discard(chunk)
-            need -= self.done
-            if not need:
-                keys = self.members.pop(root)
-                del self.outstanding[root]
-                out.append((self.value[root], [self.geom.pop(k) for k in keys]))
-                for k in keys:
-                    del self.parent[k]
-                    del self.value[k]
-        return out
-
-    def __len__(self) -> int:
-        return len(self.geom)
-
-
-def _dissolve(groups: list[tuple[int, list[Any]]]) -> Geoms:
-    """Union each group's parts (exact: pixel-frame vertices are integers)."""
-    out = np.empty(len(groups), object)
-    for k, (_, parts) in enumerate(groups):
-        out[k] = parts[0] if len(parts) == 1 else shapely.union_all(parts)
-    # drop the collinear vertices left on chunk seams, so the outline is the one an
-    # unchunked polygonization gives
-    return np.asarray(shapely.simplify(out, 0.0, preserve_topology=False), object)
 
 
 # --------------------------------------------------------------------------- emission
@@ -1004,39 +669,6 @@ def iter_roads(
     drops.warn("vectorize_roads", min_area_m2)
 
 
-def _connect(
-    dis: _Dissolver,
-    window: PixelWindow,
-    side: int,
-    strip: NDArray[np.int32],
-    keys: dict[int, int],
-    other_window: PixelWindow,
-    other_strip: NDArray[np.int32],
-    other_keys: dict[int, int],
-) -> None:
-    """Union the parts whose edge pixels are 4-adjacent across the shared edge."""
-    if side in (EDGE_TOP, EDGE_BOTTOM):
-        lo, hi = (
-            max(window.col_off, other_window.col_off),
-            min(window.col_stop, other_window.col_stop),
-        )
-        a = strip[lo - window.col_off : hi - window.col_off]
-        b = other_strip[lo - other_window.col_off : hi - other_window.col_off]
-    else:
-        lo, hi = (
-            max(window.row_off, other_window.row_off),
-            min(window.row_stop, other_window.row_stop),
-        )
-        a = strip[lo - window.row_off : hi - window.row_off]
-        b = other_strip[lo - other_window.row_off : hi - other_window.row_off]
-    both = (a != 0) & (b != 0)
-    if not both.any():
-        return
-    pairs = np.unique(np.column_stack([a[both], b[both]]), axis=0)
-    for ca, cb in pairs.tolist():
-        dis.union(keys[ca], other_keys[cb])
-
-
 def _road_frame(geoms_px: Geoms, opts: _PolygonOptions, drops: _Drops) -> gpd.GeoDataFrame:
     geoms, area, _ = _finish_polygons(geoms_px, opts, drops)
     return gpd.GeoDataFrame(
@@ -1104,86 +736,3 @@ def vectorize_roads(
             drop=True
         )
     return out
-
-
-# --------------------------------------------------------------------------- matching
-
-
-@dataclass(frozen=True)
-class PolygonMatch:
-    """Greedy one-to-one matching of predicted to true polygons by IoU.
-
-    Attributes
-    ----------
-    pred_index, truth_index
-        Positions of the matched pairs (IoU at least the threshold).
-    iou
-        IoU of each matched pair.
-    n_pred, n_truth
-        Number of predicted and true polygons.
-    """
-
-    pred_index: NDArray[np.int64]
-    truth_index: NDArray[np.int64]
-    iou: NDArray[np.float64]
-    n_pred: int
-    n_truth: int
-
-    @property
-    def precision(self) -> float:
-        """Matched / predicted (1.0 when nothing was predicted)."""
-        return len(self.iou) / self.n_pred if self.n_pred else 1.0
-
-    @property
-    def recall(self) -> float:
-        """Matched / true (1.0 when there is no truth)."""
-        return len(self.iou) / self.n_truth if self.n_truth else 1.0
-
-    @property
-    def f1(self) -> float:
-        """Harmonic mean of precision and recall."""
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
-
-
-def match_polygons(
-    pred: Sequence[Any] | Geoms, truth: Sequence[Any] | Geoms, *, iou_threshold: float = 0.5
-) -> PolygonMatch:
-    """Match predicted to true polygons one-to-one, greedily by decreasing IoU.
-
-    Both must be in the same CRS. Candidate pairs come from an STRtree on ``truth``.
-
-    Examples
-    --------
-    >>> from shapely import box
-    >>> m = match_polygons([box(0, 0, 2, 2), box(5, 5, 6, 6)], [box(0, 0, 2, 1.8)])
-    >>> m.pred_index.tolist(), round(float(m.iou[0]), 2), m.f1
-    ([0], 0.9, 0.6666666666666666)
-    """
-    p = np.asarray(pred, object)
-    t = np.asarray(truth, object)
-    empty = PolygonMatch(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), len(p), len(t))
-    if len(p) == 0 or len(t) == 0:
-        return empty
-    pi, ti = shapely.STRtree(t).query(p, predicate="intersects")
-    if len(pi) == 0:
-        return empty
-    inter = shapely.area(shapely.intersection(p[pi], t[ti]))
-    iou = inter / (shapely.area(p[pi]) + shapely.area(t[ti]) - inter)
-    order = np.argsort(-iou, kind="stable")
-    used_p: set[int] = set()
-    used_t: set[int] = set()
-    rows = []
-    for k in order:
-        if iou[k] < iou_threshold:
-            break
-        a, b = int(pi[k]), int(ti[k])
-        if a in used_p or b in used_t:
-            continue
-        used_p.add(a)
-        used_t.add(b)
-        rows.append(k)
-    sel = np.asarray(rows, np.int64)
-    return PolygonMatch(
-        pi[sel].astype(np.int64), ti[sel].astype(np.int64), iou[sel], len(p), len(t)
-    )
