@@ -289,10 +289,12 @@ def validate(
     )
 
 
+from terraseg.cli_eval import evaluate_command  # noqa: E402
 from terraseg.cli_models import models_app, train_command  # noqa: E402
 
 app.add_typer(models_app, name="models")
 app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
 
 
 def main() -> None:

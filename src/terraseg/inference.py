@@ -71,7 +71,9 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device '{device}' is not available; use cpu or auto", device=device)
     elif dev.type not in {"cpu", "cuda", "mps"}:
-        raise ConfigError(f"unsupported device '{device}'; use auto, cpu or cuda[:N]", device=device)
+        raise ConfigError(
+            f"unsupported device '{device}'; use auto, cpu or cuda[:N]", device=device
+        )
     return dev
 
 
