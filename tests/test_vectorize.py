@@ -1,4 +1,4 @@
-"""Tests for terraseg.vectorize: chunked polygonization and chunk-edge dissolve."""
+"""Tests for terraseg.vectorization: chunked polygonization and chunk-edge dissolve."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from terraseg.errors import ConfigError, CRSError
 from terraseg.grid import PixelWindow
-from terraseg.vectorize import (
+from terraseg.vectorization import (
     EDGE_BOTTOM,
     EDGE_LEFT,
     EDGE_RIGHT,

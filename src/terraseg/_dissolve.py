@@ -1,4 +1,4 @@
-"""Chunk layout and the chunk-edge dissolve behind :mod:`terraseg.vectorize`.
+"""Chunk layout and the chunk-edge dissolve behind :mod:`terraseg.vectorization`.
 
 A scene is processed as chunk windows that partition it exactly once
 (:class:`ChunkLayout`). A part (polygon) touching an internal chunk edge waits in
@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 EDGE_TOP, EDGE_BOTTOM, EDGE_LEFT, EDGE_RIGHT = 1, 2, 4, 8
-"""Bits of :attr:`terraseg.vectorize.ChunkPolygons.edges`: internal chunk edges touched."""
+"""Bits of :attr:`terraseg.vectorization.ChunkPolygons.edges`: internal chunk edges touched."""
 
 _SIDES: tuple[int, ...] = (EDGE_TOP, EDGE_BOTTOM, EDGE_LEFT, EDGE_RIGHT)
 _OPPOSITE = {

@@ -181,10 +181,10 @@ def vectorize_masks(
     """Buildings from the instance COG; roads and centerlines from the class COG.
 
     Chunk by chunk; polygons that cross chunk borders are dissolved with their
-    neighbours' parts and come out whole (see :mod:`terraseg.vectorize`).
+    neighbours' parts and come out whole (see :mod:`terraseg.vectorization`).
     """
     from terraseg.centerlines import extract_centerlines
-    from terraseg.vectorize import vectorize_buildings, vectorize_roads
+    from terraseg.vectorization import vectorize_buildings, vectorize_roads
 
     classes = open_scene(classes_path)
     instances = open_scene(instances_path)
