@@ -14,7 +14,7 @@ from pathlib import Path
 
 from terraseg.errors import ExportError, OutputExistsError
 
-__all__ = ["atomic_output", "check_writable_dir", "tmp_name"]
+__all__ = ["atomic_output", "check_writable_dir", "remove_stale_temps", "tmp_name"]
 
 
 def tmp_name(path: Path) -> Path:
@@ -25,10 +25,48 @@ def tmp_name(path: Path) -> Path:
     Examples
     --------
     >>> p = tmp_name(Path("/data/out/scene.tif"))
-    >>> p.parent == Path("/data/out"), p.suffix, p.name.startswith(".scene.")
+    >>> p.parent == Path("/data/out"), p.suffix, p.name.startswith(f".scene.{os.getpid()}-")
     (True, '.tif', True)
     """
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    return path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove temporaries of ``path`` left by killed runs (their process is gone).
+
+    Temporary names carry the writer's pid (:func:`tmp_name`); those of a live
+    process are kept, so concurrent writers never lose each other's files.
+    """
+    removed = []
+    for cand in path.parent.glob(f".{glob_escape(path.stem)}.*.tmp{glob_escape(path.suffix)}*"):
+        pid_part = cand.name[len(path.stem) + 2 :].split("-", 1)[0]
+        if not pid_part.isdigit() or _alive(int(pid_part)):
+            continue
+        if cand.is_dir():
+            shutil.rmtree(cand, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                cand.unlink()
+        removed.append(cand)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    import glob
+
+    return glob.escape(text)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def check_writable_dir(directory: Path, *, what: str = "output") -> None:
@@ -74,14 +112,23 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> I
             path=final,
         )
     check_writable_dir(final.parent)
+    remove_stale_temps(final)
     tmp = tmp_name(final)
     try:
-        yield tmp
-        if not tmp.exists():
-            raise ExportError(f"nothing was written to '{final}'", path=final)
-        if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            yield tmp
+            if not tmp.exists():
+                raise ExportError(f"nothing was written to '{final}'", path=final)
+            if final.is_dir() and not final.is_symlink():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except OSError as exc:
+            if isinstance(exc, ExportError):
+                raise
+            raise ExportError(
+                f"cannot write '{final}': {exc}; check free disk space and permissions",
+                path=final,
+            ) from exc
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

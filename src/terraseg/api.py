@@ -36,6 +36,29 @@ def plan_summary(
     }
 
 
+#: Above this many pixels a single-process ``predict`` warns and suggests a cluster run.
+HUGE_SCENE_PX = 2_000_000_000
+
+
+class LargeSceneWarning(UserWarning):
+    """A scene so large that one process will take hours; use ``terraseg run`` on Dask."""
+
+
+def warn_if_huge(scene: Any, n_chunks: int) -> None:
+    """Warn, before any compute, when a single-process run over ``scene`` would be very long."""
+    import warnings
+
+    px = scene.shape[0] * scene.shape[1]
+    if px > HUGE_SCENE_PX:
+        warnings.warn(
+            f"scene '{scene.path}' is {px / 1e9:.1f} Gpx ({n_chunks} chunks): one process "
+            "will take hours; run it with `terraseg run` on a Dask cluster, or predict a "
+            "window with terraseg.predict(..., window=...)",
+            LargeSceneWarning,
+            stacklevel=3,
+        )
+
+
 def predict_to_dir(
     scene: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -65,7 +88,8 @@ def predict_to_dir(
     if amp not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"unknown amp '{amp}'; use auto, bf16, fp16 or off", amp=amp)
     sc = open_scene(scene, assume_crs=assume_crs)
-    plan_scene(sc, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)  # validates sizes
+    grid = plan_scene(sc, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
+    warn_if_huge(sc, len(grid))
     net, card = load_model(model)
     spec = card.to_spec()
     predictor = TilePredictor(

@@ -25,6 +25,7 @@ __all__ = [
     "ExportError",
     "OutputExistsError",
     "ChunkFailedError",
+    "EmptySceneError",
 ]
 
 
@@ -89,3 +90,7 @@ class OutputExistsError(ExportError, FileExistsError):
 
 class ChunkFailedError(TerrasegError, RuntimeError):
     """Some chunks of a run failed; see ``failures.jsonl`` and rerun with ``--resume``."""
+
+
+class EmptySceneError(SceneReadError):
+    """A scene holds no valid pixel (all nodata / alpha 0): nothing to predict."""

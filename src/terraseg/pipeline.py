@@ -32,7 +32,7 @@ import numpy as np
 from terraseg import __version__
 from terraseg._io import atomic_output, check_writable_dir
 from terraseg.chunkstore import ChunkOutput, labels_from_acc
-from terraseg.errors import BandError, OutputExistsError
+from terraseg.errors import BandError, EmptySceneError, OutputExistsError
 from terraseg.grid import Chunk, ChunkGrid, PixelWindow
 from terraseg.inference import TilePredictor
 from terraseg.models.spec import ModelSpec
@@ -121,6 +121,17 @@ def check_bands(scene: Scene, spec: ModelSpec) -> None:
             path=scene.path,
             bands=spec.input.bands,
             count=scene.count,
+        )
+
+
+def check_not_empty(scene: Scene, run: RunStats) -> None:
+    """Raise :class:`EmptySceneError` when no tile of the scene held a valid pixel."""
+    if run.tiles_run == 0:
+        what = f"nodata={scene.nodata:g}" if scene.nodata is not None else "its mask/alpha"
+        raise EmptySceneError(
+            f"scene '{scene.path}' holds no valid pixels (every pixel is nodata: {what}); "
+            "nothing to predict: check the file, its nodata value or the band selection",
+            path=scene.path,
         )
 
 
@@ -454,24 +465,20 @@ def _open_sinks(
     return classes_sink, probs_sink
 
 
-def _finish_run(
+def _run_stats(
     scene: Scene,
     spec: ModelSpec,
     grid: ChunkGrid,
     run: RunStats,
     *,
-    out: Path,
-    classes_path: Path,
-    probs_path: Path | None,
-    run_json: Path,
     wall: float,
     device: str,
     predictor: str,
     config: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
-) -> PredictResult:
+) -> dict[str, Any]:
     mpx = scene.shape[0] * scene.shape[1] / 1e6
-    stats: dict[str, Any] = {
+    return {
         "terraseg_version": __version__,
         "scene": str(scene.path),
         "shape": list(scene.shape),
@@ -488,9 +495,17 @@ def _finish_run(
         "config": config or {},
         **(extra or {}),
     }
-    with atomic_output(run_json, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(stats, indent=2, default=str))
-    return PredictResult(out, classes_path, probs_path, run_json, stats)
+
+
+def _stage_run_json(stack: contextlib.ExitStack, run_json: Path, stats: dict[str, Any]) -> None:
+    """Write ``run.json`` under a temporary name, renamed when ``stack`` closes cleanly.
+
+    Entered after the raster sinks were finished, so all outputs of a run are
+    renamed together at the very end; a failure before that (a full disk)
+    leaves the previous run's files untouched.
+    """
+    tmp = stack.enter_context(atomic_output(run_json, overwrite=True))
+    tmp.write_text(json.dumps(stats, indent=2, default=str))
 
 
 def predict_scene(
@@ -555,11 +570,16 @@ def predict_scene(
             progress=progress,
         ):
             writer.write(window, acc, valid)
+        check_not_empty(scene, run)  # raising here publishes nothing
         t_write = time.perf_counter()
-    # sinks closed here: COG conversion happened on exit
-    run.seconds["write"] = writer.seconds + time.perf_counter() - t_write
-    return _finish_run(
-        scene, spec, grid, run, out=out, classes_path=classes_path, probs_path=probs_path,
-        run_json=run_json, wall=time.perf_counter() - t_start, device=str(predictor.device),
-        predictor=repr(predictor), config=config,
-    )
+        classes_sink.finish()
+        if probs_sink is not None:
+            probs_sink.finish()
+        run.seconds["write"] = writer.seconds + time.perf_counter() - t_write
+        stats = _run_stats(
+            scene, spec, grid, run, wall=time.perf_counter() - t_start,
+            device=str(predictor.device), predictor=repr(predictor), config=config,
+        )
+        _stage_run_json(stack, run_json, stats)
+    # every output is renamed into place here, together
+    return PredictResult(out, classes_path, probs_path, run_json, stats)

@@ -176,6 +176,7 @@ class RasterSink:
         # Refuses an existing output and checks the folder before anything is written.
         self._final_tmp = stack.enter_context(atomic_output(self.path, overwrite=self.overwrite))
         self._stack = stack
+        self._finished = False
         self._tmp = tmp_name(self.path)
         rows, cols = self.shape
         profile: dict[str, Any] = {
@@ -294,8 +295,20 @@ class RasterSink:
         if exc_type is not None:
             self._abort(exc_type, exc, tb)
             return
+        self.finish()
+        self._publish()
+
+    def finish(self) -> None:
+        """Finish the COG under its temporary name (overviews, COG layout), not yet renamed.
+
+        Lets a caller finish several outputs, then publish them together on
+        exit. Called by ``__exit__`` when not called before; idempotent.
+        """
+        if self._finished:
+            return
         try:
             self._finish()
+            self._finished = True
         except BaseException as err:
             self._abort(type(err), err, err.__traceback__)
             if isinstance(err, TerrasegError) or not isinstance(err, Exception):
@@ -304,7 +317,6 @@ class RasterSink:
                 f"cannot finish raster output '{self.path}': {err}; check free disk space",
                 path=self.path,
             ) from err
-        self._publish()
 
     # --------------------------------------------------------------- finishing
 

@@ -26,10 +26,12 @@ from terraseg.pipeline import (
     PredictResult,
     Ramp,
     RunStats,
-    _finish_run,
     _open_sinks,
     _output_paths,
+    _run_stats,
+    _stage_run_json,
     check_bands,
+    check_not_empty,
     plan_scene,
     run_chunk,
 )
@@ -74,6 +76,12 @@ def local_runner(
                                    traceback.format_exc())
 
     return run
+
+
+def _check_store_not_empty(scene: Scene, store: DirStore, grid: ChunkGrid) -> None:
+    """All stored chunks skipped as nodata: the scene has nothing to predict."""
+    if all(store.get(c.index).labels is None for c in grid):
+        check_not_empty(scene, RunStats())
 
 
 def predict_scene_resumable(
@@ -155,18 +163,24 @@ def predict_scene_resumable(
             "--resume to compute only those chunks",
             failures=failures_path,
         )
+    if not todo or run.tiles_run == 0:
+        _check_store_not_empty(scene, store, grid)
     t_write = time.perf_counter()
     with contextlib.ExitStack() as stack:
         classes_sink, probs_sink = _open_sinks(
             stack, scene, spec, classes_path, probs_path, overwrite=overwrite
         )
         write_from_store(grid, store, classes_sink, probs_sink, n_classes=spec.n_classes)
-    run.seconds["write"] = time.perf_counter() - t_write
+        classes_sink.finish()
+        if probs_sink is not None:
+            probs_sink.finish()
+        run.seconds["write"] = time.perf_counter() - t_write
+        stats = _run_stats(
+            scene, spec, grid, run, wall=time.perf_counter() - t_start, device=device,
+            predictor=device, config=config,
+            extra={"chunks_computed": len(todo), "chunks_resumed": len(done)},
+        )
+        _stage_run_json(stack, run_json, stats)
     if not keep_chunks:
         store.clear()
-    return _finish_run(
-        scene, spec, grid, run, out=out, classes_path=classes_path, probs_path=probs_path,
-        run_json=run_json, wall=time.perf_counter() - t_start, device=device,
-        predictor=device, config=config,
-        extra={"chunks_computed": len(todo), "chunks_resumed": len(done)},
-    )
+    return PredictResult(out, classes_path, probs_path, run_json, stats)

@@ -479,9 +479,13 @@ def _norm_crs(crs: SomeCRS) -> CRS:
     """Convert ``"EPSG:32633"``, ``32633``, WKT, PROJ or a CRS to a rasterio CRS."""
     if isinstance(crs, CRS):
         return crs
+    import pyproj
+
     try:
-        return CRS.from_epsg(crs) if isinstance(crs, int) else CRS.from_user_input(crs)
-    except (RioCRSError, ValueError, TypeError) as exc:
+        # pyproj first: it fails quietly, where GDAL would also print "ERROR 1: PROJ: ..."
+        parsed = pyproj.CRS.from_user_input(crs)
+        return CRS.from_wkt(parsed.to_wkt())
+    except (pyproj.exceptions.CRSError, RioCRSError, ValueError, TypeError) as exc:
         raise CRSError(
             f"unknown CRS {crs!r}; pass an EPSG code such as EPSG:32633, or WKT/PROJ text",
             crs=crs,

@@ -771,9 +771,7 @@ CASES: list[Case] = [
          r"^scene '[^']*nocrs\.tif' has no CRS; pass --assume-crs EPSG:\d+ .*or repair the file$"),
     Case("unknown_assume_crs", "no-CRS scene with --assume-crs EPSG:999999",
          b_unknown_assume_crs, E,
-         r"^unknown CRS 'EPSG:999999'; pass an EPSG code such as EPSG:32633, or WKT/PROJ text$",
-         xfail="GDAL/PROJ prints a second stderr line 'ERROR 1: PROJ: "
-               "internal_proj_create_from_database: crs not found' (scene._norm_crs)"),
+         r"^unknown CRS 'EPSG:999999'; pass an EPSG code such as EPSG:32633, or WKT/PROJ text$"),
     Case("no_geotransform", "plain image: identity transform, no CRS", b_no_geotransform, E,
          r"^scene '[^']*nogeo\.tif' has no geotransform \(not georeferenced\); georeference it, "
          r"e\.g\. gdal_translate -a_srs EPSG:<code> -a_ullr"),
@@ -791,9 +789,7 @@ CASES: list[Case] = [
          r"^model 'cheap' reads bands \[1, 2, 3\] but scene '[^']*2band\.tif' has 2 band\(s\); "
          r"choose a scene with 3\+ bands or set the model's input bands"),
     Case("all_nodata", "every pixel equals nodata (0)", b_all_nodata, (CLEAR_ERROR, DOCUMENTED),
-         r"all_nodata\.tif.*(no valid|nodata)",
-         xfail="exit 0 and an all-255 classes.tif with no word on stderr: an all-nodata "
-               "scene should warn (or refuse) naming the file"),
+         r"all_nodata\.tif.*(no valid|nodata)"),
     Case("partial_nodata", "left 40 % and a corner are nodata", b_partial_nodata, W, ""),
     Case("one_by_one", "1x1 raster, full predict + vectorize", b_one_by_one, W, ""),
     Case("antimeridian", "EPSG:4326 scene straddling lon 180 at 16°S, full run", b_antimeridian,
@@ -832,9 +828,7 @@ CASES: list[Case] = [
     Case("interrupted_write", "SIGKILL predict mid-run, rerun with --overwrite",
          b_interrupted_write, W, ""),
     Case("interrupted_cleanup", "rerun after SIGKILL leaves no stale temp file",
-         b_interrupted_cleanup, W, "",
-         xfail="temp names are random (uuid), so the .classes.<hex>.tmp.tif of a killed run "
-               "is never removed, not even by a successful --overwrite rerun"),
+         b_interrupted_cleanup, W, ""),
     # ---- API
     Case("zero_height_raster", "GTiff whose ImageLength tag was patched to 0", b_zero_height, E,
          r"^cannot read scene '[^']*zero_height\.tif': the file is truncated or corrupt \(.*zero "
@@ -842,21 +836,15 @@ CASES: list[Case] = [
     Case("float_nan", "float32 scene with NaN holes in one band", b_float_nan, W, ""),
     Case("alpha_band", "RGBA, alpha 0 over the top 70 rows", b_alpha, W, ""),
     Case("huge_sparse_predict", "predict on the 40 Gpx sparse scene", b_huge_sparse_predict,
-         (CLEAR_ERROR, DOCUMENTED), r"huge_sparse\.tif",
-         xfail="predict starts 12544 chunks (40 Gpx, hours on a CPU) without a word: no size "
-               "check or estimate before computing"),
+         (CLEAR_ERROR, DOCUMENTED), r"huge_sparse\.tif"),
     Case("disk_full_cog", "ENOSPC while GDAL writes the COG; --overwrite over a previous run",
          b_disk_full_cog, E,
          r"^cannot finish raster output '[^']*classes\.tif': \[Errno 28\] No space left on "
          r"device; check free disk space$"),
     Case("disk_full_run_json", "ENOSPC while writing run.json; --overwrite over a previous run",
-         b_disk_full_run_json, E, r"run\.json.*No space left on device",
-         xfail="pipeline._finish_run: raw OSError (traceback), and classes.tif was already "
-               "replaced, so the previous run is half overwritten"),
+         b_disk_full_run_json, E, r"run\.json.*No space left on device"),
     Case("disk_full_export", "ENOSPC while export copies a mask", b_disk_full_export, E,
-         r"classes\.tif.*No space left on device",
-         xfail="export._copy_file: shutil.copyfile's OSError escapes raw (traceback), not "
-               "as ExportError"),
+         r"classes\.tif.*No space left on device"),
     Case("labels_invalid_polygons", "bow-tie, spike and empty polygon among labels",
          b_labels_invalid, W,
          r"labels '[^']*invalid_labels\.gpkg': repaired 2 invalid geometries with "
@@ -864,9 +852,7 @@ CASES: list[Case] = [
     Case("labels_other_crs", "labels in EPSG:4326 for a UTM image: train 1 step",
          b_labels_other_crs, W, ""),
     Case("labels_no_features", "GeoPackage with the label layers but no features",
-         b_labels_featureless, E, r"no_features\.gpkg.*(no (features|geometries)|empty)",
-         xfail="message says the labels 'do not overlap' the image with 'labels bounds None' "
-               "instead of saying the file holds no geometries"),
+         b_labels_featureless, E, r"no_features\.gpkg.*(no (features|geometries)|empty)"),
     Case("labels_no_crs", "shapefile without .prj", b_labels_without_crs, E,
          r"^labels '[^']*nocrs\.shp' layer 'nocrs' have no CRS; set one"),
     Case("yaml_tls_without_certs", "tls:// address without cluster.tls", b_yaml_tls_without_certs,
