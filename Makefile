@@ -30,11 +30,13 @@ test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/terraseg synth $(DEMO_DIR)/city.tif --size-px $(DEMO_SIZE) --seed 0 --overwrite
-	$(BIN)/terraseg predict $(DEMO_DIR)/city.tif --out $(DEMO_DIR)/run --overwrite
+	$(BIN)/terraseg synth $(DEMO_DIR)/city.tif --size-px $(DEMO_SIZE) --seed 7 --overwrite
+	$(BIN)/terraseg run workflows/demo.yaml --overwrite
+	$(BIN)/terraseg evaluate $(DEMO_DIR)/run/city/classes.tif $(DEMO_DIR)/city.truth.tif --task pixels
+	$(BIN)/terraseg evaluate $(DEMO_DIR)/run/city/city.gpkg $(DEMO_DIR)/city.truth.gpkg --task roads
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks notebooks
 	$(BIN)/mypy
 
 bench: install

@@ -130,6 +130,14 @@ def run_workflow(
 
     t0 = time.perf_counter()
     root = wf.output_dir(out)
+    if wf.stages == ["train"]:
+        trained = _train_stage(wf, root, overwrite=overwrite)
+        result = RunSummary(wf.name, str(root), [trained], time.perf_counter() - t0)
+        _write_summary(root, wf, result)
+        return result
+    if "train" in wf.stages:
+        raise ConfigError("stage 'train' runs alone; put it in its own workflow (see "
+                          "workflows/train_demo.yaml)")
     scene_paths = wf.scene_paths()
     # validate every scene and the model before any compute is spent
     scenes = [open_scene(p, assume_crs=wf.inputs.assume_crs) for p in scene_paths]
@@ -199,6 +207,44 @@ def run_workflow(
     result = RunSummary(wf.name, str(root), summaries, time.perf_counter() - t0)
     _write_summary(root, wf, result)
     return result
+
+
+def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:
+    """Train a semantic model from the workflow's ``train:`` section.
+
+    ``image: synthetic`` generates one city per seed (the last seed is the
+    validation scene) with :func:`terraseg.synthetic.make_city` into
+    ``<out>/data``; otherwise ``image``/``labels`` name a GeoTIFF and its
+    vector labels (layers ``buildings`` and ``roads``).
+    """
+    from terraseg.train import train_semantic
+
+    cfg = wf.train
+    assert cfg is not None  # the Workflow validator guarantees it
+    out = root / Path(cfg.out).name  # weights go in the run's output folder
+    kw: dict[str, Any] = {}
+    if cfg.image == "synthetic":
+        from terraseg.synthetic import make_city
+
+        if len(cfg.seeds) < 2:
+            raise ConfigError("train.seeds needs at least 2 seeds: training scene(s) + 1 for "
+                              "validation")
+        data = root / "data"
+        cities = [make_city(data / f"city_s{s}.tif", size_px=cfg.size_px, seed=s,
+                            overwrite=True) for s in cfg.seeds]
+        images = [c.image for c in cities[:-1]]
+        labels = [c.truth_classes for c in cities[:-1]]
+        kw = {"val_image": cities[-1].image, "val_labels": cities[-1].truth_classes}
+    else:
+        if cfg.labels is None:
+            raise ConfigError("train.labels is required unless train.image is 'synthetic'")
+        images, labels = [Path(wf.resolve(cfg.image))], [Path(wf.resolve(cfg.labels))]
+    card = train_semantic(images, labels, out, max_steps=cfg.max_steps,
+                          batch_size=cfg.batch_size, patch_px=cfg.patch_px, seed=cfg.seed,
+                          name=out.name, **kw)
+    weights = out.with_suffix(".safetensors") if out.suffix != ".safetensors" else out
+    return SceneSummary(scene=str(cfg.image), out_dir=str(out.parent),
+                        outputs={"weights": str(weights)}, stats=dict(card.metrics))
 
 
 def _finished(path: Path) -> bool:

@@ -156,7 +156,9 @@ class TrainConfig(_Model):
     labels: str | None = Field(
         default=None, description="Vector labels (GeoPackage/GeoJSON); null for 'synthetic'."
     )
-    out: str = Field(description="Output weights path stem (writes .safetensors + .card.yaml).")
+    out: str = Field(
+        description="Model name: writes <outputs.dir>/<name>.safetensors + <name>.card.yaml."
+    )
     seeds: list[int] = Field(default_factory=lambda: [11, 12], description="Synthetic seeds.")
     size_px: int = Field(default=1024, gt=0, description="Synthetic scene size, pixels.")
     max_steps: int = Field(default=200, gt=0, description="Optimiser steps.")
