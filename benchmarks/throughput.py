@@ -45,7 +45,12 @@ def build_model(name: str) -> tuple[torch.nn.Module, ModelSpec]:
 
         net = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=3)
         return net, ModelSpec(name="unet-r18")
-    return build_builtin(name)
+    if name in ("cheap", "identity"):
+        return build_builtin(name)
+    from terraseg.models.loading import load_model
+
+    net, card = load_model(name)  # bundled name (demo-semantic) or checkpoint path
+    return net, card.to_spec()
 
 
 def scene_for(size_px: int, seed: int = 0) -> Path:
@@ -76,7 +81,8 @@ def model_only(predictor: TilePredictor, n_tiles: int, tile_px: int, n_bands: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-px", type=int, default=4096)
-    ap.add_argument("--model", default="cheap", choices=["cheap", "identity", "unet-r18"])
+    ap.add_argument("--model", default="cheap",
+                    help="cheap, identity, unet-r18 (random init), demo-semantic or a checkpoint")
     ap.add_argument("--tile-px", type=int, default=512)
     ap.add_argument("--overlap-px", type=int, default=64)
     ap.add_argument("--chunk-px", type=int, default=2048)

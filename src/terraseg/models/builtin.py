@@ -26,7 +26,9 @@ class CheapColorModel(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(3, 3, kernel_size=1)
+        self.conv = nn.Conv2d(3, 3, kernel_size=1, bias=True)
+        bias = self.conv.bias
+        assert bias is not None  # bias=True
         with torch.no_grad():
             # rows: background, building, road; columns: r, g, b (inputs scaled to 0..1)
             self.conv.weight.copy_(
@@ -34,10 +36,11 @@ class CheapColorModel(nn.Module):
                     [[-2.0, 4.0, -2.0], [3.0, -1.5, -1.5], [1.0, 1.0, 1.0]]
                 ).reshape(3, 3, 1, 1)
             )
-            self.conv.bias.copy_(torch.tensor([0.2, 0.0, -1.2]))
+            bias.copy_(torch.tensor([0.2, 0.0, -1.2]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        out: torch.Tensor = self.conv(x)
+        return out
 
 
 class IdentityModel(nn.Module):

@@ -234,7 +234,9 @@ class ModelCard(ModelSpec):
         data = self.model_dump(mode="json", exclude_none=True)
         first = ("version", "name", "description")
         data = {**{k: data[k] for k in first if k in data}, **data}
-        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+        return yaml.safe_dump(
+            data, sort_keys=False, default_flow_style=None, width=100, allow_unicode=True
+        )
 
     def summary(self) -> str:
         """One line: name, task, classes, bands, GSD and architecture."""

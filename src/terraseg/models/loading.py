@@ -592,9 +592,8 @@ def _load_file(path: Path, card: ModelCard | None, card_src: str) -> tuple[nn.Mo
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                net: nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
-                    str(path), map_location="cpu"
-                )
+                jit_load: Any = torch.jit.load
+                net: nn.Module = jit_load(str(path), map_location="cpu")
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot read TorchScript '{path}': {_last_reason(str(exc))}; re-export it",
@@ -718,6 +717,9 @@ def save_model(
     }
     with atomic_output(weights_path, overwrite=overwrite) as tmp_w:
         save_file(tensors, str(tmp_w), metadata={"format": "pt", "terraseg_card": card.name})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_w, 0o666 & ~umask)  # safetensors creates files private (0600)
         final_card = card.model_copy(
             update={"weights": weights_path.name, "weights_sha256": file_sha256(tmp_w)}
         )

@@ -17,7 +17,7 @@ What it does, all with this project's own code and nothing downloaded:
 
        terraseg train train11.tif train11.truth.gpkg --extra train12.tif,train12.truth.gpkg \\
            --extra train13.tif,train13.truth.gpkg --val val14.tif,val14.truth.gpkg \\
-           --out demo-semantic --max-steps 700 --steps-per-epoch 100 --batch-size 8 \\
+           --out demo-semantic --max-steps 600 --steps-per-epoch 100 --batch-size 8 \\
            --patch-px 256 --lr 0.002 --seed 0 --fp16
 
 3. predicts the evaluation scene with :func:`terraseg.pipeline.predict_scene`
@@ -44,7 +44,7 @@ from terraseg.models.card import load_card, save_card
 from terraseg.models.loading import load_model
 from terraseg.pipeline import predict_scene
 from terraseg.synthetic import make_city
-from terraseg.train import train_semantic
+from terraseg.train import DEMO_ARCHITECTURE, train_semantic
 
 HERE = Path(__file__).resolve().parent
 NAME = "demo-semantic"
@@ -53,13 +53,9 @@ VAL_SEED = 14
 EVAL_SEED = 7
 SCENE_PX = 2048
 VAL_PX = 1024
-ARCHITECTURE = {
-    "library": "smp",
-    "name": "Unet",
-    "kwargs": {"encoder_name": "tu-resnet18", "encoder_depth": 3, "decoder_channels": [64, 32, 16]},
-}
+ARCHITECTURE = DEMO_ARCHITECTURE  # smp Unet, timm ResNet-10-T encoder, depth 4
 SETTINGS = {
-    "max_steps": 700,
+    "max_steps": 600,
     "steps_per_epoch": 100,
     "batch_size": 8,
     "patch_px": 256,
@@ -113,7 +109,9 @@ def evaluate(weights: Path, scene: Path, workdir: Path) -> tuple[dict[str, float
         scene.with_name(f"{scene.stem}.truth.tif")
     ) as t:
         ious = pixel_iou(p.read(1), t.read(1), card.n_classes)
-    metrics = {f"eval_iou_{c.name}": round(v, 4) for c, v in zip(card.classes, ious, strict=True)}
+    metrics = {
+        f"eval_iou_{c.name}": round(float(v), 4) for c, v in zip(card.classes, ious, strict=True)
+    }
     metrics["eval_miou"] = round(float(np.mean(ious)), 4)
     return metrics, seconds
 
@@ -132,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         stem = args.out / NAME
         if not args.eval_only:
             settings = {**SETTINGS, "max_steps": args.max_steps}
+            command = "python -m terraseg.models.bundled.make_demo_models"
+            if args.max_steps != SETTINGS["max_steps"]:
+                command += f" --max-steps {args.max_steps}"
             train_semantic(
                 scenes["train"],
                 [p.with_name(f"{p.stem}.truth.gpkg") for p in scenes["train"]],
@@ -142,8 +143,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 name=NAME,
                 description="demo: buildings and roads at 0.5 m, trained on synthetic cities only",
                 dtype="float16",
-                command="python -m terraseg.models.bundled.make_demo_models"
-                + ("" if args.max_steps == SETTINGS["max_steps"] else f" --max-steps {args.max_steps}"),
+                command=command,
                 data_notes=[
                     f"terraseg.synthetic.make_city(size_px={SCENE_PX}, seed={s}, gsd_m=0.5) "
                     "(training)" for s in TRAIN_SEEDS
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "(validation)"
                 ],
                 overwrite=True,
-                **settings,  # type: ignore[arg-type]
+                **settings,
             )
         metrics, seconds = evaluate(stem.with_suffix(".safetensors"), scenes["eval"][0], workdir)
         card_path = stem.with_name(f"{NAME}.card.yaml")
@@ -163,12 +163,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "metrics": {**card.metrics, **metrics},
                 "evaluation": f"{evaluation}; eval_*: pixel IoU of predict_scene (tile 512, "
                 f"overlap 64, cosine blending) against the truth raster of a synthetic "
-                f"{SCENE_PX}² scene with seed {EVAL_SEED}, not used in training or validation "
-                f"({seconds:.0f} s to predict on the CPU)",
+                f"{SCENE_PX}x{SCENE_PX}-px scene with seed {EVAL_SEED}, not used in training or "
+                f"validation ({seconds:.0f} s to predict on the CPU)",
             }
         )
         save_card(card, card_path, overwrite=True)
-        print(f"{card_path}: {card.metrics}")
+        seconds_trained = card.training.seconds if card.training else None
+        print(f"{card_path}: {card.metrics}; trained in {seconds_trained} s")
 
 
 if __name__ == "__main__":

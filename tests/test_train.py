@@ -1,0 +1,175 @@
+"""Training with torchgeo on synthetic scenes: labels, errors, a tiny run, the CLI."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+
+from terraseg.errors import BandError, ConfigError, OutputExistsError
+from terraseg.models import load_model
+from terraseg.synthetic import make_city
+from terraseg.train import LabelWarning, rasterize_labels, train_semantic
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 512² synthetic scene (seed 3) with truth GeoPackage and class raster beside it."""
+    path = tmp_path_factory.mktemp("city") / "city.tif"
+    make_city(path, size_px=512, seed=3)
+    return path
+
+
+def truth_gpkg(city: Path) -> Path:
+    return city.with_name("city.truth.gpkg")
+
+
+def truth_tif(city: Path) -> Path:
+    return city.with_name("city.truth.tif")
+
+
+def test_rasterized_vectors_equal_the_truth_raster(city: Path, tmp_path: Path) -> None:
+    out = rasterize_labels(truth_gpkg(city), city, tmp_path / "labels.tif", block_rows=100)
+    with rasterio.open(out) as a, rasterio.open(truth_tif(city)) as b:
+        assert a.transform == b.transform and a.crs == b.crs
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def _copy_layers(
+    src: Path, dst: Path, *, shift_m: float = 0.0, extra: list[shapely.Geometry] | None = None
+) -> Path:
+    for layer in ("roads", "buildings"):
+        gdf = gpd.read_file(src, layer=layer)
+        if shift_m:
+            gdf = gdf.set_geometry(gdf.geometry.translate(shift_m, shift_m))
+        if extra and layer == "buildings":
+            add = gpd.GeoDataFrame(geometry=extra, crs=gdf.crs)
+            gdf = gpd.GeoDataFrame(
+                {"geometry": [*gdf.geometry, *add.geometry]}, geometry="geometry", crs=gdf.crs
+            )
+        gdf.to_file(dst, layer=layer)
+    return dst
+
+
+def test_invalid_geometries_are_repaired_with_a_warning(city: Path, tmp_path: Path) -> None:
+    with rasterio.open(city) as src:
+        left, _, _, top = src.bounds
+    x, y = left + 20, top - 20
+    bowtie = shapely.Polygon([(x, y), (x + 10, y - 10), (x + 10, y), (x, y - 10)])
+    spike = shapely.Polygon(
+        [(x + 30, y), (x + 40, y), (x + 40, y - 10), (x + 30, y - 10), (x + 30, y), (x + 50, y)]
+    )
+    assert not bowtie.is_valid
+    extra = [bowtie, spike, shapely.Polygon()]
+    labels = _copy_layers(truth_gpkg(city), tmp_path / "bad.gpkg", extra=extra)
+    with pytest.warns(LabelWarning) as record:
+        out = rasterize_labels(labels, city, tmp_path / "labels.tif")
+    messages = [str(w.message) for w in record]
+    assert any("repaired 2 invalid geometries with shapely.make_valid" in m for m in messages)
+    assert any("skipped 1 empty or missing geometry" in m for m in messages), messages
+    with rasterio.open(out) as src:
+        assert src.read(1)[40:60, 40:60].max() == 1  # the repaired bowtie was burned
+
+
+def test_label_errors_are_clear(city: Path, tmp_path: Path) -> None:
+    far = _copy_layers(truth_gpkg(city), tmp_path / "far.gpkg", shift_m=100_000.0)
+    with pytest.raises(
+        ConfigError,
+        match=r"labels '.*far.gpkg' do not overlap image '.*city.tif' \(labels bounds .*give "
+        "labels for the same area",
+    ):
+        rasterize_labels(far, city, tmp_path / "x.tif")
+    with pytest.raises(
+        ConfigError,
+        match=r"have no layer\(s\) \['trees'\]; its layers are \['buildings', 'roads', "
+        r"'road_centerlines'\]",
+    ):
+        rasterize_labels(truth_gpkg(city), city, tmp_path / "x.tif", layers={"trees": 1})
+    with pytest.raises(
+        BandError, match=r"reads bands \[1, 2, 3, 4\] but image '.*city.tif' has 3 band\(s\)"
+    ):
+        train_semantic(city, truth_gpkg(city), tmp_path / "m", bands=(1, 2, 3, 4), max_steps=1)
+    with pytest.raises(ConfigError, match="give epochs or max_steps"):
+        train_semantic(city, truth_gpkg(city), tmp_path / "m")
+    with pytest.raises(ConfigError, match=r"patch_px=100 must be ≥ 32 and a multiple of \d+"):
+        train_semantic(city, truth_gpkg(city), tmp_path / "m", max_steps=1, patch_px=100)
+    with pytest.raises(ConfigError, match="labels '.*nothing.gpkg' do not exist"):
+        train_semantic(city, tmp_path / "nothing.gpkg", tmp_path / "m", max_steps=1)
+    (tmp_path / "m.card.yaml").write_text("x")
+    with pytest.raises(OutputExistsError, match="m.card.yaml' already exists"):
+        train_semantic(city, truth_gpkg(city), tmp_path / "m", max_steps=1)
+
+
+def test_tiny_training_run_gives_a_loadable_model(city: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LabelWarning)  # the synthetic truth is clean
+        card = train_semantic(
+            city,
+            truth_gpkg(city),
+            tmp_path / "tiny",
+            max_steps=3,
+            steps_per_epoch=2,
+            batch_size=2,
+            patch_px=128,
+            seed=5,
+            dtype="float16",
+            command="pytest",
+        )
+    assert (tmp_path / "tiny.safetensors").exists() and (tmp_path / "tiny.card.yaml").exists()
+    assert card.name == "tiny" and card.gsd_m == 0.5
+    assert card.training is not None and card.training.steps == 3 and card.training.seed == 5
+    assert card.training.command == "pytest"
+    expected = {"val_iou_background", "val_iou_building", "val_iou_road", "val_miou"}
+    assert expected <= set(card.metrics)
+    assert "southern 20%" in (card.evaluation or "")
+    net, loaded = load_model(tmp_path / "tiny.safetensors")
+    assert loaded == card
+    with torch.inference_mode():
+        out = net(torch.rand(1, 3, 64, 64))
+    assert out.shape == (1, 3, 64, 64)
+
+
+def test_cli_train_with_raster_labels(
+    city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from terraseg.cli import main
+
+    out = tmp_path / "cli"
+    argv = [
+        "terraseg",
+        "train",
+        str(city),
+        str(truth_tif(city)),
+        "--out",
+        str(out),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--patch-px",
+        "128",
+        "--val",
+        f"{city},{truth_tif(city)}",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    assert f"wrote {out}.safetensors and {out}.card.yaml" in capsys.readouterr().out
+    _, card = load_model(f"{out}.card.yaml")
+    assert card.training is not None and card.training.command is not None
+    assert card.training.command.startswith("terraseg train ")
+    assert "held-out scene(s)" in (card.evaluation or "")
+    # errors: one line, exit status 2
+    monkeypatch.setattr(sys, "argv", [*argv[:8], "--layer", "oops"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "terraseg: error: --layer must be NAME=CLASS (e.g. buildings=1), got 'oops'"
+    )
