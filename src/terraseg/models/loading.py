@@ -716,7 +716,9 @@ def save_model(
         for k, v in net.state_dict().items()
     }
     with atomic_output(weights_path, overwrite=overwrite) as tmp_w:
-        save_file(tensors, str(tmp_w), metadata={"format": "pt", "terraseg_card": card.name})
+        # one metadata key: several would be written in hash order, and identical weights
+        # would not give identical files
+        save_file(tensors, str(tmp_w), metadata={"format": "pt"})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_w, 0o666 & ~umask)  # safetensors creates files private (0600)

@@ -91,7 +91,8 @@ def pixel_iou(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> list[float
     ious = []
     for k in range(n_classes):
         union = np.count_nonzero((t == k) | (p == k))
-        ious.append(np.count_nonzero((t == k) & (p == k)) / union if union else float("nan"))
+        inter = int(np.count_nonzero((t == k) & (p == k)))
+        ious.append(inter / int(union) if union else float("nan"))
     return ious
 
 
