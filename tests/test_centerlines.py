@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import rasterio
 import shapely
 from affine import Affine
 from rasterio import features
+from vector_helpers import TRANSFORM, UTM, chunk_windows, reader  # noqa: E402
 
 from terraseg.centerlines import (
     RoadNetwork,
@@ -25,29 +25,6 @@ from terraseg.centerlines import (
 )
 from terraseg.errors import ConfigError
 from terraseg.grid import PixelWindow
-
-UTM = "EPSG:32633"
-TRANSFORM = Affine(0.5, 0.0, 478151.0, 0.0, -0.5, 4647683.0)
-
-
-def chunk_windows(shape: tuple[int, int], chunk_px: int) -> list[PixelWindow]:
-    rows, cols = shape
-    return [
-        PixelWindow(r, c, min(chunk_px, rows - r), min(chunk_px, cols - c))
-        for r in range(0, rows, chunk_px)
-        for c in range(0, cols, chunk_px)
-    ]
-
-
-def reader(arr: np.ndarray[Any, Any], log: list[PixelWindow] | None = None) -> Callable[..., Any]:
-    def read(window: PixelWindow) -> np.ndarray[Any, Any]:
-        assert 0 <= window.row_off and window.row_stop <= arr.shape[0]
-        assert 0 <= window.col_off and window.col_stop <= arr.shape[1]
-        if log is not None:
-            log.append(window)
-        return arr[window.to_slices()]
-
-    return read
 
 
 def precision_recall(pred: Any, truth: Any, tol_m: float) -> tuple[float, float]:
