@@ -264,7 +264,7 @@ def _vector_stages(
     run_info: dict[str, Any],
 ) -> dict[str, str]:
     """Instances, vectors and export of one scene, from its class COG."""
-    from terraseg.postprocess import export_vectors, label_instances, vectorize_masks
+    from terraseg.postprocess import vectorize_scene
 
     if not classes_path.exists():
         raise ConfigError(
@@ -275,21 +275,18 @@ def _vector_stages(
     if resume and gpkg.exists():
         return {"instances": str(instances_path), "gpkg": str(gpkg)}
     probs = scene_dir / "probabilities.tif"
-    if not (resume and instances_path.exists()):
-        label_instances(classes_path, instances_path, chunk_px=wf.tiling.chunk_px,
-                        probabilities_path=probs if probs.exists() else None,
-                        overwrite=overwrite or resume)
-    layers = vectorize_masks(classes_path, instances_path, chunk_px=wf.tiling.chunk_px)
     formats = tuple(wf.outputs.formats) if export else ("gpkg",)
     if "gpkg" not in formats:
         formats = ("gpkg", *formats)
-    result = export_vectors(
-        layers.as_dict(), scene_dir, scene_name=stem, formats=formats,
-        masks={"classes": classes_path, "instances": instances_path}, run_info=run_info,
-        to_crs=wf.outputs.crs if export else None, overwrite=overwrite or resume,
+    result = vectorize_scene(
+        classes_path, instances_path, scene_dir, scene_name=stem, chunk_px=wf.tiling.chunk_px,
+        label=not (resume and instances_path.exists()),
+        probabilities_path=probs if probs.exists() else None, formats=formats,
+        to_crs=wf.outputs.crs if export else None, run_info=run_info,
+        overwrite=overwrite or resume,
     )
     return {"instances": str(instances_path)} | {
-        Path(p).name: str(p) for p in result.paths if Path(p).suffix != ".tif"
+        Path(p).name: str(p) for p in result.export.paths if Path(p).suffix != ".tif"
     }
 
 

@@ -139,21 +139,18 @@ def predict(
 
 def _vectorize_and_report(
     classes: Path, instances: Path, out_dir: Path, name: str, *, chunk_px: int,
-    overwrite: bool, probabilities: Path | None = None, formats: tuple[str, ...] = ("gpkg",),
-    to_crs: str | None = None, given_instances: bool = False,
+    overwrite: bool, probabilities: Path | None = None, given_instances: bool = False,
 ) -> None:
-    from terraseg.postprocess import export_vectors, label_instances, vectorize_masks
+    from terraseg.postprocess import vectorize_scene
 
-    if not given_instances:
-        table = label_instances(classes, instances, chunk_px=chunk_px, overwrite=overwrite,
-                                probabilities_path=probabilities)
-        typer.echo(f"wrote {instances} ({len(table.ids)} building instances)")
-    layers = vectorize_masks(classes, instances, chunk_px=chunk_px)
-    masks = {"classes": classes, "instances": instances}
-    res = export_vectors(layers.as_dict(), out_dir, scene_name=name, formats=formats,  # type: ignore[arg-type]
-                         masks=masks, to_crs=to_crs, overwrite=overwrite)
-    counts = ", ".join(f"{n} {k}" for k, n in layers.counts().items())
-    typer.echo(f"wrote {', '.join(str(p) for p in res.paths if p.suffix != '.tif')} ({counts})")
+    res = vectorize_scene(classes, instances, out_dir, scene_name=name, chunk_px=chunk_px,
+                          label=not given_instances, probabilities_path=probabilities,
+                          overwrite=overwrite)
+    if res.n_instances is not None:
+        typer.echo(f"wrote {instances} ({res.n_instances} building instances)")
+    counts = ", ".join(f"{n} {k}" for k, n in res.layers.counts().items())
+    paths = ", ".join(str(p) for p in res.export.paths if p.suffix != ".tif")
+    typer.echo(f"wrote {paths} ({counts})")
 
 
 @app.command("vectorize")

@@ -32,7 +32,9 @@ from terraseg.rasterio_out import RasterSink, read_class_names
 from terraseg.scene import Scene, open_scene
 
 __all__ = [
+    "SceneVectors",
     "VectorLayers",
+    "vectorize_scene",
     "export_vectors",
     "label_instances",
     "read_vectors",
@@ -239,3 +241,44 @@ def read_vectors(gpkg: str | os.PathLike[str]) -> dict[str, gpd.GeoDataFrame]:
             "point at a GeoPackage written by terraseg", path=gpkg,
         )
     return found
+
+
+@dataclass(slots=True)
+class SceneVectors:
+    """What :func:`vectorize_scene` produced."""
+
+    n_instances: int | None
+    layers: VectorLayers
+    export: Any
+
+
+def vectorize_scene(
+    classes_path: str | os.PathLike[str],
+    instances_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    scene_name: str,
+    chunk_px: int = 2048,
+    label: bool = True,
+    probabilities_path: str | os.PathLike[str] | None = None,
+    formats: Sequence[Literal["gpkg", "fgb", "parquet"]] = ("gpkg",),
+    to_crs: str | None = None,
+    run_info: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> SceneVectors:
+    """The whole post-prediction chain of one scene: instances, vectors, export.
+
+    With ``label=False`` an existing ``instances_path`` is used as it is.
+    """
+    n_instances = None
+    if label:
+        table = label_instances(classes_path, instances_path, chunk_px=chunk_px,
+                                probabilities_path=probabilities_path, overwrite=overwrite)
+        n_instances = len(table.ids)
+    layers = vectorize_masks(classes_path, instances_path, chunk_px=chunk_px)
+    result = export_vectors(
+        layers.as_dict(), out_dir, scene_name=scene_name, formats=formats,
+        masks={"classes": classes_path, "instances": instances_path}, run_info=run_info,
+        to_crs=to_crs, overwrite=overwrite,
+    )
+    return SceneVectors(n_instances, layers, result)
