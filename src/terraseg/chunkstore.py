@@ -27,7 +27,7 @@ from terraseg.grid import ChunkGrid, PixelWindow
 from terraseg.rasterio_out import RasterSink
 from terraseg.stitch import argmax_classes, assemble, normalize, quantize_probs
 
-__all__ = ["ChunkOutput", "DirStore", "labels_from_acc", "write_from_store"]
+__all__ = ["ChunkOutput", "DirStore", "labels_from_acc", "write_from_store", "write_region"]
 
 NODATA = 255
 Pieces = list[tuple[PixelWindow, np.ndarray]]
@@ -180,26 +180,26 @@ def write_from_store(
     chunks = list(grid)
     for i, chunk in enumerate(chunks):
         out = store.get(chunk.index)
-        _write_region(classes, probs, chunk.interior, out.labels, out.probs, n_classes)
+        write_region(classes, probs, chunk.interior, out.labels, out.probs)
         if out.seam_valid:
             neigh: Iterable[Pieces] = [pieces_of(n.index) for n in grid.neighbours(chunk)]
             all_pieces = [p for group in neigh for p in group] + out.pieces
             for window, valid in out.seam_valid:
                 acc = assemble(window, all_pieces, n_classes + 1)
                 labels, qprobs = labels_from_acc(acc, valid, with_probs=probs is not None)
-                _write_region(classes, probs, window, labels, qprobs, n_classes)
+                write_region(classes, probs, window, labels, qprobs)
         if progress is not None:
             progress(i + 1, len(chunks))
 
 
-def _write_region(
+def write_region(
     classes: RasterSink,
     probs: RasterSink | None,
     window: PixelWindow,
     labels: np.ndarray | None,
     qprobs: np.ndarray | None,
-    n_classes: int,
 ) -> None:
+    """Write one finished region; ``None`` labels/probabilities mean all nodata."""
     if window.height == 0 or window.width == 0:
         return
     if labels is None:
@@ -207,5 +207,5 @@ def _write_region(
     classes.write(window, labels[None])
     if probs is not None:
         if qprobs is None:
-            qprobs = np.full((n_classes, *window.shape), NODATA, np.uint8)
+            qprobs = np.full((probs.count, *window.shape), NODATA, np.uint8)
         probs.write(window, qprobs)

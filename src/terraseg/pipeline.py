@@ -31,7 +31,7 @@ import numpy as np
 
 from terraseg import __version__
 from terraseg._io import atomic_output, check_writable_dir
-from terraseg.chunkstore import ChunkOutput, labels_from_acc
+from terraseg.chunkstore import ChunkOutput, labels_from_acc, write_region
 from terraseg.errors import BandError, EmptySceneError, OutputExistsError
 from terraseg.grid import Chunk, ChunkGrid, PixelWindow
 from terraseg.inference import TilePredictor
@@ -400,19 +400,11 @@ class _SceneWriter:
         self.seconds = 0.0
 
     def write(self, window: PixelWindow, acc: np.ndarray | None, valid: np.ndarray) -> None:
-        if window.height == 0 or window.width == 0:
-            return
         t0 = time.perf_counter()
-        if acc is None:
-            self.classes.write(window, np.full((1, *window.shape), NODATA, np.uint8))
-            if self.probs is not None:
-                n = self.probs.count
-                self.probs.write(window, np.full((n, *window.shape), NODATA, np.uint8))
-        else:
+        labels = qprobs = None
+        if acc is not None:
             labels, qprobs = labels_from_acc(acc, valid, with_probs=self.probs is not None)
-            self.classes.write(window, labels[None])
-            if self.probs is not None and qprobs is not None:
-                self.probs.write(window, qprobs)
+        write_region(self.classes, self.probs, window, labels, qprobs)
         self.seconds += time.perf_counter() - t0
 
 
