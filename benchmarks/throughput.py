@@ -8,10 +8,18 @@ batch size, same device) through the model from memory, so ``efficiency`` is
 the share of the model's own speed that the whole pipeline (read, normalise,
 blend, write COG) keeps. Run ``python benchmarks/throughput.py --help``.
 
+Scenes up to ``--base-px`` (4096) are synthetic cities made once and cached;
+larger ones are VRT mosaics of ``k x k`` copies of the cached base city (no
+generation time, no disk; GDAL reads the copies window by window), so a
+32768² run needs no 3 GB input file. Per-stage rates are scene Mpx divided by
+the seconds spent in that stage (read and normalise run in a thread that
+overlaps the model, so stage seconds add up to more than the wall time).
+
 Usage::
 
     python benchmarks/throughput.py --size-px 4096 --model cheap
     python benchmarks/throughput.py --size-px 4096 --model unet-r18
+    python benchmarks/throughput.py --size-px 32768 --model cheap --skip-model-only
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import torch
 
 from terraseg.inference import TilePredictor
@@ -53,13 +62,52 @@ def build_model(name: str) -> tuple[torch.nn.Module, ModelSpec]:
     return net, card.to_spec()
 
 
-def scene_for(size_px: int, seed: int = 0) -> Path:
+def scene_for(size_px: int, seed: int = 0, base_px: int = 4096) -> Path:
+    """A cached synthetic city of ``size_px``², or a VRT mosaic of copies of one."""
+    if size_px > base_px:
+        if size_px % base_px:
+            raise SystemExit(f"--size-px above {base_px} must be a multiple of it")
+        return mosaic_vrt(scene_for(base_px, seed, base_px), size_px // base_px)
     path = CACHE / f"city_{size_px}_s{seed}.tif"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         make_city(path, size_px=size_px, seed=seed)
         print(f"made {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return path
+
+
+def mosaic_vrt(base: Path, k: int) -> Path:
+    """A GDAL VRT of ``k x k`` copies of ``base``, same CRS, origin and pixel size."""
+    path = base.with_name(f"{base.stem}_x{k}.vrt")
+    with rasterio.open(base) as ds:
+        h, w, dtype, crs, t = ds.height, ds.width, ds.dtypes[0], ds.crs.to_wkt(), ds.transform
+        bx, by = ds.block_shapes[0][1], ds.block_shapes[0][0]
+        count, interp = ds.count, [c.name.capitalize() for c in ds.colorinterp]
+    geo = f"{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}"
+    dtype_name = {"uint8": "Byte", "uint16": "UInt16"}.get(dtype, dtype.capitalize())
+    bands = []
+    for b in range(1, count + 1):
+        sources = "".join(
+            f"<SimpleSource><SourceFilename relativeToVRT=\"1\">{base.name}</SourceFilename>"
+            f"<SourceBand>{b}</SourceBand>"
+            f"<SourceProperties RasterXSize=\"{w}\" RasterYSize=\"{h}\" DataType=\"{dtype_name}\""
+            f" BlockXSize=\"{bx}\" BlockYSize=\"{by}\"/>"
+            f"<SrcRect xOff=\"0\" yOff=\"0\" xSize=\"{w}\" ySize=\"{h}\"/>"
+            f"<DstRect xOff=\"{j * w}\" yOff=\"{i * h}\" xSize=\"{w}\" ySize=\"{h}\"/>"
+            "</SimpleSource>"
+            for i in range(k)
+            for j in range(k)
+        )
+        bands.append(
+            f"<VRTRasterBand dataType=\"{dtype_name}\" band=\"{b}\">"
+            f"<ColorInterp>{interp[b - 1]}</ColorInterp>{sources}</VRTRasterBand>"
+        )
+    crs_xml = crs.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
+    path.write_text(
+        f"<VRTDataset rasterXSize=\"{w * k}\" rasterYSize=\"{h * k}\">"
+        f"<SRS>{crs_xml}</SRS><GeoTransform>{geo}</GeoTransform>{''.join(bands)}</VRTDataset>\n"
+    )
     return path
 
 
@@ -90,11 +138,15 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--no-prefetch", action="store_true")
+    ap.add_argument("--base-px", type=int, default=4096,
+                    help="largest generated city; bigger scenes are VRT mosaics of it")
+    ap.add_argument("--skip-model-only", action="store_true",
+                    help="do not time the bare model (for memory runs on huge scenes)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    path = scene_for(args.size_px)
+    path = scene_for(args.size_px, base_px=args.base_px)
     scene = open_scene(path)
     net, spec = build_model(args.model)
     predictor = TilePredictor(net, device=args.device, batch_size=args.batch_size,
@@ -111,8 +163,13 @@ def main() -> None:
                             prefetch=not args.no_prefetch)
         pipeline_s = time.perf_counter() - t0
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    model_s = model_only(predictor, res.stats["tiles_run"], args.tile_px, spec.input.n_bands)
+    model_s = (
+        None if args.skip_model_only
+        else model_only(predictor, res.stats["tiles_run"], args.tile_px, spec.input.n_bands)
+    )
     mpx = scene.shape[0] * scene.shape[1] / 1e6
+    gsd_m = abs(scene.transform.a)
+    stage_s = {k: v for k, v in res.stats["seconds"].items() if k != "wall"}
     out = {
         "benchmark": "throughput",
         "size_px": args.size_px,
@@ -127,12 +184,16 @@ def main() -> None:
         "tiles": res.stats["tiles_run"],
         "lattice_tiles": grid.n_tiles,
         "pipeline_s": round(pipeline_s, 3),
-        "model_only_s": round(model_s, 3),
+        "model_only_s": None if model_s is None else round(model_s, 3),
         "pipeline_mpx_s": round(mpx / pipeline_s, 3),
-        "model_only_mpx_s": round(mpx / model_s, 3),
-        "efficiency": round(model_s / pipeline_s, 3),
+        "model_only_mpx_s": None if model_s is None else round(mpx / model_s, 3),
+        "efficiency": None if model_s is None else round(model_s / pipeline_s, 3),
+        "gsd_m": gsd_m,
+        "pipeline_km2_h": round(mpx / pipeline_s * gsd_m**2 * 3600, 2),
         "stage_seconds": res.stats["seconds"],
+        "stage_mpx_s": {k: round(mpx / v, 2) if v > 0 else None for k, v in stage_s.items()},
         "peak_rss_mb": round(peak_rss_mb, 1),
+        "scene": path.name,
     }
     print(f"{args.model} on {args.size_px}² ({out['tiles']} tiles, {out['device']}): "
           f"pipeline {out['pipeline_mpx_s']} Mpx/s, model only {out['model_only_mpx_s']} Mpx/s, "

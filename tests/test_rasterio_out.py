@@ -225,6 +225,7 @@ def test_write_errors(
         ({"dtype": "float32", "colormap": COLORS}, "colour table needs"),
         ({"nodata": 300}, "does not fit dtype"),
         ({"resampling": "fancy"}, "unknown resampling"),
+        ({"compress": "bzip9"}, "unknown compression"),
         ({"like": {"crs": "EPSG:32633"}}, "'like' must give"),
     ],
 )

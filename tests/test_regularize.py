@@ -193,3 +193,74 @@ def test_property_rotated_rectangles_come_back_rectangular(
     if min(w, h) >= 8:  # large enough for the orientation to be measured
         assert len(out.exterior.coords) == 5
         assert iou(out, truth) >= iou(pixels, truth)
+
+
+def _reference_douglas_peucker(ring: np.ndarray[Any, Any], tolerance: float) -> list[int]:
+    """Textbook recursive Douglas-Peucker of a closed ring: the kept vertex indices."""
+
+    def seg_dist(p: Any, a: Any, b: Any) -> float:
+        ab = b - a
+        den = ab[0] * ab[0] + ab[1] * ab[1]
+        t = min(max(((p - a)[0] * ab[0] + (p - a)[1] * ab[1]) / (den if den > 0 else 1.0), 0), 1)
+        return float(np.hypot(*(p - a - t * ab)))
+
+    def split(i: int, j: int) -> list[int]:
+        if j - i < 2:
+            return []
+        d = [seg_dist(ring[k], ring[i], ring[j]) for k in range(i + 1, j)]
+        k = int(np.argmax(d))
+        if d[k] <= tolerance:
+            return []
+        m = i + 1 + k
+        return [*split(i, m), m, *split(m, j)]
+
+    last = len(ring) - 1
+    d0 = np.hypot(*(ring - ring[0]).T)
+    far = int(np.argmax(d0))
+    return sorted({0, far, last, *split(0, far), *split(far, last)})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(3, 40),
+    seed=st.integers(0, 2**32 - 1),
+    tolerance=st.sampled_from([0.05, 0.3, 1.0]),
+)
+def test_property_vectorized_douglas_peucker_matches_the_textbook(
+    n: int, seed: int, tolerance: float
+) -> None:
+    from terraseg.regularize import _douglas_peucker, _Rings
+
+    rng = np.random.default_rng(seed)
+    polys = []
+    for _ in range(5):  # star-shaped rings, on a pixel grid half the time
+        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        rad = rng.uniform(1, 5, n)
+        xy = np.column_stack([rad * np.cos(ang), rad * np.sin(ang)]) + rng.uniform(0, 1e5, 2)
+        if rng.random() < 0.5:
+            xy = np.round(xy * 2) / 2
+        poly = shapely.Polygon(xy)
+        if poly.is_valid and not poly.is_empty:
+            polys.append(poly)
+    if not polys:
+        return
+    rings = _Rings.from_geoms(np.array(polys, object))
+    keep = _douglas_peucker(rings, tolerance)
+    for k in range(len(rings.offsets) - 1):
+        a, b = rings.offsets[k], rings.offsets[k + 1]
+        expected = _reference_douglas_peucker(rings.xy[a:b], tolerance)
+        assert np.flatnonzero(keep[a:b]).tolist() == expected
+
+
+def test_threads_give_the_same_result(
+    buildings: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import terraseg.regularize as reg
+
+    _, pixels = buildings
+    one = regularize_polygons(pixels, tolerance_m=1.5 * PIXEL_M, threads=1)
+    monkeypatch.setattr(reg, "_MIN_PER_THREAD", 10)
+    for threads in (2, 4, None):
+        many = regularize_polygons(pixels, tolerance_m=1.5 * PIXEL_M, threads=threads)
+        assert [g.wkb for g in many] == [g.wkb for g in one]

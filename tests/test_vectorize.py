@@ -20,6 +20,7 @@ from rasterio import features
 from scipy import ndimage
 from vector_helpers import TRANSFORM, UTM, chunk_windows, reader  # noqa: E402
 
+from terraseg._polygonize import polygonize_labels
 from terraseg.errors import ConfigError, CRSError
 from terraseg.grid import PixelWindow
 from terraseg.vectorization import (
@@ -465,6 +466,104 @@ def test_property_vectorize_then_rasterize_is_identity(
     if len(roads):
         back = features.rasterize(roads.geometry, out_shape=lab.shape, transform=TRANSFORM)
     assert np.array_equal(back == 1, classes == 2)
+
+
+def _gdal_polygons(
+    lab: np.ndarray[Any, Any], row_off: int, col_off: int
+) -> list[tuple[int, bytes]]:
+    """``rasterio.features.shapes`` (GDAL), normalized: the reference of the numpy tracer."""
+    shift = Affine.translation(col_off, row_off)
+    lab32 = lab.astype(np.int32)
+    out = [
+        (int(v), shapely.normalize(shapely.geometry.shape(g)).wkb)
+        for g, v in features.shapes(lab32, mask=lab32 != 0, connectivity=4, transform=shift)
+    ]
+    return sorted(out)
+
+
+def _numpy_polygons(
+    lab: np.ndarray[Any, Any], row_off: int, col_off: int
+) -> list[tuple[int, bytes]]:
+    values, polys = polygonize_labels(lab, row_off, col_off)
+    assert shapely.is_valid(polys).all()
+    return sorted(zip(values.tolist(), [g.wkb for g in shapely.normalize(polys)], strict=True))
+
+
+@st.composite
+def label_rasters(draw: st.DrawFn) -> np.ndarray[Any, Any]:
+    """Small rasters of a few values, noisy enough for holes, islands and corner touches."""
+    rows, cols = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_values = draw(st.integers(1, 4))
+    fill = draw(st.floats(0.2, 0.95))
+    values = rng.integers(1, n_values + 1, (rows, cols))
+    return np.where(rng.random((rows, cols)) < fill, values, 0).astype(np.int32)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(label_rasters(), st.integers(0, 5000), st.integers(0, 5000))
+def test_property_numpy_tracer_equals_gdal_polygonize(
+    lab: np.ndarray[Any, Any], row_off: int, col_off: int
+) -> None:
+    # same polygons (once normalized: same rings, same vertices) as GDAL's, all valid
+    assert _numpy_polygons(lab, row_off, col_off) == _gdal_polygons(lab, row_off, col_off)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        ["111", "101", "110"],  # a hole touching the outline at a corner: exterior + hole
+        ["10", "01"],  # one value, two regions touching at a corner: two polygons
+        ["01", "10"],
+        ["11111", "10001", "10101", "10001", "11111"],  # an island of the value in its hole
+        ["1111111", "1000001", "1011101", "1010101", "1011101", "1000001", "1111111"],
+        ["110", "101", "011"],  # two holes touching the outline, a diagonal chain
+        ["0110", "1001", "1001", "0110"],  # four regions around a hole of background
+        ["1212", "2121", "1212"],  # a checkerboard: only corner touches
+        ["1111", "1221", "1221", "1111"],  # another value filling the hole
+    ],
+)
+def test_numpy_tracer_corner_cases(rows: list[str]) -> None:
+    lab = np.array([[int(c) for c in r] for r in rows], np.int32)
+    assert _numpy_polygons(lab, 3, 7) == _gdal_polygons(lab, 3, 7)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numpy_tracer_on_the_city(
+    city: dict[str, Any], threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import terraseg._polygonize as tracer
+
+    monkeypatch.setattr(tracer, "cpu_threads", lambda: threads)
+    monkeypatch.setattr(tracer, "_MIN_PX_THREADED", 1000)
+    lab = city["instances"][:700, :900]
+    assert _numpy_polygons(lab, 100, 2000) == _gdal_polygons(lab, 100, 2000)
+    roads = ndimage.label(city["classes"][:700, :900] == 2)[0]
+    assert _numpy_polygons(roads, 0, 0) == _gdal_polygons(roads, 0, 0)
+    empty = polygonize_labels(np.zeros((5, 0), np.int32))
+    assert len(empty[0]) == len(empty[1]) == 0
+    assert len(polygonize_labels(np.zeros((4, 4), np.uint8))[1]) == 0
+
+
+def test_threads_do_not_change_the_result(
+    city: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import terraseg.vectorization as vec
+
+    lab = city["instances"][:1024, :1024]
+    windows = chunk_windows(lab.shape, 512)
+
+    def run() -> gpd.GeoDataFrame:
+        return vectorize_buildings(reader(lab), windows, TRANSFORM, UTM, min_area_m2=0.0)
+
+    monkeypatch.setattr(vec, "cpu_threads", lambda: 1)
+    one = run()
+    monkeypatch.setattr(vec, "cpu_threads", lambda: 3)
+    monkeypatch.setattr(vec, "_MIN_PER_THREAD", 16)
+    three = run()
+    assert one["building_id"].tolist() == three["building_id"].tolist()
+    assert np.array_equal(one["area_m2"].to_numpy(), three["area_m2"].to_numpy())
+    assert [g.wkb for g in one.geometry] == [g.wkb for g in three.geometry]
 
 
 def test_match_polygons_is_one_to_one() -> None:

@@ -20,7 +20,9 @@ A building falls back to its simplified outline when the result is invalid,
 degenerate, or has an IoU below ``min_iou`` with the simplified outline.
 
 Everything is vectorized over arrays of polygons (flat coordinate arrays, one
-numpy pass per step, no Python loop per building). Coordinates must be in a
+numpy pass per step, no Python loop per building); large arrays are split over
+threads, one per CPU (each building is regularized on its own, so the result does
+not depend on the split; numpy and GEOS release the GIL). Coordinates must be in a
 metric frame (metres, equal scale on both axes); :func:`regularize_buildings`
 reprojects a GeoDataFrame for you. Pure module: numpy, shapely and pyproj only.
 """
@@ -28,6 +30,7 @@ reprojects a GeoDataFrame for you. Pure module: numpy, shapely and pyproj only.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +39,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
+from terraseg._polygonize import cpu_threads
 from terraseg.errors import ConfigError
 
 __all__ = [
@@ -192,12 +196,14 @@ def _douglas_peucker(rings: _Rings, tolerance: float) -> NDArray[np.bool_]:
     keep = np.zeros(m, bool)
     if m == 0:
         return keep
+    x, y = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
     first = rings.offsets[:-1]
     last = rings.offsets[1:] - 1
     ring = rings.ring
     keep[first] = True
     keep[last] = True
-    d0 = np.hypot(*(xy - xy[first[ring]]).T)
+    start = first[ring]
+    d0 = np.hypot(x - x[start], y - y[start])
     far = first + _group_argmax(d0, rings.offsets)
     keep[far] = True
     act = np.flatnonzero(~keep)
@@ -206,14 +212,22 @@ def _douglas_peucker(rings: _Rings, tolerance: float) -> NDArray[np.bool_]:
     s = np.where(below, first[r], far[r])
     e = np.where(below, far[r], last[r])
     while len(act):
-        p, q = xy[s], xy[e]
-        pq = q - p
-        den = np.einsum("ij,ij->i", pq, pq)
-        t = np.clip(np.einsum("ij,ij->i", xy[act] - p, pq) / np.where(den > 0, den, 1.0), 0.0, 1.0)
-        d = np.hypot(*(xy[act] - p - t[:, None] * pq).T)
-        bound = np.concatenate([[True], s[1:] != s[:-1]])
+        # intervals (groups of consecutive active vertices with one start): their chords
+        bound = np.empty(len(s), bool)
+        bound[0] = True
+        np.not_equal(s[1:], s[:-1], out=bound[1:])
+        starts = np.flatnonzero(bound)
         gid = np.cumsum(bound) - 1
-        gmax = np.maximum.reduceat(d, np.flatnonzero(bound))
+        px, py = x[s[starts]], y[s[starts]]
+        dx, dy = x[e[starts]] - px, y[e[starts]] - py
+        den = dx * dx + dy * dy
+        den = np.where(den > 0, den, 1.0)
+        # distance of each active vertex to its interval's chord (segment)
+        ax, ay = x[act] - px[gid], y[act] - py[gid]
+        gdx, gdy = dx[gid], dy[gid]
+        t = np.clip((ax * gdx + ay * gdy) / den[gid], 0.0, 1.0)
+        d = np.hypot(ax - t * gdx, ay - t * gdy)
+        gmax = np.maximum.reduceat(d, starts)
         split = gmax > tolerance
         firsts = _first_per_group(np.flatnonzero((d == gmax[gid]) & split[gid]), gid)
         mv = np.full(len(gmax), -1)
@@ -353,17 +367,22 @@ def _samples(src: _Rings, keep: NDArray[np.bool_], ring_ok: NDArray[np.bool_]) -
     Simplified vertices are vertices of ``src``, so every edge of ``src`` lies on
     exactly one simplified edge: the one starting at or before it.
     """
-    es = _Edges(src)
+    ring = src.ring
+    is_src = np.ones(len(src.xy), bool)
+    is_src[src.offsets[1:] - 1] = False  # the closing vertex starts no edge
+    is_src &= ring_ok[ring]
+    first = np.flatnonzero(is_src)
+    r = ring[first]
+    p0, p1 = src.xy[first], src.xy[first + 1]
+    d = p1 - p0
+    length = np.hypot(d[:, 0], d[:, 1])
     kept_before = np.cumsum(keep) - 1  # kept-vertex index of the last kept one at or before
-    n_edges = np.bincount(src.ring[keep], minlength=len(src.ring_part)) - 1
+    n_edges = np.bincount(ring[keep], minlength=len(src.ring_part)) - 1
     first_kept = np.concatenate([[0], np.cumsum(n_edges + 1)[:-1]])
     edge_start = np.concatenate([[0], np.cumsum(np.where(ring_ok, n_edges, 0))[:-1]])
-    local = np.minimum(kept_before[es.src] - first_kept[es.ring], n_edges[es.ring] - 1)
-    use = ring_ok[es.ring]
-    edge = edge_start[es.ring] + local
-    return _Samples(
-        (0.5 * (es.p0 + es.p1))[use], np.maximum(es.length, 1e-12)[use], edge[use].astype(np.int64)
-    )
+    local = np.minimum(kept_before[first] - first_kept[r], n_edges[r] - 1)
+    edge = edge_start[r] + local
+    return _Samples(0.5 * (p0 + p1), np.maximum(length, 1e-12), edge.astype(np.int64))
 
 
 def regularize_polygons(
@@ -373,6 +392,7 @@ def regularize_polygons(
     min_iou: float = 0.8,
     allow_diagonal: bool = False,
     diagonal_min_m: float | None = None,
+    threads: int | None = None,
 ) -> Geoms:
     """Regularize an array of building (multi)polygons in a metric frame.
 
@@ -394,6 +414,9 @@ def regularize_polygons(
         rather than to a staircase.
     diagonal_min_m
         See ``allow_diagonal``.
+    threads
+        Most threads to spread the array over (default: one per CPU), each taking at
+        least 256 buildings; the result does not depend on it.
 
     Returns
     -------
@@ -415,6 +438,32 @@ def regularize_polygons(
     n = len(arr)
     if n == 0:
         return arr
+    diag_min = diagonal_min_m or 4 * tolerance_m
+    parts = min(threads or cpu_threads(), n // _MIN_PER_THREAD)
+    if parts <= 1:
+        return _regularize(arr, tolerance_m, min_iou, allow_diagonal, diag_min)
+    # every building is regularized on its own: contiguous parts on threads give the
+    # same result (numpy and GEOS release the GIL for most of the work)
+    cuts = np.linspace(0, n, parts + 1).astype(np.int64)
+    with ThreadPoolExecutor(parts - 1) as pool:
+        rest = [
+            pool.submit(_regularize, arr[a:b], tolerance_m, min_iou, allow_diagonal, diag_min)
+            for a, b in zip(cuts[1:-1], cuts[2:], strict=True)
+        ]
+        first = _regularize(arr[: cuts[1]], tolerance_m, min_iou, allow_diagonal, diag_min)
+        out: Geoms = np.concatenate([first, *(f.result() for f in rest)])
+    return out
+
+
+_MIN_PER_THREAD = 256
+"""Buildings per thread below which :func:`regularize_polygons` stays on one thread."""
+
+
+def _regularize(
+    arr: Geoms, tolerance_m: float, min_iou: float, allow_diagonal: bool, diag_min: float
+) -> Geoms:
+    """:func:`regularize_polygons` of a non-empty array, on the calling thread."""
+    n = len(arr)
     src = _Rings.from_geoms(arr)
     keep = _douglas_peucker(src, tolerance_m)
     simple_all = src.select(keep)
@@ -424,7 +473,6 @@ def regularize_polygons(
         return _fallback(arr, simple, np.ones(n, bool))
     e = _Edges(simple)
     smp = _samples(src, keep, ring_ok)
-    diag_min = diagonal_min_m or 4 * tolerance_m
     rebuilt, ok, swept = _fit(e, smp, n, _envelope_angle(arr), allow_diagonal, diag_min)
     # the rectangle snaps small, slightly rotated buildings to the pixel axes: where the
     # simplified edges' mean orientation fits the outline better, take it instead
@@ -514,20 +562,24 @@ def _fit(
     # an axis-aligned building keeps exact coordinates
     c0, s0 = np.cos(ph[change]), np.sin(ph[change])
     r2 = math.sqrt(0.5)
-    c = np.select(
-        [run_cls == 0, run_cls == 1, run_cls == 2], [c0, r2 * (c0 - s0), -s0], -r2 * (c0 + s0)
-    )
-    s = np.select(
-        [run_cls == 0, run_cls == 1, run_cls == 2], [s0, r2 * (s0 + c0), c0], r2 * (c0 - s0)
-    )
+    if allow_diagonal:
+        c = np.select(
+            [run_cls == 0, run_cls == 1, run_cls == 2], [c0, r2 * (c0 - s0), -s0], -r2 * (c0 + s0)
+        )
+        s = np.select(
+            [run_cls == 0, run_cls == 1, run_cls == 2], [s0, r2 * (s0 + c0), c0], r2 * (c0 - s0)
+        )
+    else:  # along (0) or across (2) only
+        along = run_cls == 0
+        c, s = np.where(along, c0, -s0), np.where(along, s0, c0)
     nx, ny = -s, c
     run = run_of_edge[smp.edge]
     pts = smp.xy - origin[run_owner[run]]
     w = smp.weight
+    along_normal = pts[:, 0] * nx[run] + pts[:, 1] * ny[run]
     den: NDArray[np.float64] = np.asarray(np.bincount(run, w, minlength=n_runs), np.float64)
     d: NDArray[np.float64] = np.asarray(
-        np.bincount(run, w * (pts[:, 0] * nx[run] + pts[:, 1] * ny[run]), minlength=n_runs),
-        np.float64,
+        np.bincount(run, w * along_normal, minlength=n_runs), np.float64
     )
     # a run with no sample (possible only when rings were dropped) uses its edges' midpoints
     empty = den <= 0
@@ -541,7 +593,7 @@ def _fit(
         d = np.where(empty, d_e, d)
         den = np.where(empty, den_e, den)
     d = d / np.maximum(den, 1e-300)
-    resid = pts[:, 0] * nx[run] + pts[:, 1] * ny[run] - d[run]
+    resid = along_normal - d[run]
     swept: NDArray[np.float64] = np.asarray(
         np.bincount(run_owner[run], w * np.abs(resid), minlength=n), np.float64
     )

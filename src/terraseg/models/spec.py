@@ -73,6 +73,23 @@ class InputSpec(BaseModel):
     def n_bands(self) -> int:
         return len(self.bands)
 
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sub, div)`` float32 per band: the model input is ``(raw - sub) / div``.
+
+        Lets the engine ship raw tiles (uint8: a quarter of the bytes) and
+        normalise a whole batch on the device, with the same float32 operations
+        as :meth:`apply`.
+        """
+        n = self.n_bands
+        if self.normalization == "scale":
+            return np.zeros(n, np.float32), np.full(n, self.scale, np.float32)
+        if self.normalization == "meanstd" and self.mean is not None and self.std is not None:
+            return np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        raise ValueError(
+            f"normalization '{self.normalization}' needs scene statistics; "
+            "use terraseg.scene.compute_band_stats and pass them as mean/std"
+        )
+
     def apply(self, array: np.ndarray) -> np.ndarray:
         """Normalise ``array`` ``(band, y, x)`` (already band-selected) to float32 in place-ish."""
         out = array.astype(np.float32, copy=True)
