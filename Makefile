@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 DEMO_DIR ?= demo-out
 DEMO_SIZE ?= 2048
 
-.PHONY: install test test-slow demo lint typecheck bench clean
+.PHONY: install test test-slow demo lint typecheck bench bench-quick clean
 
 install: $(STAMP)
 
@@ -40,7 +40,10 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/python benchmarks/throughput.py --size-px 4096 --model cheap
+	$(BIN)/python benchmarks/suite.py
+
+bench-quick: install
+	$(BIN)/python benchmarks/suite.py --quick --out benchmarks/results-quick.json
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache .hypothesis

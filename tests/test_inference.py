@@ -65,6 +65,57 @@ def test_predict_matches_direct_forward(batch_size: int, channels_last: bool) ->
     np.testing.assert_allclose(streamed, want, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+@pytest.mark.parametrize("normalization", ["scale", "meanstd"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_raw_batches_normalised_on_device_equal_host_normalisation(
+    dtype: str, normalization: str, channels_last: bool
+) -> None:
+    # the engine ships raw tiles and normalises per batch: same float32 ops as InputSpec.apply
+    from terraseg.models.spec import InputSpec
+
+    spec = (
+        InputSpec(normalization="scale", scale=255.0) if normalization == "scale"
+        else InputSpec(normalization="meanstd", mean=(90.0, 100.0, 80.0), std=(30.0, 25.0, 40.0))
+    )
+    rng = np.random.default_rng(2)
+    hi = 255 if dtype in ("uint8", "float32") else 3000
+    raw = rng.integers(0, hi, (5, 3, 24, 20)).astype(dtype)
+    if channels_last:  # an NCHW view of NHWC memory, as the engine cuts tiles
+        raw = np.ascontiguousarray(raw.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    host = np.stack([spec.apply(t) for t in raw])
+    pred = TilePredictor(nn.Identity(), device="cpu", activation="identity", batch_size=2,
+                         channels_last=channels_last)
+    want = pred.predict(host)
+    for reuse in (False, True):
+        got = [b.copy() for b in pred.predict_stream(
+            [raw[:2], raw[2:4], raw[4:]], normalize=spec.affine(), reuse_buffers=reuse)]
+        np.testing.assert_array_equal(np.concatenate(got), want)
+
+
+def test_reused_buffers_are_refilled_in_place() -> None:
+    # the contract of reuse_buffers: a yielded array is valid until the next is requested
+    net, _ = build_builtin("cheap")
+    pred = TilePredictor(net, device="cpu", batch_size=2)
+    tiles = np.random.default_rng(3).random((4, 3, 16, 16), dtype=np.float32)
+    want = pred.predict(tiles)
+    stream = pred.predict_stream([tiles[:2], tiles[2:]], reuse_buffers=True)
+    first = next(stream)
+    np.testing.assert_allclose(first, want[:2], atol=1e-6)
+    kept = first.copy()
+    second = next(stream)
+    np.testing.assert_allclose(second, want[2:], atol=1e-6)
+    assert np.shares_memory(first, second)  # the same host buffer, refilled
+    assert not np.allclose(first, kept)
+
+
+def test_affine_refuses_normalisations_without_statistics() -> None:
+    from terraseg.models.spec import InputSpec
+
+    with pytest.raises(ValueError, match="needs scene statistics"):
+        InputSpec(normalization="percentile").affine()
+
+
 def test_activations() -> None:
     tiles = np.random.default_rng(1).normal(size=(2, 3, 8, 8)).astype(np.float32)
     ident = TilePredictor(nn.Identity(), device="cpu", activation="identity").predict(tiles)

@@ -276,3 +276,16 @@ def test_validate_cog_without_rio_cogeo(
     bad = tmp_path / "bad.tif"
     bad.write_text("nope")
     assert validate_cog(bad)[0].startswith("cannot open")
+
+
+def test_gdal_cache_bounded_unless_user_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rasterio.env
+
+    from terraseg.rasterio_out import GDAL_CACHE_BYTES, bounded_gdal_cache
+
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    with bounded_gdal_cache():
+        assert int(rasterio.env.getenv()["GDAL_CACHEMAX"]) == GDAL_CACHE_BYTES
+    monkeypatch.setenv("GDAL_CACHEMAX", "512")
+    with bounded_gdal_cache():  # the user's setting wins: nothing changed here
+        assert "GDAL_CACHEMAX" not in (rasterio.env.getenv() if rasterio.env.hasenv() else {})

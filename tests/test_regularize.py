@@ -188,11 +188,13 @@ def test_property_rotated_rectangles_come_back_rectangular(
     pixels = pixel_outline(truth)
     out = regularize_building(pixels, tolerance_m=1.5 * PIXEL_M)
     assert out.is_valid
-    assert iou(out, pixels) >= 0.8  # the guard
+    assert iou(out, pixels) >= 0.85  # the guard
     assert iou(out, truth) >= min(0.9, iou(pixels, truth))
     if min(w, h) >= 8:  # large enough for the orientation to be measured
         assert len(out.exterior.coords) == 5
-        assert iou(out, truth) >= iou(pixels, truth)
+        # (1e-9: a near-axis-aligned rectangle comes back as its own outline, vertices
+        # in another order, so the two IoUs can differ in the last bits)
+        assert iou(out, truth) >= iou(pixels, truth) - 1e-9
 
 
 def _reference_douglas_peucker(ring: np.ndarray[Any, Any], tolerance: float) -> list[int]:

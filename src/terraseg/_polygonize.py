@@ -51,9 +51,9 @@ _E, _S, _W, _N = 0, 1, 2, 3
 def _runs(pos: Ints, lab: NDArray[Any]) -> tuple[Ints, Ints, NDArray[Any]]:
     """Maximal runs of consecutive positions with one label.
 
-    ``pos`` are sorted flat positions in the padded image (row- or column-major), in
-    which consecutive positions never wrap from one line to the next (the padding
-    holds no boundary). Returns per run ``(first position, last position, label)``.
+    ``pos`` are sorted edge keys (row- or column-major) in which consecutive keys
+    never wrap from one line to the next (each line has one key more than it has
+    edges). Returns per run ``(first key, last key, label)``.
     """
     n = len(pos)
     start = np.ones(n, bool)

@@ -210,8 +210,8 @@ class TilePredictor:
             if reuse and self.device.type == "cpu":
                 buf = self._buffer("input", tuple(tensor.shape), channels_last=self.channels_last)
                 tensor = buf.copy_(tensor)
-            else:
-                tensor = tensor.to(torch.float32)
+            else:  # a copy: float32 input may share memory with the caller's array
+                tensor = tensor.to(torch.float32, copy=True)
             if bool(sub.any()):
                 tensor = tensor.sub_(sub)
             tensor = tensor.div_(div)

@@ -17,7 +17,7 @@ For each building:
 4. The corners are the intersections of consecutive runs.
 
 A building falls back to its simplified outline when the result is invalid,
-degenerate, or has an IoU below ``min_iou`` with the simplified outline.
+degenerate, or has an IoU below ``min_iou`` with the input outline.
 
 Everything is vectorized over arrays of polygons (flat coordinate arrays, one
 numpy pass per step, no Python loop per building); large arrays are split over
@@ -389,7 +389,7 @@ def regularize_polygons(
     geoms: Geoms | list[Any],
     *,
     tolerance_m: float = 0.75,
-    min_iou: float = 0.8,
+    min_iou: float = 0.85,
     allow_diagonal: bool = False,
     diagonal_min_m: float | None = None,
     threads: int | None = None,
@@ -405,9 +405,12 @@ def regularize_polygons(
         this become straight edges. For pixel outlines it must flatten the staircase
         of a rotated edge: 1 to 2 pixels (more for noisy model output).
     min_iou
-        A result whose IoU with the simplified input is below this (or that is
-        invalid, empty or degenerate) is replaced by the simplified input (or the
-        input itself when the simplification is degenerate).
+        A result whose IoU with the input is below this (or that is invalid,
+        empty or degenerate) is replaced by the simplified input (or the input
+        itself when the simplification is degenerate). 0.85 rather than 0.8: a
+        4 m square at 35° on 0.5 m pixels came out as a 9-vertex shape with IoU
+        0.84 to its outline and 0.81 to the truth (the outline has 0.885);
+        well-regularized small buildings score 0.87 and up.
     allow_diagonal
         Also snap edges within 15° of the diagonal (45° to the dominant orientation)
         and at least ``diagonal_min_m`` long (default ``4 * tolerance_m``) to it,
@@ -484,14 +487,17 @@ def _regularize(
         swept = np.where(better, alt_swept, swept)
     result = rebuilt.to_geoms()
     ok[ok] = shapely.is_valid(result[ok]) & ~shapely.is_empty(result[ok])
-    # IoU with the simplified outline, estimated from the area swept between the outline
-    # points and the new edges and from the change of area; an exact overlay only where
-    # the estimate comes near min_iou
+    # IoU with the input outline, estimated from the area swept between the outline
+    # points and the new edges and from the change of area against the simplified
+    # outline; an exact overlay with the input only where the estimate comes near
+    # min_iou (the margin covers the simplification's own deviation, which is large
+    # for small buildings: a 6.4 x 4.3 m building at 53° scored 0.84 with its
+    # simplified outline but 0.82 with the input, and 0.83 with the truth)
     a0, a1 = simple.areas(), rebuilt.areas()
     est = 1.0 - np.maximum(swept, np.abs(a1 - a0)) / np.maximum(np.maximum(a0, a1), 1e-300)
-    check = ok & (est < min(1.0, min_iou + 0.1))
+    check = ok & (est < min(1.0, min_iou + 0.15))
     if check.any():
-        ref = _fallback(arr[check], simple.subset(check), np.ones(int(check.sum()), bool))
+        ref = arr[check]
         res = result[check]
         inter = shapely.area(shapely.intersection(res, ref))
         ra, rb = shapely.area(ref), shapely.area(res)
@@ -629,7 +635,7 @@ def regularize_building(
     poly: Any,
     *,
     tolerance_m: float = 0.75,
-    min_iou: float = 0.8,
+    min_iou: float = 0.85,
     allow_diagonal: bool = False,
 ) -> Any:
     """Regularize one building polygon (coordinates in metres).
@@ -654,7 +660,7 @@ def regularize_buildings(
     gdf: gpd.GeoDataFrame,
     *,
     tolerance_m: float = 0.75,
-    min_iou: float = 0.8,
+    min_iou: float = 0.85,
     allow_diagonal: bool = False,
 ) -> gpd.GeoDataFrame:
     """Regularize the polygons of a GeoDataFrame, in metres whatever its CRS.

@@ -449,7 +449,7 @@ def iter_buildings(
     simplify_m: float = 0.0,
     regularize: bool = True,
     regularize_tolerance_m: float | None = None,
-    min_iou: float = 0.8,
+    min_iou: float = 0.85,
 ) -> Iterator[gpd.GeoDataFrame]:
     """Vectorize a building instance raster chunk by chunk, yielding batches.
 
@@ -549,7 +549,7 @@ def vectorize_buildings(
     simplify_m: float = 0.0,
     regularize: bool = True,
     regularize_tolerance_m: float | None = None,
-    min_iou: float = 0.8,
+    min_iou: float = 0.85,
 ) -> gpd.GeoDataFrame:
     """Building polygons from a global instance-id raster, read chunk by chunk.
 
@@ -580,7 +580,7 @@ def vectorize_buildings(
         Simplification tolerance of the regularizer, metres (default: the larger of
         ``simplify_m`` and 1.5 pixels; raise it for noisy model output).
     min_iou
-        A regularized building whose IoU with its simplified outline is below this
+        A regularized building whose IoU with its pixel outline is below this
         falls back to the simplified outline.
 
     Returns
