@@ -153,8 +153,9 @@ def main() -> None:
                               activation=spec.activation)
     grid = plan_scene(scene, tile_px=args.tile_px, overlap_px=args.overlap_px,
                       chunk_px=args.chunk_px)
-    # warm the model once so neither measurement pays first-call costs
-    model_only(predictor, 1, args.tile_px, spec.input.n_bands)
+    # warm the model with a full batch so neither measurement pays first-call costs
+    # (oneDNN builds its kernels per input shape)
+    model_only(predictor, args.batch_size, args.tile_px, spec.input.n_bands)
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

@@ -229,7 +229,9 @@ def predict_chunk(
             acc = _accumulator(workspace, scores.shape[1] + 1, extent)
         for k in range(scores.shape[0]):
             tid, w = run[done + k]
-            accumulate_tile(acc, extent, w, scores[k], grid.tile_weights(tid, ramp=ramp))
+            accumulate_tile(  # scores is the predictor's kept buffer: weight it in place
+                acc, extent, w, scores[k], grid.tile_weights(tid, ramp=ramp), scratch=True
+            )
         done += scores.shape[0]
         t = time.perf_counter()
         blend_s += t - t1
@@ -434,20 +436,54 @@ def iter_predictions(
 
 
 class _SceneWriter:
-    """Writes finished regions to the class (and probability) sinks."""
+    """Writes finished regions to the class (and probability) sinks.
 
-    def __init__(self, classes: RasterSink, probs: RasterSink | None) -> None:
+    Labels are computed on the calling thread (the accumulator is a reused
+    buffer), and the GDAL writes (compression) run on a writer thread, at most
+    ``max_pending`` regions behind, so they overlap the next chunk's model work.
+    Use as a context manager: leaving it waits for every write and re-raises the
+    first error.
+    """
+
+    def __init__(
+        self, classes: RasterSink, probs: RasterSink | None, *, max_pending: int = 4
+    ) -> None:
         self.classes = classes
         self.probs = probs
-        self.seconds = 0.0
+        self.seconds = 0.0  # labels, on the calling thread
+        self.thread_seconds = 0.0  # GDAL writes, on the writer thread
+        self.max_pending = max_pending
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="terraseg-write")
+        self._pending: list[cf.Future[None]] = []
+
+    def __enter__(self) -> _SceneWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self.drain(0)
+        finally:  # on an error, queued writes are dropped: the outputs are discarded anyway
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def drain(self, keep: int) -> None:
+        """Wait until at most ``keep`` writes are pending; re-raise a failed write's error."""
+        while len(self._pending) > keep:
+            self._pending.pop(0).result()
+
+    def _write(self, window: PixelWindow, labels: np.ndarray | None, q: np.ndarray | None) -> None:
+        t0 = time.perf_counter()
+        write_region(self.classes, self.probs, window, labels, q)
+        self.thread_seconds += time.perf_counter() - t0  # only this thread adds here
 
     def write(self, window: PixelWindow, acc: np.ndarray | None, valid: np.ndarray) -> None:
         t0 = time.perf_counter()
         labels = qprobs = None
         if acc is not None:
             labels, qprobs = labels_from_acc(acc, valid, with_probs=self.probs is not None)
-        write_region(self.classes, self.probs, window, labels, qprobs)
         self.seconds += time.perf_counter() - t0
+        self.drain(self.max_pending - 1)
+        self._pending.append(self._pool.submit(self._write, window, labels, qprobs))
 
 
 def _peak_rss_mb() -> float:
@@ -600,18 +636,20 @@ def predict_scene(
         classes_sink, probs_sink = _open_sinks(
             stack, scene, spec, classes_path, probs_path, overwrite=overwrite
         )
-        writer = _SceneWriter(classes_sink, probs_sink)
-        for window, acc, valid in iter_predictions(
-            scene, grid, predictor, spec, ramp=ramp, pad=pad, prefetch=prefetch, stats=run,
-            progress=progress,
-        ):
-            writer.write(window, acc, valid)
+        with _SceneWriter(classes_sink, probs_sink) as writer:
+            for window, acc, valid in iter_predictions(
+                scene, grid, predictor, spec, ramp=ramp, pad=pad, prefetch=prefetch, stats=run,
+                progress=progress,
+            ):
+                writer.write(window, acc, valid)
         check_not_empty(scene, run)  # raising here publishes nothing
         t_write = time.perf_counter()
         classes_sink.finish()
         if probs_sink is not None:
             probs_sink.finish()
-        run.seconds["write"] = writer.seconds + time.perf_counter() - t_write
+        run.seconds["write"] = (
+            writer.seconds + writer.thread_seconds + time.perf_counter() - t_write
+        )
         stats = _run_stats(
             scene, spec, grid, run, wall=time.perf_counter() - t_start,
             device=str(predictor.device), predictor=repr(predictor), config=config,

@@ -179,12 +179,15 @@ def accumulate_tile(
     tile_window: PixelWindow,
     probs: NDArray[np.floating],
     weights: NDArray[np.floating],
+    *,
+    scratch: bool = False,
 ) -> None:
     """Add one tile's weighted predictions into an accumulator, in place.
 
     Adds ``probs * weights`` into ``acc[:K]`` and ``weights`` into ``acc[K]``, for the part
     of the tile inside ``extent`` (tiles hang past the raster's bottom/right edge). No
-    temporary larger than one tile is made.
+    temporary larger than one tile is made; with ``scratch=True`` none at all:
+    ``probs`` is then multiplied in place (the engine passes its reused score buffer).
 
     Parameters
     ----------
@@ -225,7 +228,12 @@ def accumulate_tile(
     a_sl = inter.relative_to(extent).to_slices()
     t_sl = inter.relative_to(tile_window).to_slices()
     w = weights[t_sl]
-    acc[(slice(0, k), *a_sl)] += probs[(slice(None), *t_sl)] * w
+    if scratch:
+        part = probs[(slice(None), *t_sl)]
+        np.multiply(part, w, out=part)
+        acc[(slice(0, k), *a_sl)] += part
+    else:
+        acc[(slice(0, k), *a_sl)] += probs[(slice(None), *t_sl)] * w
     acc[(k, *a_sl)] += w
 
 
