@@ -495,7 +495,7 @@ def _regularize(
     # simplified outline but 0.82 with the input, and 0.83 with the truth)
     a0, a1 = simple.areas(), rebuilt.areas()
     est = 1.0 - np.maximum(swept, np.abs(a1 - a0)) / np.maximum(np.maximum(a0, a1), 1e-300)
-    check = ok & (est < min(1.0, min_iou + 0.15))
+    check = ok & (est < min(1.0, min_iou + 0.1))
     if check.any():
         ref = arr[check]
         res = result[check]
