@@ -110,14 +110,19 @@ def report(results: dict[str, Any]) -> None:
     engine = [
         [r.get("model", "?"), f"{r.get('size_px', '?')}²", _fmt(r.get("pipeline_mpx_s")),
          _fmt(r.get("pipeline_km2_h"), 0), _fmt(r.get("model_only_mpx_s")),
-         _fmt(r.get("efficiency"), 3), _fmt(r.get("peak_rss_mb"), 0),
-         " ".join(f"{k} {v}" for k, v in (r.get("stage_mpx_s") or {}).items()),
-         r.get("error", "")]
+         _fmt(r.get("efficiency"), 3), _fmt(r.get("peak_rss_mb"), 0), r.get("error", "")]
         for r in results["throughput"]
     ]
-    rows.append(("Engine (Mpx/s; stages in Mpx/s of their own time)", engine,
-                 ["model", "scene", "pipeline", "km²/h", "model only", "efficiency",
-                  "peak RSS MB", "stages", "error"]))
+    rows.append(("Engine (Mpx/s)", engine, ["model", "scene", "pipeline", "km²/h", "model only",
+                                            "efficiency", "peak RSS MB", "error"]))
+    stages = [
+        [r.get("model", "?"), f"{r.get('size_px', '?')}²",
+         *(_fmt((r.get("stage_mpx_s") or {}).get(k)) for k in ("read", "infer", "blend", "write"))]
+        for r in results["throughput"] if "error" not in r
+    ]
+    rows.append(("Engine stages (scene Mpx / seconds in the stage; read and write overlap "
+                 "the model on their own threads)", stages,
+                 ["model", "scene", "read", "infer", "blend", "write"]))
     g = results.get("memory_growth")
     if g:
         rows.append(("Engine memory growth (cheap)", [[
@@ -146,8 +151,10 @@ def report(results: dict[str, Any]) -> None:
                      ["buildings", "merge s", "buildings/s", "peak RSS MB", "exact"]))
     sc = results.get("scaling")
     if sc and "error" not in sc:
-        rows.append(("Dask scaling", [[json.dumps({k: v for k, v in sc.items()
-                                                   if k not in ("script", "args")})]], ["result"]))
+        rows.append(("Dask scaling (LocalCluster)", [[
+            _fmt(sc.get("mpx_s_1w")), _fmt(sc.get("mpx_s_2w")), _fmt(sc.get("speedup_2w"), 3),
+            _fmt(sc.get("scheduler_overhead_ms_per_task"))]],
+            ["1 worker Mpx/s", "2 workers Mpx/s", "speed-up", "scheduler ms/task"]))
     try:
         from rich.console import Console
         from rich.table import Table
@@ -157,7 +164,7 @@ def report(results: dict[str, Any]) -> None:
             for row in body:
                 print(" | ".join(row))
         return
-    console = Console()
+    console = Console(width=max(Console().width, 110))
     console.print(f"[bold]Machine:[/bold] {results['machine']['summary']} "
                   f"({results['machine']['cpu']}), torch {results['machine']['torch']}")
     for title, body, header in rows:

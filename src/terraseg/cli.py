@@ -296,6 +296,9 @@ app.command("evaluate")(evaluate_command)
 
 def main() -> None:
     """Entry point of the ``terraseg`` console script."""
+    from terraseg._hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages()  # once, before any work: huge pages for big CPU tensors
     try:
         app(standalone_mode=False)
     except TerrasegError as exc:
