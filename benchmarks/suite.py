@@ -16,6 +16,8 @@ is its own) and collects the JSON line each prints:
 
 Every row states the machine (CPU, cores, GPU or not) and the load average
 when it started; quote ratios from one run, since shared machines are noisy.
+The scripts run with the environment the ``terraseg`` command gives itself
+(glibc's huge-page tunable, see ``terraseg._hugepages``).
 
 Usage::
 
@@ -73,7 +75,17 @@ def machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "rasterio": rasterio.__version__,
         "gdal": rasterio.__gdal_version__,
+        # what the benchmarks run with: the terraseg command sets glibc's huge-page
+        # tunable (terraseg._hugepages), so the scripts get it too
+        "glibc_tunables": child_env().get("GLIBC_TUNABLES"),
     }
+
+
+def child_env() -> dict[str, str]:
+    """The environment the ``terraseg`` command runs with (huge pages where it sets them)."""
+    from terraseg._hugepages import hugepage_env
+
+    return hugepage_env() or dict(os.environ)
 
 
 def run_script(name: str, args: list[str], timeout: float) -> dict[str, Any]:
@@ -83,7 +95,8 @@ def run_script(name: str, args: list[str], timeout: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     print(f"· {name} {' '.join(args)}", file=sys.stderr, flush=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=child_env())
     except subprocess.TimeoutExpired:
         return {"script": name, "args": args, "error": f"timed out after {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
