@@ -138,6 +138,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--no-prefetch", action="store_true")
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"],
+                    help="model execution backend (onnxruntime: CPU, needs terraseg[onnx])")
     ap.add_argument("--base-px", type=int, default=4096,
                     help="largest generated city; bigger scenes are VRT mosaics of it")
     ap.add_argument("--skip-model-only", action="store_true",
@@ -150,7 +152,7 @@ def main() -> None:
     scene = open_scene(path)
     net, spec = build_model(args.model)
     predictor = TilePredictor(net, device=args.device, batch_size=args.batch_size,
-                              activation=spec.activation)
+                              activation=spec.activation, backend=args.backend)
     grid = plan_scene(scene, tile_px=args.tile_px, overlap_px=args.overlap_px,
                       chunk_px=args.chunk_px)
     # warm the model with a full batch so neither measurement pays first-call costs
@@ -190,6 +192,7 @@ def main() -> None:
         "chunk_px": args.chunk_px,
         "batch_size": args.batch_size,
         "device": str(predictor.device),
+        "backend": args.backend,
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "tiles": res.stats["tiles_run"],

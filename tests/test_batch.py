@@ -134,6 +134,10 @@ def test_every_shipped_workflow_validates() -> None:
         ("version: 1\ninputs: [unclosed\n", r"not valid YAML at line"),
         ("- just\n- a list\n", r"must be a mapping"),
         ("version: 1\nstages: [predict]\n", r"at least one scene"),
+        (
+            "version: 1\ninputs: {paths: [a.tif]}\ninference: {backend: tvm}\n",
+            r"inference.backend",
+        ),
     ],
 )
 def test_bad_workflows_are_one_clear_line(tmp_path: Path, text: str, match: str) -> None:

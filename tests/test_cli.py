@@ -204,6 +204,7 @@ def test_predict_missing_crs_suggests_assume_crs(tmp_path: Path, small_scene: Pa
         (["--device", "cuda:7"], ["cuda:7"]),
         (["--ramp", "gauss"], ["gauss"]),
         (["--model", "no-such-model"], ["no-such-model"]),
+        (["--backend", "tvm"], ["backend 'tvm'", "onnxruntime"]),
     ],
 )
 def test_predict_bad_options(
@@ -215,6 +216,22 @@ def test_predict_bad_options(
         pytest.skip("this machine has that CUDA device")
     assert_one_line_error(proc, *needles)
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_predict_onnxruntime_backend_equals_torch(tmp_path: Path, small_scene: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    outs = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        proc = run("predict", str(small_scene), "--out", str(out), "--model", "demo-semantic",
+                   "--tile-px", "128", "--overlap-px", "32", "--chunk-px", "256",
+                   "--device", "cpu", "--backend", backend, "--no-vectorize")
+        assert proc.returncode == 0, proc.stderr
+        assert f"backend={backend}" in (out / "run.json").read_text()
+        with rasterio.open(out / "classes.tif") as ds:
+            outs[backend] = ds.read(1)
+    # logits agree within 1e-3, so labels differ at most on near-ties
+    assert (outs["torch"] == outs["onnxruntime"]).mean() > 0.999
 
 
 def test_debug_shows_traceback(tmp_path: Path) -> None:

@@ -157,3 +157,65 @@ def test_cuda_amp_channels_last_close_to_fp32() -> None:
     fast = TilePredictor(net, device="cuda", amp="auto", channels_last=True).predict(tiles)
     assert np.abs(ref - fast).max() < 0.05
     assert (ref.argmax(1) == fast.argmax(1)).mean() > 0.99
+
+
+def test_onnxruntime_backend_matches_torch() -> None:
+    pytest.importorskip("onnxruntime")
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    net = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=3,
+                   decoder_channels=(32, 16, 16, 8, 8))
+    tiles = np.random.default_rng(4).random((3, 3, 64, 64), dtype=np.float32)
+    want = TilePredictor(net, device="cpu", batch_size=2).predict(tiles)
+    ort = TilePredictor(net, device="cpu", batch_size=2, backend="onnxruntime")
+    got = ort.predict(tiles)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert ort._onnx is not None and ort._onnx.session is not None  # really ran ONNX Runtime
+    # raw-tile normalisation and kept buffers go through the same path
+    raw = (tiles * 255).astype(np.uint8)
+    scale = (np.zeros(3, np.float32), np.full(3, 255.0, np.float32))
+    a = np.concatenate([b.copy() for b in ort.predict_stream([raw[:2], raw[2:]], normalize=scale,
+                                                              reuse_buffers=True)])
+    ref = TilePredictor(net, device="cpu", batch_size=2).predict(raw.astype(np.float32) / 255)
+    np.testing.assert_allclose(a, ref, atol=1e-4)
+
+
+def test_onnxruntime_backend_falls_back_when_outputs_differ(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from terraseg import _onnx
+
+    monkeypatch.setattr(_onnx, "TOLERANCE", -1.0)  # nothing is close enough
+    net, _ = build_builtin("cheap")
+    tiles = np.random.default_rng(5).random((2, 3, 16, 16), dtype=np.float32)
+    pred = TilePredictor(net, device="cpu", backend="onnxruntime")
+    with caplog.at_level("WARNING", logger="terraseg._onnx"):
+        got = pred.predict(tiles)
+    assert "using torch" in caplog.text and pred._onnx is not None and pred._onnx.failed
+    np.testing.assert_allclose(got, TilePredictor(net, device="cpu").predict(tiles), atol=1e-6)
+
+
+def test_onnxruntime_backend_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    net, _ = build_builtin("cheap")
+    with pytest.raises(ConfigError, match="unknown backend 'tvm'"):
+        TilePredictor(net, device="cpu", backend="tvm")  # type: ignore[arg-type]
+    import terraseg.inference as inference
+
+    with monkeypatch.context() as m:  # as if CUDA were there: refused before the model moves
+        m.setattr(inference, "select_device", lambda _: torch.device("cuda", 0))
+        with pytest.raises(ConfigError, match="runs on the CPU"):
+            TilePredictor(net, device="cuda", backend="onnxruntime")
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ort(name: str, *args: object, **kwargs: object) -> object:
+        if name == "onnxruntime":
+            raise ImportError("no onnxruntime")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    with pytest.raises(ConfigError, match=r"pip install 'terraseg\[onnx\]'"):
+        TilePredictor(net, device="cpu", backend="onnxruntime")

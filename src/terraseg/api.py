@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
-from terraseg.inference import AmpMode, TilePredictor
+from terraseg.inference import AmpMode, Backend, TilePredictor
 from terraseg.models.loading import load_model
 from terraseg.pipeline import PredictResult, Ramp, plan_scene, predict_scene
 from terraseg.progress import progress_callback
@@ -75,6 +75,7 @@ def predict_to_dir(
     assume_crs: str | None = None,
     overwrite: bool = False,
     show_progress: bool | None = None,
+    backend: str = "torch",
 ) -> PredictResult:
     """Open a scene, build the model and predictor, and run :func:`predict_scene`.
 
@@ -87,6 +88,9 @@ def predict_to_dir(
         raise ConfigError(f"unknown ramp '{ramp}'; use cosine, linear or none", ramp=ramp)
     if amp not in ("auto", "bf16", "fp16", "off"):
         raise ConfigError(f"unknown amp '{amp}'; use auto, bf16, fp16 or off", amp=amp)
+    if backend not in ("torch", "onnxruntime"):
+        raise ConfigError(f"unknown backend '{backend}'; use torch or onnxruntime",
+                          backend=backend)
     sc = open_scene(scene, assume_crs=assume_crs)
     grid = plan_scene(sc, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
     warn_if_huge(sc, len(grid))
@@ -94,11 +98,12 @@ def predict_to_dir(
     spec = card.to_spec()
     predictor = TilePredictor(
         net, device=device, batch_size=batch_size, amp=cast(AmpMode, amp),
-        activation=spec.activation,
+        activation=spec.activation, backend=cast(Backend, backend),
     )
     config = {
         "scene": str(Path(scene)), "model": model, "tile_px": tile_px, "overlap_px": overlap_px,
         "chunk_px": chunk_px, "batch_size": batch_size, "device": device, "amp": amp,
+        "backend": backend,
         "ramp": ramp, "write_probabilities": write_probabilities, "assume_crs": assume_crs,
     }
     show = sys.stderr.isatty() if show_progress is None else show_progress

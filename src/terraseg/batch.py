@@ -147,6 +147,7 @@ def run_workflow(
     opts = PredictorOptions(
         model=wf.models.semantic or "", device=wf.inference.device,
         batch_size=wf.inference.batch_size, amp=wf.inference.amp,
+        backend=wf.inference.backend,
     )
     local_predictor, spec = get_worker_predictor(opts)  # validates model, card and device
     for sc in scenes:

@@ -94,6 +94,9 @@ def predict(
         str, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16, off.")
     ] = "auto",
     ramp: Annotated[str, typer.Option(help="Blending window: cosine, linear or none.")] = "cosine",
+    backend: Annotated[
+        str, typer.Option(help="Model execution: torch, or onnxruntime (CPU; pip install 'terraseg[onnx]').")
+    ] = "torch",
     probabilities: Annotated[
         bool, typer.Option("--probabilities", help="Also write probabilities.tif.")
     ] = False,
@@ -119,6 +122,7 @@ def predict(
         device=device,
         amp=amp,
         ramp=ramp,
+        backend=backend,
         write_probabilities=probabilities,
         assume_crs=assume_crs,
         overwrite=overwrite,

@@ -96,6 +96,11 @@ class InferenceConfig(_Model):
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         default="auto", description="Mixed precision on CUDA (always off on the CPU)."
     )
+    backend: Literal["torch", "onnxruntime"] = Field(
+        default="torch",
+        description="Model execution: torch, or onnxruntime (CPU only, exported once per "
+        "worker, kept only if it matches torch; pip install 'terraseg[onnx]').",
+    )
 
 
 class OutputsConfig(_Model):

@@ -41,9 +41,11 @@ class PredictorOptions:
     device: str = "auto"
     batch_size: int = 8
     amp: str = "auto"
+    backend: str = "torch"
 
-    def __dask_tokenize__(self) -> tuple[str, str, str, int, str]:
-        return ("PredictorOptions", self.model, self.device, self.batch_size, self.amp)
+    def __dask_tokenize__(self) -> tuple[str, str, str, int, str, str]:
+        return ("PredictorOptions", self.model, self.device, self.batch_size, self.amp,
+                self.backend)
 
 
 _PREDICTORS: dict[PredictorOptions, Any] = {}
@@ -61,7 +63,7 @@ def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
             spec = card.to_spec()
             predictor = TilePredictor(
                 net, device=opts.device, batch_size=opts.batch_size, amp=opts.amp,  # type: ignore[arg-type]
-                activation=spec.activation,
+                activation=spec.activation, backend=opts.backend,  # type: ignore[arg-type]
             )
             _PREDICTORS[opts] = (predictor, spec)
         return _PREDICTORS[opts]  # type: ignore[no-any-return]
