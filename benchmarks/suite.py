@@ -234,9 +234,8 @@ def main() -> int:
         results["scaling"] = run_script("scaling.py", [], args.timeout)
     results["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results["load_avg_end"] = round(os.getloadavg()[0], 2)
-    for section in ("throughput",):
-        for row in results[section]:
-            row.setdefault("machine", results["machine"]["summary"])
+    for row in results["throughput"]:
+        row.setdefault("machine", results["machine"]["summary"])
     for key in ("vectorize", "instances", "scaling"):
         if key in results:
             results[key].setdefault("machine", results["machine"]["summary"])

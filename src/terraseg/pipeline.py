@@ -271,7 +271,6 @@ class _MemoryTrimmer:
     def __init__(self, slack_mb: float = 64.0) -> None:
         self.slack = slack_mb * 2**20
         self.base: float | None = None
-        self.trims = 0
 
     @staticmethod
     def _rss() -> float | None:
@@ -290,7 +289,6 @@ class _MemoryTrimmer:
             self.base = rss
         elif rss > self.base + self.slack:
             trim(0)
-            self.trims += 1
             self.base = self._rss() or rss
 
 
@@ -306,12 +304,11 @@ def _accumulator(
     if workspace is None:
         return np.zeros(shape, np.float32)
     buf = workspace.get("acc")
-    if buf is None or buf.shape[0] != n_channels or buf.shape[1] < shape[1] or (
-        buf.shape[2] < shape[2]
-    ):
-        buf = workspace["acc"] = np.zeros(
-            (n_channels, max(shape[1], buf.shape[1] if buf is not None else 0),
-             max(shape[2], buf.shape[2] if buf is not None else 0)), np.float32
+    same = buf is not None and buf.shape[0] == n_channels
+    h, w = buf.shape[1:] if buf is not None and same else (0, 0)
+    if buf is None or not same or h < shape[1] or w < shape[2]:  # grow to cover both extents
+        buf = workspace["acc"] = np.empty(
+            (n_channels, max(shape[1], h), max(shape[2], w)), np.float32
         )
     acc = buf[:, : shape[1], : shape[2]]
     acc.fill(0.0)

@@ -92,19 +92,11 @@ class InputSpec(BaseModel):
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         """Normalise ``array`` ``(band, y, x)`` (already band-selected) to float32 in place-ish."""
+        sub, div = self.affine()
         out = array.astype(np.float32, copy=True)
-        if self.normalization == "scale":
-            out /= np.float32(self.scale)
-        elif self.normalization == "meanstd" and self.mean is not None and self.std is not None:
-            mean = np.asarray(self.mean, np.float32)[:, None, None]
-            std = np.asarray(self.std, np.float32)[:, None, None]
-            out -= mean
-            out /= std
-        else:
-            raise ValueError(
-                f"normalization '{self.normalization}' needs scene statistics; "
-                "use terraseg.scene.compute_band_stats and pass them as mean/std"
-            )
+        if sub.any():
+            out -= sub[:, None, None]
+        out /= div[:, None, None]
         return out
 
 
