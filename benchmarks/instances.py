@@ -36,7 +36,7 @@ import numpy as np
 import rasterio
 from numpy.typing import NDArray
 
-from terraseg.grid import ChunkGrid, PixelWindow
+from terraseg.core.grid import ChunkGrid, PixelWindow
 from terraseg.instances import InstanceMerger
 
 CACHE = Path(os.environ.get("TERRASEG_BENCH_CACHE", Path(tempfile.gettempdir()) / "terraseg-bench"))

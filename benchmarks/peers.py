@@ -201,10 +201,10 @@ def _run_terraseg(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     import torch
 
     import terraseg
-    from terraseg.inference import TilePredictor
+    from terraseg.engine.inference import TilePredictor
+    from terraseg.engine.pipeline import predict_scene
+    from terraseg.io.scene import open_scene
     from terraseg.models.spec import ModelSpec
-    from terraseg.pipeline import predict_scene
-    from terraseg.scene import open_scene
 
     net = _build_net(args.weights)
     spec = ModelSpec(name="unet-r18")

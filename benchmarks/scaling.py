@@ -1,6 +1,6 @@
 """Dask scaling on this machine: 1 vs 2 workers (one thread each), and scheduler overhead.
 
-Runs the same scene through ``terraseg.batch.run_workflow`` on a LocalCluster of
+Runs the same scene through ``terraseg.engine.batch.run_workflow`` on a LocalCluster of
 1 and then 2 single-threaded workers (startup excluded: workers are warmed with
 the model first), and measures the scheduler's per-task overhead with empty
 tasks. Prints a human summary and one JSON line. From the measured per-chunk
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from distributed import Client, LocalCluster
 
-from terraseg.chunkstore import DirStore
-from terraseg.distributed import DaskRunner, PredictorOptions, get_worker_predictor
-from terraseg.pipeline import plan_scene
-from terraseg.scene import open_scene
+from terraseg.engine.distributed import DaskRunner, PredictorOptions, get_worker_predictor
+from terraseg.engine.pipeline import plan_scene
+from terraseg.io.chunkstore import DirStore
+from terraseg.io.scene import open_scene
 
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import scene_for  # noqa: E402

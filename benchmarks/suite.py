@@ -17,7 +17,7 @@ is its own) and collects the JSON line each prints:
 Every row states the machine (CPU, cores, GPU or not) and the load average
 when it started; quote ratios from one run, since shared machines are noisy.
 The scripts run with the environment the ``terraseg`` command gives itself
-(glibc's huge-page tunable, see ``terraseg._hugepages``).
+(glibc's huge-page tunable, see ``terraseg.cli.hugepages``).
 
 Usage::
 
@@ -76,14 +76,14 @@ def machine() -> dict[str, Any]:
         "rasterio": rasterio.__version__,
         "gdal": rasterio.__gdal_version__,
         # what the benchmarks run with: the terraseg command sets glibc's huge-page
-        # tunable (terraseg._hugepages), so the scripts get it too
+        # tunable (terraseg.cli.hugepages), so the scripts get it too
         "glibc_tunables": child_env().get("GLIBC_TUNABLES"),
     }
 
 
 def child_env() -> dict[str, str]:
     """The environment the ``terraseg`` command runs with (huge pages where it sets them)."""
-    from terraseg._hugepages import hugepage_env
+    from terraseg.cli.hugepages import hugepage_env
 
     return hugepage_env() or dict(os.environ)
 

@@ -37,11 +37,11 @@ import numpy as np
 import rasterio
 import torch
 
-from terraseg.inference import TilePredictor
+from terraseg.engine.inference import TilePredictor
+from terraseg.engine.pipeline import plan_scene, predict_scene
+from terraseg.io.scene import open_scene
 from terraseg.models.builtin import build_builtin
 from terraseg.models.spec import ModelSpec
-from terraseg.pipeline import plan_scene, predict_scene
-from terraseg.scene import open_scene
 from terraseg.synthetic import make_city
 
 CACHE = Path(os.environ.get("TERRASEG_BENCH_CACHE", Path(tempfile.gettempdir()) / "terraseg-bench"))

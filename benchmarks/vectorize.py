@@ -4,7 +4,7 @@ The scene is a *virtual* raster: a synthetic city's truth rasters tiled
 ``tiles x tiles`` times, read window by window through a function that never
 materialises the whole scene (each repeat's building ids are shifted so they stay
 unique). Buildings are vectorized with regularization, consumed batch by batch
-(:func:`terraseg.vectorization.iter_buildings`, counted then dropped) as a writer would,
+(:func:`terraseg.vector.vectorization.iter_buildings`, counted then dropped) as a writer would,
 so the peak RSS shows whether memory stays flat as the scene grows. Roads are
 vectorized (polygons) and skeletonized (centerlines + graph) on the same virtual scene.
 
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from terraseg.grid import PixelWindow
+from terraseg.core.grid import PixelWindow
 
 CACHE = Path(os.environ.get("TERRASEG_BENCH_CACHE", Path(tempfile.gettempdir()) / "terraseg-bench"))
 
@@ -110,7 +110,7 @@ def peak_rss_mb() -> float:
 
 
 def run_buildings(stem: Path, tiles: int, chunk_px: int, regularize: bool) -> dict[str, Any]:
-    from terraseg.vectorization import iter_buildings
+    from terraseg.vector.vectorization import iter_buildings
 
     with rasterio.open(f"{stem}.instances.tif") as ds:
         base, transform, crs = ds.read(1), ds.transform, ds.crs
@@ -148,8 +148,8 @@ def run_buildings(stem: Path, tiles: int, chunk_px: int, regularize: bool) -> di
 
 
 def run_roads(stem: Path, tiles: int, chunk_px: int) -> dict[str, Any]:
-    from terraseg.centerlines import extract_centerlines
-    from terraseg.vectorization import iter_roads
+    from terraseg.vector.centerlines import extract_centerlines
+    from terraseg.vector.vectorization import iter_roads
 
     with rasterio.open(f"{stem}.truth.tif") as ds:
         base, transform, crs = ds.read(1), ds.transform, ds.crs

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from terraseg.grid import PixelWindow
+from terraseg.core.grid import PixelWindow
 from terraseg.synthetic import (
     CityLayout,
     CityScene,

@@ -28,9 +28,9 @@ from terraseg.config import (
     TilingConfig,
     Workflow,
 )
+from terraseg.core.grid import PixelWindow
 from terraseg.errors import CRSError, TerrasegError
-from terraseg.grid import PixelWindow
-from terraseg.scene import Scene
+from terraseg.io.scene import Scene
 from terraseg.synthetic import CityScene
 
 MODEL = "cheap"
@@ -188,9 +188,9 @@ def test_lazy_api_names_resolve_to_the_api_functions() -> None:
 
 
 def test_terraseg_vectorize_stays_the_function_after_the_modules_are_imported() -> None:
-    """The module is terraseg.vectorization, so importing it cannot shadow the function."""
-    importlib.import_module("terraseg.vectorization")
-    importlib.import_module("terraseg.postprocess")
+    """The module is terraseg.vector.vectorization, so importing it cannot shadow the function."""
+    importlib.import_module("terraseg.vector.vectorization")
+    importlib.import_module("terraseg.engine.postprocess")
     assert terraseg.vectorize is vectorize
     assert callable(terraseg.vectorize)
 

@@ -18,8 +18,8 @@ import rasterio
 import yaml
 from rasterio.transform import from_origin
 
-from terraseg.batch import plan_workflow, run_workflow
 from terraseg.config import Workflow, load_workflow
+from terraseg.engine.batch import plan_workflow, run_workflow
 from terraseg.errors import ConfigError, OutputExistsError
 
 BIN = Path(sys.executable).parent
@@ -381,13 +381,13 @@ def test_failed_chunks_are_logged_and_resumable(
     """A scene that turns unreadable mid-run: failures.jsonl, exit 2, then --resume finishes."""
     import shutil
 
+    from terraseg.engine.resumable import ChunkFailure, local_runner, predict_scene_resumable
     from terraseg.errors import ChunkFailedError
-    from terraseg.resumable import ChunkFailure, local_runner, predict_scene_resumable
-    from terraseg.scene import open_scene
+    from terraseg.io.scene import open_scene
 
     scene = open_scene(scenes[1])
-    from terraseg.distributed import PredictorOptions, get_worker_predictor
-    from terraseg.pipeline import plan_scene
+    from terraseg.engine.distributed import PredictorOptions, get_worker_predictor
+    from terraseg.engine.pipeline import plan_scene
 
     predictor, spec = get_worker_predictor(PredictorOptions(model=str(slow_model), device="cpu"))
     grid = plan_scene(scene, tile_px=256, overlap_px=32, chunk_px=256)

@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from throughput import mosaic_vrt  # noqa: E402
 
-from terraseg.scene import open_scene  # noqa: E402
+from terraseg.io.scene import open_scene  # noqa: E402
 
 
 def test_mosaic_vrt_is_k_by_k_copies(tmp_path: Path) -> None:

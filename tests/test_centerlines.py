@@ -1,4 +1,4 @@
-"""Tests for terraseg.centerlines: road skeletons, chunk joins and the road graph."""
+"""Tests for terraseg.vector.centerlines: road skeletons, chunk joins and the road graph."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ from affine import Affine
 from rasterio import features
 from vector_helpers import TRANSFORM, UTM, chunk_windows, reader  # noqa: E402
 
-from terraseg.centerlines import (
+from terraseg.core.grid import PixelWindow
+from terraseg.errors import ConfigError
+from terraseg.vector.centerlines import (
     RoadNetwork,
     build_road_graph,
     extract_centerlines,
     to_networkx,
     trace_skeleton,
 )
-from terraseg.errors import ConfigError
-from terraseg.grid import PixelWindow
 
 
 def precision_recall(pred: Any, truth: Any, tol_m: float) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Tests for terraseg.evaluate (buildings, roads, APLS, pixels) and ``terraseg evaluate``."""
+"""Tests for terraseg.evaluate.scores (buildings, roads, APLS, pixels) and ``terraseg evaluate``."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import shapely
 from affine import Affine
 from shapely import LineString, box
 
-from terraseg._apls import apls, lines_to_graph, path_length_similarity
 from terraseg.errors import ConfigError, CRSMismatchError, SceneReadError
-from terraseg.evaluate import (
+from terraseg.evaluate.apls import apls, lines_to_graph, path_length_similarity
+from terraseg.evaluate.scores import (
     EvaluationWarning,
     confusion_matrix,
     evaluate,

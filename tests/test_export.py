@@ -1,4 +1,4 @@
-"""Tests for terraseg.export: GeoPackage with QGIS styles, FlatGeobuf, GeoParquet,
+"""Tests for terraseg.export.writers: GeoPackage with QGIS styles, FlatGeobuf, GeoParquet,
 COG masks, the QGIS project, reprojection, atomicity; and a check in real QGIS.
 
 The predicted vectors are stood in for by the synthetic city's truth
@@ -26,10 +26,11 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
-import terraseg.export as export_mod
-from terraseg._qgis_styles import SingleRenderer, Symbol, VectorStyle, hex_rgb
+import terraseg.export.writers as export_mod
+from terraseg.core.grid import PixelWindow
 from terraseg.errors import ConfigError, CRSError, CRSMismatchError, ExportError, OutputExistsError
-from terraseg.export import (
+from terraseg.export.qgis_styles import SingleRenderer, Symbol, VectorStyle, hex_rgb
+from terraseg.export.writers import (
     ExportResult,
     InvalidGeometryWarning,
     default_styles,
@@ -42,9 +43,8 @@ from terraseg.export import (
     write_layer_styles,
     write_qgis_project,
 )
-from terraseg.grid import PixelWindow
+from terraseg.io.raster_sink import RasterSink, read_class_names, validate_cog
 from terraseg.models.spec import DEFAULT_CLASSES
-from terraseg.rasterio_out import RasterSink, read_class_names, validate_cog
 from terraseg.synthetic import make_city
 
 SCENE_CRS = "EPSG:32633"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from terraseg.core.grid import Chunk, ChunkGrid, PixelWindow, TileLattice
 from terraseg.errors import GridError
-from terraseg.grid import Chunk, ChunkGrid, PixelWindow, TileLattice
 
 PROPS = settings(max_examples=300, deadline=None)
 

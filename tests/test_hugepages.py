@@ -1,4 +1,4 @@
-"""The CLI re-executes itself once with glibc's huge-page tunable (terraseg._hugepages)."""
+"""The CLI re-executes itself once with glibc's huge-page tunable (terraseg.cli.hugepages)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from terraseg import _hugepages as hp
+from terraseg.cli import hugepages as hp
 
 glibc = pytest.mark.skipif(
     sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc/Linux only"
@@ -64,7 +64,7 @@ def test_reexec_runs_the_same_command_once(thp: Path, monkeypatch: pytest.Monkey
 def test_in_process_main_under_another_program_does_not_reexec(
     thp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a test calling terraseg.cli.main() must not restart pytest
+    # a test calling terraseg.cli.main.main() must not restart pytest
     calls: list[tuple[Any, ...]] = []
     monkeypatch.setattr(hp.os, "execve", lambda *a: calls.append(a))
     monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "pytest", "tests"])
@@ -85,7 +85,7 @@ def test_console_script_really_gets_the_tunable(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text(
         "import os, sys\n"
-        "from terraseg import _hugepages\n"
+        "from terraseg.cli import hugepages as _hugepages\n"
         "_hugepages.reexec_with_hugepages()\n"
         "print(os.environ.get('GLIBC_TUNABLES', ''))\n"
     )

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from terraseg.engine.inference import TilePredictor, resolve_amp, select_device
 from terraseg.errors import ConfigError
-from terraseg.inference import TilePredictor, resolve_amp, select_device
 from terraseg.models.builtin import build_builtin
 
 
@@ -185,13 +185,13 @@ def test_onnxruntime_backend_falls_back_when_outputs_differ(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     pytest.importorskip("onnxruntime")
-    from terraseg import _onnx
+    from terraseg.engine import onnx as _onnx
 
     monkeypatch.setattr(_onnx, "TOLERANCE", -1.0)  # nothing is close enough
     net, _ = build_builtin("cheap")
     tiles = np.random.default_rng(5).random((2, 3, 16, 16), dtype=np.float32)
     pred = TilePredictor(net, device="cpu", backend="onnxruntime")
-    with caplog.at_level("WARNING", logger="terraseg._onnx"):
+    with caplog.at_level("WARNING", logger="terraseg.engine.onnx"):
         got = pred.predict(tiles)
     assert "using torch" in caplog.text and pred._onnx is not None and pred._onnx.failed
     np.testing.assert_allclose(got, TilePredictor(net, device="cpu").predict(tiles), atol=1e-6)
@@ -201,7 +201,7 @@ def test_onnxruntime_backend_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     net, _ = build_builtin("cheap")
     with pytest.raises(ConfigError, match="unknown backend 'tvm'"):
         TilePredictor(net, device="cpu", backend="tvm")  # type: ignore[arg-type]
-    import terraseg.inference as inference
+    import terraseg.engine.inference as inference
 
     with monkeypatch.context() as m:  # as if CUDA were there: refused before the model moves
         m.setattr(inference, "select_device", lambda _: torch.device("cuda", 0))

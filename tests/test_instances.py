@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
+from terraseg.core.grid import ChunkGrid, PixelWindow, TileLattice
 from terraseg.errors import ConfigError, GridError, TerrasegError
-from terraseg.grid import ChunkGrid, PixelWindow, TileLattice
 from terraseg.instances import (
     Instance,
     InstanceMergeError,

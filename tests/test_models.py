@@ -416,9 +416,9 @@ def test_adapt_bands_messages() -> None:
 
 
 def test_one_band_scene_with_rgb_model(tmp_path: Path) -> None:
-    from terraseg.inference import TilePredictor
-    from terraseg.pipeline import predict_scene
-    from terraseg.scene import open_scene
+    from terraseg.engine.inference import TilePredictor
+    from terraseg.engine.pipeline import predict_scene
+    from terraseg.io.scene import open_scene
 
     path = tmp_path / "pan.tif"
     arr = (np.arange(200 * 230, dtype=np.uint32).reshape(1, 200, 230) % 251).astype(np.uint8)
@@ -501,7 +501,7 @@ def test_demo_model_is_bundled_small_and_named() -> None:
 
 
 def _cli(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    from terraseg.cli import main
+    from terraseg.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["terraseg", *args])
     try:

@@ -15,15 +15,15 @@ import torch
 from rasterio.transform import from_origin
 from torch import nn
 
+from terraseg.core.grid import ChunkGrid, PixelWindow
+from terraseg.core.stitch import accumulate_tile, normalize, tile_weights, to_labels
+from terraseg.engine.inference import TilePredictor
+from terraseg.engine.pipeline import iter_predictions, plan_scene, predict_scene
 from terraseg.errors import BandError, GridError, OutputExistsError
-from terraseg.grid import ChunkGrid, PixelWindow
-from terraseg.inference import TilePredictor
+from terraseg.io.raster_sink import read_class_names, validate_cog
+from terraseg.io.scene import open_scene
 from terraseg.models.builtin import build_builtin
 from terraseg.models.spec import ClassInfo, InputSpec, ModelSpec
-from terraseg.pipeline import iter_predictions, plan_scene, predict_scene
-from terraseg.rasterio_out import read_class_names, validate_cog
-from terraseg.scene import open_scene
-from terraseg.stitch import accumulate_tile, normalize, to_labels
 
 ORIGIN = (355_012.5, 4_651_987.5)  # inside UTM 33N, deliberately not a round number
 
@@ -125,7 +125,7 @@ def one_pass(
             w = grid.lattice.tile_window((i, j))
             raw, _ = scene.read_window(w, bands=list(spec.input.bands))
             scores = pred.predict(spec.input.apply(raw)[None])[0]
-            accumulate_tile(acc, full, w, scores, grid.tile_weights((i, j), ramp=ramp))  # type: ignore[arg-type]
+            accumulate_tile(acc, full, w, scores, tile_weights(grid.lattice, (i, j), grid.n_tiles_yx, ramp=ramp))  # type: ignore[arg-type]
     probs, _ = normalize(acc)
     return probs, acc
 
@@ -460,7 +460,7 @@ def test_peak_memory_flat_2048_vs_16384(tmp_path: Path) -> None:
     # fills up to its cap (GDAL_CACHEMAX=64 in _peak_mb) and the heap may sit up to
     # the trimmer's slack above its last trim. Anything growing with the *area* — a
     # full-scene uint8 array would be +264 MiB — breaks this bound (≈ 200 MiB).
-    from terraseg.pipeline import _MemoryTrimmer
+    from terraseg.engine.pipeline import _MemoryTrimmer
 
     small = _peak_mb(2048, tmp_path)
     large = _peak_mb(16384, tmp_path)

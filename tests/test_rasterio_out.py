@@ -1,4 +1,4 @@
-"""Tests for terraseg.rasterio_out: chunked COG writing, atomicity, metadata."""
+"""Tests for terraseg.io.raster_sink: chunked COG writing, atomicity, metadata."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+from terraseg.core.grid import PixelWindow
 from terraseg.errors import ConfigError, ExportError, GridError, OutputExistsError
-from terraseg.grid import PixelWindow
-from terraseg.rasterio_out import (
+from terraseg.io.raster_sink import (
     CLASS_NAMES_TAG,
     RasterSink,
     _basic_cog_problems,
     read_class_names,
     validate_cog,
 )
-from terraseg.scene import open_scene
+from terraseg.io.scene import open_scene
 
 ROWS, COLS = 1100, 1300  # > 512 so overviews are required; not multiples of 512
 CHUNK = 300
@@ -281,7 +281,7 @@ def test_validate_cog_without_rio_cogeo(
 def test_gdal_cache_bounded_unless_user_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
     import rasterio.env
 
-    from terraseg.rasterio_out import GDAL_CACHE_BYTES, bounded_gdal_cache
+    from terraseg.io.raster_sink import GDAL_CACHE_BYTES, bounded_gdal_cache
 
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
     with bounded_gdal_cache():

@@ -1,4 +1,4 @@
-"""Tests for terraseg.regularize: building orthogonalisation."""
+"""Tests for terraseg.vector.regularize: building orthogonalisation."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rasterio import features
 from shapely import affinity
 
 from terraseg.errors import ConfigError
-from terraseg.regularize import (
+from terraseg.vector.regularize import (
     dominant_angle,
     regularize_building,
     regularize_buildings,
@@ -231,7 +231,7 @@ def _reference_douglas_peucker(ring: np.ndarray[Any, Any], tolerance: float) -> 
 def test_property_vectorized_douglas_peucker_matches_the_textbook(
     n: int, seed: int, tolerance: float
 ) -> None:
-    from terraseg.regularize import _douglas_peucker, _Rings
+    from terraseg.vector.regularize import _douglas_peucker, _Rings
 
     rng = np.random.default_rng(seed)
     polys = []
@@ -258,7 +258,7 @@ def test_threads_give_the_same_result(
     buildings: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import terraseg.regularize as reg
+    import terraseg.vector.regularize as reg
 
     _, pixels = buildings
     one = regularize_polygons(pixels, tolerance_m=1.5 * PIXEL_M, threads=1)

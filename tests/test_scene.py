@@ -1,4 +1,4 @@
-"""Tests for terraseg.scene: lazy open, validation, boundless reads, masks, stats."""
+"""Tests for terraseg.io.scene: lazy open, validation, boundless reads, masks, stats."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 
+from terraseg.core.grid import PixelWindow
 from terraseg.errors import BandError, CRSError, GridError, SceneReadError, TerrasegError
-from terraseg.grid import PixelWindow
-from terraseg.scene import (
+from terraseg.io.scene import (
     BandStats,
     Scene,
     clear_handle_cache,
@@ -614,7 +614,7 @@ def test_quicklook_plot_is_decimated_and_georeferenced(tmp_path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    from terraseg.quicklook import read_quicklook
+    from terraseg.io.quicklook import read_quicklook
 
     arr = np.random.default_rng(0).integers(1, 255, (3, 700, 500), dtype=np.uint8)
     s = open_scene(write_tif(tmp_path / "q.tif", arr))

@@ -16,9 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from terraseg.errors import ConfigError, GridError
-from terraseg.grid import ChunkGrid, PixelWindow, TileId, TileLattice
-from terraseg.stitch import (
+from terraseg.core.grid import ChunkGrid, PixelWindow, TileId, TileLattice
+from terraseg.core.stitch import (
     Ramp,
     accumulate_tile,
     assemble,
@@ -31,6 +30,7 @@ from terraseg.stitch import (
     to_labels,
     window_1d,
 )
+from terraseg.errors import ConfigError, GridError
 
 PROPS = settings(max_examples=300, deadline=None)
 RAMPS: tuple[Ramp, ...] = get_args(Ramp)
@@ -119,7 +119,7 @@ def chunked_accumulator(
         for tid, win in chunk.tiles():
             probs = model(tid, win)
             if probs.size:
-                accumulate_tile(acc, chunk.extent, win, probs, grid.tile_weights(tid, ramp=ramp))
+                accumulate_tile(acc, chunk.extent, win, probs, tile_weights(grid.lattice, tid, grid.n_tiles_yx, ramp=ramp))
         interior, pieces[chunk.index] = split_accumulator(acc, chunk)
         assert interior.shape == (n_classes + 1, *chunk.interior.shape)
         region = out[(slice(None), *chunk.interior.to_slices())]
@@ -258,7 +258,7 @@ def test_tile_weights_are_cached_and_read_only() -> None:
     with pytest.raises(ValueError, match="read-only"):
         a[0, 0] = 2
     grid = ChunkGrid((600, 600), lat, 128)
-    assert grid.tile_weights((3, 4)) is a
+    assert tile_weights(grid.lattice, (3, 4), grid.n_tiles_yx) is a
 
 
 # --------------------------------------------------------------------------- stitching

@@ -20,12 +20,12 @@ from numpy.typing import NDArray
 from rasterio.enums import ColorInterp
 from rasterio.features import rasterize
 
-import terraseg._synthetic_layout
-import terraseg._synthetic_noise
-import terraseg._synthetic_streets
 import terraseg.synthetic as synthetic
+import terraseg.synthetic.layout
+import terraseg.synthetic.noise
+import terraseg.synthetic.streets
+from terraseg.core.grid import PixelWindow
 from terraseg.errors import ConfigError, CRSError, ExportError, OutputExistsError
-from terraseg.grid import PixelWindow
 from terraseg.synthetic import (
     ROAD_CLASSES,
     CityLayout,
@@ -407,7 +407,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path: Path) -> None:
 
 
 def test_failure_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from terraseg._synthetic_render import render_window_blocks as real
+    from terraseg.synthetic.render import render_window_blocks as real
 
     calls = {"n": 0}
 
@@ -463,9 +463,9 @@ def test_xy_image_more_bands_dtypes_and_nodata(tmp_path: Path) -> None:
 def test_doctests() -> None:
     for module in (
         synthetic,
-        terraseg._synthetic_noise,
-        terraseg._synthetic_streets,
-        terraseg._synthetic_layout,
+        terraseg.synthetic.noise,
+        terraseg.synthetic.streets,
+        terraseg.synthetic.layout,
     ):
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__

@@ -134,7 +134,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSCluster
 
 @contextlib.contextmanager
 def _client(cluster: TLSCluster) -> Iterator[object]:
-    from terraseg.distributed import connect
+    from terraseg.engine.distributed import connect
 
     with connect(type="address", address=cluster.address, tls=cluster.tls.as_config()) as client:
         client.wait_for_workers(1, timeout=90)
@@ -150,8 +150,8 @@ def test_tls_client_runs_a_task(tls_cluster: TLSCluster) -> None:
 
 
 def test_run_workflow_over_tls_matches_synchronous(tls_cluster: TLSCluster, tmp_path: Path) -> None:
-    from terraseg.batch import run_workflow
     from terraseg.config import Workflow
+    from terraseg.engine.batch import run_workflow
 
     scene = good_scene(tmp_path)
     base = {
@@ -177,7 +177,7 @@ def test_run_workflow_over_tls_matches_synchronous(tls_cluster: TLSCluster, tmp_
     with _client(tls_cluster) as client:  # the chunks ran on the TLS worker: it built the model
 
         def models_built() -> list[str]:
-            from terraseg.distributed import _PREDICTORS
+            from terraseg.engine.distributed import _PREDICTORS
 
             return [opts.model for opts in _PREDICTORS]
 

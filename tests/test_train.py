@@ -15,8 +15,8 @@ import torch
 
 from terraseg.errors import BandError, ConfigError, OutputExistsError
 from terraseg.models import load_model
+from terraseg.models.train import LabelWarning, rasterize_labels, train_semantic
 from terraseg.synthetic import make_city
-from terraseg.train import LabelWarning, rasterize_labels, train_semantic
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_tiny_training_run_gives_a_loadable_model(city: Path, tmp_path: Path) ->
 def test_cli_train_with_raster_labels(
     city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from terraseg.cli import main
+    from terraseg.cli.main import main
 
     out = tmp_path / "cli"
     argv = [

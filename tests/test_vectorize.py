@@ -1,4 +1,4 @@
-"""Tests for terraseg.vectorization: chunked polygonization and chunk-edge dissolve."""
+"""Tests for terraseg.vector.vectorization: chunked polygonization and chunk-edge dissolve."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from rasterio import features
 from scipy import ndimage
 from vector_helpers import TRANSFORM, UTM, chunk_windows, reader  # noqa: E402
 
-from terraseg._polygonize import polygonize_labels
+from terraseg.core.grid import PixelWindow
 from terraseg.errors import ConfigError, CRSError
-from terraseg.grid import PixelWindow
-from terraseg.vectorization import (
+from terraseg.vector.polygonize import polygonize_labels
+from terraseg.vector.vectorization import (
     EDGE_BOTTOM,
     EDGE_LEFT,
     EDGE_RIGHT,
@@ -532,7 +532,7 @@ def test_numpy_tracer_corner_cases(rows: list[str]) -> None:
 def test_numpy_tracer_on_the_city(
     city: dict[str, Any], threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import terraseg._polygonize as tracer
+    import terraseg.vector.polygonize as tracer
 
     monkeypatch.setattr(tracer, "cpu_threads", lambda: threads)
     monkeypatch.setattr(tracer, "_MIN_PX_THREADED", 1000)
@@ -548,7 +548,7 @@ def test_numpy_tracer_on_the_city(
 def test_threads_do_not_change_the_result(
     city: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import terraseg.vectorization as vec
+    import terraseg.vector.vectorization as vec
 
     lab = city["instances"][:1024, :1024]
     windows = chunk_windows(lab.shape, 512)

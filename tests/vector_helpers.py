@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
-from terraseg.grid import PixelWindow
+from terraseg.core.grid import PixelWindow
 
 UTM = "EPSG:32633"
 TRANSFORM = Affine(0.5, 0.0, 478151.0, 0.0, -0.5, 4647683.0)

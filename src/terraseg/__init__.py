@@ -21,7 +21,7 @@ __all__ = ["__version__", "load_workflow", "open_scene", "predict", "run", "vect
 def __getattr__(name: str) -> Any:
     # lazy: `import terraseg` stays cheap (no torch) until a function is used
     if name == "open_scene":
-        from terraseg.scene import open_scene
+        from terraseg.io.scene import open_scene
 
         return open_scene
     if name in ("predict", "vectorize", "run"):

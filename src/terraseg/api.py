@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
-from terraseg.inference import AmpMode, Backend, TilePredictor
+from terraseg.engine.inference import AmpMode, Backend, TilePredictor
+from terraseg.engine.pipeline import PredictResult, Ramp, plan_scene, predict_scene
+from terraseg.io.scene import open_scene
 from terraseg.models.loading import load_model
-from terraseg.pipeline import PredictResult, Ramp, plan_scene, predict_scene
 from terraseg.progress import progress_callback
-from terraseg.scene import open_scene
 
 __all__ = ["plan_summary", "predict", "predict_to_dir", "run", "vectorize"]
 
@@ -122,7 +122,7 @@ def predict_to_dir(
 
 def _as_scene(source: Any, tmpdir: Path) -> Any:
     """A Scene from a path, a Scene, or an in-memory (band, y, x) DataArray with a CRS."""
-    from terraseg.scene import Scene
+    from terraseg.io.scene import Scene
 
     if isinstance(source, Scene):
         return source
@@ -147,7 +147,7 @@ def _as_scene(source: Any, tmpdir: Path) -> Any:
 
 
 def _window_of(window: Any, shape: tuple[int, int]) -> Any:
-    from terraseg.grid import PixelWindow
+    from terraseg.core.grid import PixelWindow
 
     if window is None:
         return PixelWindow(0, 0, *shape)
@@ -177,13 +177,13 @@ def predict(
     Parameters
     ----------
     scene
-        A path GDAL reads, a :class:`~terraseg.scene.Scene`, or an in-memory
+        A path GDAL reads, a :class:`~terraseg.io.scene.Scene`, or an in-memory
         ``(band, y, x)`` DataArray with a CRS (rioxarray).
     model
         Bundled model name or checkpoint path.
     window
         ``(row_off, col_off, height, width)`` in scene pixels, or a
-        :class:`~terraseg.grid.PixelWindow`; ``None`` for the whole scene
+        :class:`~terraseg.core.grid.PixelWindow`; ``None`` for the whole scene
         (only sensible for small scenes: the result is in memory).
     probabilities
         Return per-class probabilities ``(class, y, x)`` float32 instead of labels.
@@ -201,10 +201,9 @@ def predict(
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
-    from terraseg.chunkstore import labels_from_acc
-    from terraseg.grid import ChunkGrid
-    from terraseg.pipeline import check_bands, iter_predictions
-    from terraseg.stitch import normalize
+    from terraseg.core.grid import ChunkGrid
+    from terraseg.core.stitch import labels_from_acc, normalize
+    from terraseg.engine.pipeline import check_bands, iter_predictions
 
     with tempfile.TemporaryDirectory(prefix="terraseg-") as tmp:
         sc = _as_scene(scene, Path(tmp))
@@ -265,7 +264,7 @@ def vectorize(
     """
     import tempfile
 
-    from terraseg.postprocess import label_instances, vectorize_masks
+    from terraseg.engine.postprocess import label_instances, vectorize_masks
 
     with tempfile.TemporaryDirectory(prefix="terraseg-") as tmp:
         t = Path(tmp)
@@ -285,7 +284,7 @@ def _as_raster_path(source: Any, path: Path) -> Path:
         return Path(source)
     import rioxarray  # noqa: F401
 
-    from terraseg.rasterio_out import RasterSink
+    from terraseg.io.raster_sink import RasterSink
 
     da = source
     names = {int(k): str(v) for k, v in da.attrs.get("classes", {}).items()} or None
@@ -293,7 +292,7 @@ def _as_raster_path(source: Any, path: Path) -> Path:
                                 "shape": da.shape[-2:]},
                     dtype=str(da.dtype), nodata=da.rio.nodata if da.rio.nodata is not None else 0,
                     class_names=names) as sink:
-        from terraseg.grid import PixelWindow
+        from terraseg.core.grid import PixelWindow
 
         sink.write(PixelWindow(0, 0, *da.shape[-2:]), da.values.reshape(1, *da.shape[-2:]))
     return path
@@ -305,8 +304,8 @@ def run(workflow: Any, *, client: Any = None, out: Any = None, resume: bool = Fa
 
     Uses ``client`` (or the workflow's cluster settings) for the chunk tasks.
     """
-    from terraseg.batch import run_workflow
     from terraseg.config import Workflow, load_workflow
+    from terraseg.engine.batch import run_workflow
 
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
     return run_workflow(wf, out=out, resume=resume, overwrite=overwrite, client=client)

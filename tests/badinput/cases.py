@@ -556,7 +556,7 @@ def b_interrupted_cleanup(d: Path) -> Setup:
 
 @api
 def b_zero_height(d: Path) -> Setup:
-    from terraseg.scene import open_scene
+    from terraseg.io.scene import open_scene
 
     path = mc.zero_height_tiff(d)
     return Setup(API(lambda: open_scene(path)))
@@ -589,7 +589,7 @@ def b_huge_sparse_predict(d: Path) -> Setup:
     def go() -> None:
         # Stop at the first chunk: the question is only whether predict warns or
         # refuses BEFORE it starts 12544 chunks (40 Gpx, hours on a CPU).
-        with mock.patch("terraseg.pipeline.iter_predictions", started):
+        with mock.patch("terraseg.engine.pipeline.iter_predictions", started):
             try:
                 predict_api(scene, d / "out", tile_px=512, overlap_px=64, chunk_px=2048)
             except Started:
@@ -638,9 +638,9 @@ def b_disk_full_export(d: Path) -> Setup:
     import geopandas as gpd
     import shapely
 
-    from terraseg.grid import PixelWindow
-    from terraseg.postprocess import export_vectors
-    from terraseg.rasterio_out import RasterSink
+    from terraseg.core.grid import PixelWindow
+    from terraseg.engine.postprocess import export_vectors
+    from terraseg.io.raster_sink import RasterSink
 
     run = d / "run"
     run.mkdir()
@@ -672,7 +672,7 @@ def b_disk_full_export(d: Path) -> Setup:
 
 @api
 def b_labels_invalid(d: Path) -> Setup:
-    from terraseg.train import rasterize_labels
+    from terraseg.models.train import rasterize_labels
 
     scene = mc.good_scene(d)
     labels = mc.invalid_polygon_labels(d, scene)
@@ -688,7 +688,7 @@ def b_labels_invalid(d: Path) -> Setup:
 
 @api
 def b_labels_other_crs(d: Path) -> Setup:
-    from terraseg.train import rasterize_labels, train_semantic
+    from terraseg.models.train import rasterize_labels, train_semantic
 
     scene = mc.good_scene(d)
     utm = mc.labels_gpkg(d, scene, "labels_utm.gpkg")
@@ -712,7 +712,7 @@ def b_labels_other_crs(d: Path) -> Setup:
 
 @api
 def b_labels_featureless(d: Path) -> Setup:
-    from terraseg.train import rasterize_labels
+    from terraseg.models.train import rasterize_labels
 
     scene = mc.good_scene(d)
     labels = mc.featureless_labels(d)
@@ -721,7 +721,7 @@ def b_labels_featureless(d: Path) -> Setup:
 
 @api
 def b_labels_without_crs(d: Path) -> Setup:
-    from terraseg.train import rasterize_labels
+    from terraseg.models.train import rasterize_labels
 
     scene = mc.good_scene(d)
     labels = mc.labels_without_crs(d, scene)
@@ -747,8 +747,8 @@ def b_yaml_future_version(d: Path) -> Setup:
 
 @api
 def b_workflow_missing_scene(d: Path) -> Setup:
-    from terraseg.batch import plan_workflow
     from terraseg.config import load_workflow
+    from terraseg.engine.batch import plan_workflow
 
     wf = mc.missing_scene_workflow(d)
     return Setup(API(lambda: plan_workflow(load_workflow(wf))))

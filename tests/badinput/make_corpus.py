@@ -41,7 +41,7 @@ SHAPE = (200, 232)
 @cache
 def city_pixels(rows: int = SHAPE[0], cols: int = SHAPE[1], seed: int = 5) -> NDArray[np.uint8]:
     """``(3, rows, cols)`` uint8 RGB of a synthetic city (rendered in memory, cached)."""
-    from terraseg.grid import PixelWindow
+    from terraseg.core.grid import PixelWindow
     from terraseg.synthetic import CityLayout, render_window, scene_transform
 
     transform = scene_transform(UTM, (rows, cols), GSD_M, seed)

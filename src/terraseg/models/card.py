@@ -39,8 +39,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from terraseg._io import atomic_output
 from terraseg.errors import BandError, ConfigError, ModelLoadError
+from terraseg.io.atomic import atomic_output
 from terraseg.models.spec import InputSpec, ModelSpec
 
 __all__ = [

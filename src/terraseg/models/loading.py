@@ -41,8 +41,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from terraseg._io import atomic_output, check_writable_dir
 from terraseg.errors import ModelLoadError
+from terraseg.io.atomic import atomic_output, check_writable_dir
 from terraseg.models.builtin import BUILTIN_MODELS, build_builtin
 from terraseg.models.card import (
     CARD_SUFFIX,
@@ -478,7 +478,7 @@ def card_from_torchgeo_hparams(hparams: Mapping[str, Any], *, name: str) -> Mode
     say otherwise.
     """
     embedded = hparams.get("terraseg_card")
-    if isinstance(embedded, Mapping):  # checkpoints written by terraseg.train
+    if isinstance(embedded, Mapping):  # checkpoints written by terraseg.models.train
         from terraseg.models.card import card_from_dict
 
         return card_from_dict(embedded, source=f"embedded in checkpoint '{name}'")

@@ -87,7 +87,7 @@ class InputSpec(BaseModel):
             return np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
         raise ValueError(
             f"normalization '{self.normalization}' needs scene statistics; "
-            "use terraseg.scene.compute_band_stats and pass them as mean/std"
+            "use terraseg.io.scene.compute_band_stats and pass them as mean/std"
         )
 
     def apply(self, array: np.ndarray) -> np.ndarray:

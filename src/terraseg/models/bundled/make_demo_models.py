@@ -11,7 +11,7 @@ What it does, all with this project's own code and nothing downloaded:
    0.5 m: training scenes with seeds 11, 12, 13 (2048² px each), a validation
    scene with seed 14 (1024² px) and an evaluation scene with seed 7
    (2048² px); none of the evaluation pixels is used for training;
-2. trains with :func:`terraseg.train.train_semantic` (torchgeo datasets and
+2. trains with :func:`terraseg.models.train.train_semantic` (torchgeo datasets and
    samplers, ``SemanticSegmentationTask`` under Lightning, seed 0), the
    equivalent of::
 
@@ -20,7 +20,7 @@ What it does, all with this project's own code and nothing downloaded:
            --out demo-semantic --max-steps 600 --steps-per-epoch 100 --batch-size 8 \\
            --patch-px 256 --lr 0.002 --seed 0 --fp16
 
-3. predicts the evaluation scene with :func:`terraseg.pipeline.predict_scene`
+3. predicts the evaluation scene with :func:`terraseg.engine.pipeline.predict_scene`
    (tile 512, overlap 64) and stores the pixel IoU of ``classes.tif`` against
    ``<stem>.truth.tif`` in the card's ``metrics`` (``eval_iou_*``).
 
@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from terraseg.inference import TilePredictor
+from terraseg.engine.inference import TilePredictor
+from terraseg.engine.pipeline import predict_scene
 from terraseg.models.card import load_card, save_card
 from terraseg.models.loading import load_model
-from terraseg.pipeline import predict_scene
+from terraseg.models.train import DEMO_ARCHITECTURE, train_semantic
 from terraseg.synthetic import make_city
-from terraseg.train import DEMO_ARCHITECTURE, train_semantic
 
 HERE = Path(__file__).resolve().parent
 NAME = "demo-semantic"

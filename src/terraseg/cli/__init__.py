@@ -1,0 +1,1 @@
+"""terraseg.cli."""

@@ -1,0 +1,328 @@
+"""Command-line interface (typer). Thin: parse options, call one library function.
+
+Any :class:`~terraseg.errors.TerrasegError` is printed as one line,
+``terraseg: error: <message>``, on stderr, with exit status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from terraseg import __version__
+from terraseg.errors import TerrasegError
+from terraseg.progress import progress_bars
+
+app = typer.Typer(
+    name="terraseg",
+    help="Segment huge GeoTIFFs into georeferenced building and road polygons.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"terraseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output GeoTIFF path (truth files go beside it).")],
+    size_px: Annotated[
+        int, typer.Option("--size-px", help="Scene width and height in pixels.")
+    ] = 4096,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same city.")] = 0,
+    gsd_m: Annotated[
+        float, typer.Option("--gsd-m", help="Ground sample distance, metres/pixel.")
+    ] = 0.5,
+    crs: Annotated[
+        str, typer.Option(help="Projected CRS of the scene (e.g. EPSG:32633).")
+    ] = "EPSG:32633",
+    bands: Annotated[int, typer.Option(help="3 (RGB) or 4 (RGB + NIR).")] = 3,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Generate a synthetic georeferenced city scene with building and road truth."""
+    from terraseg.progress import progress_callback
+    from terraseg.synthetic import make_city
+
+    with progress_callback("synth", unit="window") as cb:
+        city = make_city(
+            out,
+            size_px=size_px,
+            seed=seed,
+            gsd_m=gsd_m,
+            crs=crs,
+            bands=bands,
+            overwrite=overwrite,
+            progress=cb,
+        )
+    typer.echo(city.describe())
+
+
+@app.command()
+def predict(
+    scene: Annotated[Path, typer.Argument(help="Input GeoTIFF/COG (any path GDAL reads).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    model: Annotated[str, typer.Option(help="Built-in model name or checkpoint path.")] = "cheap",
+    tile_px: Annotated[int, typer.Option("--tile-px", help="Model tile size, pixels.")] = 512,
+    overlap_px: Annotated[int, typer.Option("--overlap-px", help="Tile overlap, pixels.")] = 64,
+    chunk_px: Annotated[
+        int, typer.Option("--chunk-px", help="Chunk size (Dask task), pixels.")
+    ] = 2048,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Tiles per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    amp: Annotated[
+        str, typer.Option(help="Mixed precision on CUDA: auto, bf16, fp16, off.")
+    ] = "auto",
+    ramp: Annotated[str, typer.Option(help="Blending window: cosine, linear or none.")] = "cosine",
+    backend: Annotated[
+        str, typer.Option(help="Model execution: torch, or onnxruntime (CPU; pip install 'terraseg[onnx]').")
+    ] = "torch",
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write probabilities.tif.")
+    ] = False,
+    assume_crs: Annotated[
+        str | None, typer.Option("--assume-crs", help="CRS for a scene that has none.")
+    ] = None,
+    vectorize: Annotated[
+        bool, typer.Option("--vectorize/--no-vectorize", help="Also write instances.tif and <scene>.gpkg (+ .qgz).")
+    ] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Predict class masks for a scene chunk by chunk into a COG, then vectorize them."""
+    from terraseg.api import predict_to_dir
+
+    result = predict_to_dir(
+        scene,
+        out,
+        model=model,
+        tile_px=tile_px,
+        overlap_px=overlap_px,
+        chunk_px=chunk_px,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+        ramp=ramp,
+        backend=backend,
+        write_probabilities=probabilities,
+        assume_crs=assume_crs,
+        overwrite=overwrite,
+        show_progress=None,
+    )
+    st = result.stats
+    typer.echo(
+        f"wrote {result.classes_path} ({st['shape'][0]}x{st['shape'][1]} px, "
+        f"{st['grid']['n_chunks']} chunks, {st['tiles_run']} tiles) "
+        f"in {st['seconds']['wall']:.1f} s, {st['throughput_mpx_s']:.2f} Mpx/s, "
+        f"peak RSS {st['peak_rss_mb']:.0f} MB; details in {result.run_json}"
+    )
+    if vectorize:
+        _vectorize_and_report(result.classes_path, out / "instances.tif", out, scene.stem,
+                              chunk_px=chunk_px, overwrite=overwrite,
+                              probabilities=result.probabilities_path)
+
+
+def _vectorize_and_report(
+    classes: Path, instances: Path, out_dir: Path, name: str, *, chunk_px: int,
+    overwrite: bool, probabilities: Path | None = None, given_instances: bool = False,
+) -> None:
+    from terraseg.engine.postprocess import vectorize_scene
+
+    res = vectorize_scene(classes, instances, out_dir, scene_name=name, chunk_px=chunk_px,
+                          label=not given_instances, probabilities_path=probabilities,
+                          overwrite=overwrite)
+    if res.n_instances is not None:
+        typer.echo(f"wrote {instances} ({res.n_instances} building instances)")
+    counts = ", ".join(f"{n} {k}" for k, n in res.layers.counts().items())
+    paths = ", ".join(str(p) for p in res.export.paths if p.suffix != ".tif")
+    typer.echo(f"wrote {paths} ({counts})")
+
+
+@app.command("vectorize")
+def vectorize_cmd(
+    mask: Annotated[Path, typer.Argument(help="Class COG (classes.tif) written by predict.")],
+    out: Annotated[Path, typer.Option("--out", help="Output GeoPackage, e.g. city.gpkg.")],
+    instances: Annotated[
+        Path | None, typer.Option("--instances", help="Instance COG; computed from MASK if omitted.")
+    ] = None,
+    chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size, pixels.")] = 2048,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Vectorize masks into buildings, roads and road centerlines (GeoPackage + QGIS project)."""
+    if out.suffix.lower() != ".gpkg":
+        from terraseg.errors import ConfigError
+
+        raise ConfigError(f"--out '{out}' must end in .gpkg; e.g. --out {out.with_suffix('.gpkg')}")
+    inst = instances if instances is not None else out.with_name("instances.tif")
+    _vectorize_and_report(mask, inst, out.parent, out.stem, chunk_px=chunk_px,
+                          overwrite=overwrite, given_instances=instances is not None)
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Output folder of predict/run (holds <scene>.gpkg).")],
+    format: Annotated[str, typer.Option("--format", help="Comma-separated: gpkg,fgb,parquet.")] = "gpkg",  # noqa: A002
+    to_crs: Annotated[str | None, typer.Option("--to-crs", help="Reproject vectors, e.g. EPSG:4326.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Export folder (default RUN_DIR/export).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Re-export a finished run in other formats or another CRS, without recomputing."""
+    from terraseg.engine.postprocess import export_vectors, read_vectors
+    from terraseg.errors import ConfigError
+
+    formats = tuple(f.strip() for f in format.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("gpkg", "fgb", "parquet")]
+    if bad or not formats:
+        raise ConfigError(f"unknown format(s) {bad or format!r}; use gpkg, fgb and/or parquet")
+    gpkgs = sorted(p for p in run_dir.glob("*.gpkg") if not p.name.startswith("."))
+    if not gpkgs:
+        raise ConfigError(f"no <scene>.gpkg in '{run_dir}'; run `terraseg predict` or `terraseg run` first")
+    dest = out if out is not None else run_dir / "export"
+    for gpkg in gpkgs:
+        masks = {m.stem: m for m in (run_dir / "classes.tif", run_dir / "instances.tif") if m.exists()}
+        res = export_vectors(read_vectors(gpkg), dest, scene_name=gpkg.stem, formats=formats,  # type: ignore[arg-type]
+                             masks=masks, to_crs=to_crs, overwrite=overwrite)
+        typer.echo(f"exported {gpkg.name}: {', '.join(str(p) for p in res.paths)}")
+
+
+@app.command()
+def plan(
+    scene: Annotated[Path, typer.Argument(help="Input GeoTIFF/COG.")],
+    tile_px: Annotated[int, typer.Option("--tile-px")] = 512,
+    overlap_px: Annotated[int, typer.Option("--overlap-px")] = 64,
+    chunk_px: Annotated[int, typer.Option("--chunk-px")] = 2048,
+    assume_crs: Annotated[str | None, typer.Option("--assume-crs")] = None,
+) -> None:
+    """Dry run: print the chunk grid and tile lattice for a scene (reads no pixels)."""
+    import json
+
+    from terraseg.api import plan_summary
+
+    typer.echo(
+        json.dumps(
+            plan_summary(
+                scene,
+                tile_px=tile_px,
+                overlap_px=overlap_px,
+                chunk_px=chunk_px,
+                assume_crs=assume_crs,
+            ),
+            indent=2,
+        )
+    )
+
+
+@app.command()
+def run(
+    workflow: Annotated[Path, typer.Argument(help="Workflow YAML (see workflows/).")],
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Dask scheduler address (tcp://host:8786).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (overrides outputs.dir).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing outputs.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; compute nothing.")
+    ] = False,
+) -> None:
+    """Run a batch workflow over many scenes on Dask (LocalCluster or a running scheduler)."""
+    import json
+
+    from terraseg.config import load_workflow
+    from terraseg.engine.batch import plan_workflow, run_workflow
+
+    wf = load_workflow(workflow)
+    if dry_run:
+        typer.echo(json.dumps(plan_workflow(wf, out=out), indent=2))
+        return
+    with progress_bars() as bar:
+        result = run_workflow(
+            wf, out=out, scheduler=scheduler, resume=resume, overwrite=overwrite, progress=bar
+        )
+    for s in result.scenes:
+        st = s.stats
+        typer.echo(
+            f"{s.scene}: {len(s.outputs)} outputs in {s.out_dir} "
+            f"({st.get('chunks_computed', 0)} chunks computed, "
+            f"{st.get('chunks_resumed', 0)} resumed)"
+        )
+    typer.echo(
+        f"run '{result.name}' done in {result.seconds:.1f} s; summary in "
+        f"{Path(result.out_dir) / 'run.json'}"
+    )
+
+
+@app.command()
+def validate(
+    workflow: Annotated[Path, typer.Argument(help="Workflow YAML to check.")],
+) -> None:
+    """Check a workflow file and its inputs without running anything."""
+    from terraseg.config import load_workflow
+    from terraseg.engine.batch import plan_workflow
+
+    plan_ = plan_workflow(load_workflow(workflow))
+    typer.echo(
+        f"{workflow}: valid; {plan_['n_scenes']} scene(s), {plan_['chunk_tasks']} chunk "
+        f"tasks, {plan_['megapixels']} Mpx; stages {', '.join(plan_['stages'])}"
+    )
+
+
+from terraseg.cli.evaluate import evaluate_command  # noqa: E402
+from terraseg.cli.models import models_app, train_command  # noqa: E402
+
+app.add_typer(models_app, name="models")
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+
+
+def main() -> None:
+    """Entry point of the ``terraseg`` console script."""
+    from terraseg.cli.hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages()  # once, before any work: huge pages for big CPU tensors
+    try:
+        app(standalone_mode=False)
+    except TerrasegError as exc:
+        if _state["debug"]:
+            raise
+        typer.echo(f"terraseg: error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        typer.echo("terraseg: aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

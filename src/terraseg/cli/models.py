@@ -1,0 +1,159 @@
+"""CLI commands for models: ``terraseg models``, ``terraseg models show``, ``terraseg train``.
+
+Registered on the main app in :mod:`terraseg.cli.main`. Thin: parse options, call
+one library function, print.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from terraseg.errors import ConfigError
+
+__all__ = ["models_app", "train_command"]
+
+models_app = typer.Typer(
+    name="models",
+    help="List the built-in and bundled models, or show one model's card.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@models_app.callback(invoke_without_command=True)
+def models_list(ctx: typer.Context) -> None:
+    """List the built-in and bundled models, one line each."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from terraseg.models.loading import list_models
+
+    infos = list_models()
+    width = max(len(i.name) for i in infos)
+    for info in infos:
+        typer.echo(f"{info.name:<{width}}  {info.source:<7}  {info.summary}")
+
+
+@models_app.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="Model name, weights file or .card.yaml.")],
+    card: Annotated[
+        Path | None, typer.Option("--card", help="Card to use for a weights file.")
+    ] = None,
+) -> None:
+    """Load a model (checking that card and weights agree) and print its card as YAML."""
+    from terraseg.models.loading import load_model
+
+    net, model_card = load_model(name, card=card)
+    n_params = sum(p.numel() for p in net.parameters())
+    typer.echo(f"# {model_card.name}: {n_params:,} parameters")
+    typer.echo(model_card.to_yaml().rstrip())
+
+
+def _parse_bands(text: str) -> tuple[int, ...]:
+    try:
+        bands = tuple(int(b) for b in text.replace(" ", "").split(",") if b)
+    except ValueError:
+        raise ConfigError(f"--bands must be comma-separated band numbers, got '{text}'") from None
+    if not bands:
+        raise ConfigError("--bands is empty; give e.g. 1,2,3")
+    return bands
+
+
+def _parse_layers(items: list[str] | None) -> dict[str, int] | None:
+    if not items:
+        return None
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value.strip().isdigit():
+            raise ConfigError(f"--layer must be NAME=CLASS (e.g. buildings=1), got '{item}'")
+        out[name] = int(value)
+    return out
+
+
+def _parse_pairs(items: list[str] | None, option: str) -> tuple[list[Path], list[Path]]:
+    images: list[Path] = []
+    labels: list[Path] = []
+    for item in items or []:
+        image, sep, label = item.partition(",")
+        if not sep or not image or not label:
+            raise ConfigError(f"{option} must be IMAGE,LABELS, got '{item}'")
+        images.append(Path(image))
+        labels.append(Path(label))
+    return images, labels
+
+
+def train_command(
+    image: Annotated[Path, typer.Argument(help="Training GeoTIFF.")],
+    labels: Annotated[
+        Path, typer.Argument(help="Labels: GeoPackage (one layer per class) or class raster.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output stem: writes OUT.safetensors + OUT.card.yaml.")
+    ],
+    extra: Annotated[
+        list[str] | None,
+        typer.Option("--extra", help="More training data as IMAGE,LABELS (repeatable)."),
+    ] = None,
+    val: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--val",
+            help="Held-out validation scene as IMAGE,LABELS (repeatable); default: the "
+            "southern --val-fraction of each training image.",
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of each image held out.")
+    ] = 0.2,
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            help="Vector layer and its class as NAME=CLASS, burned in order (repeatable); "
+            "default roads=2 then buildings=1.",
+        ),
+    ] = None,
+    bands: Annotated[str, typer.Option(help="1-based image bands, comma-separated.")] = "1,2,3",
+    scale: Annotated[float, typer.Option(help="Divisor that scales pixel values.")] = 255.0,
+    epochs: Annotated[int | None, typer.Option(help="Epochs of --steps-per-epoch steps.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimiser steps.")] = None,
+    steps_per_epoch: Annotated[int, typer.Option("--steps-per-epoch")] = 100,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per step.")] = 8,
+    patch_px: Annotated[int, typer.Option("--patch-px", help="Patch size, pixels.")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 2e-3,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    name: Annotated[str | None, typer.Option(help="Model name (default: OUT's name).")] = None,
+    description: Annotated[str, typer.Option(help="One line for the card.")] = "",
+    fp16: Annotated[bool, typer.Option("--fp16", help="Store the weights as float16.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Train a semantic model (torchgeo + Lightning) and write its weights and card."""
+    from terraseg.models.train import train_semantic
+
+    if epochs is None and max_steps is None:
+        raise ConfigError("give --epochs N or --max-steps N")
+    more_images, more_labels = _parse_pairs(extra, "--extra")
+    val_images, val_labels = _parse_pairs(val, "--val")
+    card = train_semantic(
+        [image, *more_images], [labels, *more_labels], out,
+        val_image=val_images or None, val_labels=val_labels or None, val_fraction=val_fraction,
+        layers=_parse_layers(layer), bands=_parse_bands(bands), scale=scale, epochs=epochs,
+        max_steps=max_steps, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+        patch_px=patch_px, lr=lr, seed=seed, name=name, description=description,
+        dtype="float16" if fp16 else "float32", progress=progress, overwrite=overwrite,
+        command="terraseg " + shlex.join(sys.argv[1:]),
+    )
+    stem = out.with_suffix("") if out.suffix == ".safetensors" else out
+    metrics = ", ".join(f"{k}={v:.3f}" for k, v in card.metrics.items() if "iou" in k)
+    seconds = card.training.seconds if card.training else float("nan")
+    typer.echo(
+        f"wrote {stem}.safetensors and {stem}.card.yaml in {seconds:.0f} s; held-out {metrics}"
+    )

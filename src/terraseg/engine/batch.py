@@ -1,0 +1,324 @@
+"""Batch runs: a workflow (config) over many scenes, on Dask or in-process.
+
+This module unpacks a :class:`~terraseg.config.Workflow` into plain keyword
+arguments for :mod:`terraseg.engine.pipeline` and :mod:`terraseg.engine.distributed`; no
+config object goes further in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from terraseg import __version__
+from terraseg.config import Workflow
+from terraseg.errors import ConfigError, TerrasegError
+from terraseg.io.atomic import atomic_output
+from terraseg.io.scene import open_scene
+
+__all__ = ["RunSummary", "SceneSummary", "plan_workflow", "run_workflow"]
+
+
+@dataclass(slots=True)
+class SceneSummary:
+    """What happened to one scene."""
+
+    scene: str
+    out_dir: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """What :func:`run_workflow` did."""
+
+    name: str
+    out_dir: str
+    scenes: list[SceneSummary]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "out_dir": self.out_dir,
+            "seconds": round(self.seconds, 3),
+            "scenes": [
+                {"scene": s.scene, "out_dir": s.out_dir, "outputs": s.outputs, "stats": s.stats}
+                for s in self.scenes
+            ],
+        }
+
+
+def _scene_out(root: Path, scene_path: str, taken: set[str]) -> Path:
+    stem = Path(scene_path.rstrip("/")).stem or "scene"
+    name, n = stem, 1
+    while name in taken:  # two inputs with the same stem get distinct folders
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    return root / name
+
+
+def plan_workflow(wf: Workflow, *, out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Dry run: every scene's chunk plan and task count, validating inputs; reads no pixels."""
+    from terraseg.engine.pipeline import plan_scene
+
+    scenes = []
+    total_tasks = 0
+    total_mpx = 0.0
+    root = wf.output_dir(out)
+    taken: set[str] = set()
+    for path in wf.scene_paths():
+        sc = open_scene(path, assume_crs=wf.inputs.assume_crs)
+        grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
+                          chunk_px=wf.tiling.chunk_px)
+        summary = grid.summary()
+        total_tasks += summary["n_chunks"]
+        total_mpx += sc.shape[0] * sc.shape[1] / 1e6
+        scenes.append({"scene": path, "out_dir": str(_scene_out(root, path, taken)),
+                       "crs": sc.crs.to_string(), "gsd_m": round(sc.gsd_m, 4), **summary})
+    return {
+        "workflow": wf.name,
+        "stages": list(wf.stages),
+        "scenes": scenes,
+        "n_scenes": len(scenes),
+        "chunk_tasks": total_tasks,
+        "megapixels": round(total_mpx, 3),
+    }
+
+
+def run_workflow(
+    wf: Workflow,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    scheduler: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    client: Any = None,
+) -> RunSummary:
+    """Run every stage of ``wf`` over every scene.
+
+    Parameters
+    ----------
+    wf
+        A loaded workflow (:func:`terraseg.config.load_workflow`).
+    out
+        Output folder; overrides ``outputs.dir``.
+    scheduler
+        A Dask scheduler address; overrides the workflow's ``cluster``.
+    resume
+        Continue an interrupted run: chunks already stored are not recomputed.
+    overwrite
+        Replace existing outputs.
+    progress
+        ``progress(scene, done, total)`` after each chunk.
+    client
+        A ``distributed.Client`` to use instead of the workflow's ``cluster``
+        (e.g. the one a notebook already started).
+    """
+    from terraseg.engine.distributed import (
+        DaskRunner,
+        PredictorOptions,
+        connect,
+        get_worker_predictor,
+    )
+    from terraseg.engine.pipeline import plan_scene
+    from terraseg.engine.resumable import local_runner, predict_scene_resumable
+
+    t0 = time.perf_counter()
+    root = wf.output_dir(out)
+    if wf.stages == ["train"]:
+        trained = _train_stage(wf, root, overwrite=overwrite)
+        result = RunSummary(wf.name, str(root), [trained], time.perf_counter() - t0)
+        _write_summary(root, wf, result)
+        return result
+    if "train" in wf.stages:
+        raise ConfigError("stage 'train' runs alone; put it in its own workflow (see "
+                          "workflows/train_demo.yaml)")
+    scene_paths = wf.scene_paths()
+    # validate every scene and the model before any compute is spent
+    scenes = [open_scene(p, assume_crs=wf.inputs.assume_crs) for p in scene_paths]
+    stages = list(wf.stages)
+    if "predict" in stages and not wf.models.semantic:
+        raise ConfigError("stage 'predict' needs models.semantic (a bundled name or a path)")
+    opts = PredictorOptions(
+        model=wf.models.semantic or "", device=wf.inference.device,
+        batch_size=wf.inference.batch_size, amp=wf.inference.amp,
+        backend=wf.inference.backend,
+    )
+    local_predictor, spec = get_worker_predictor(opts)  # validates model, card and device
+    for sc in scenes:
+        from terraseg.engine.pipeline import check_bands
+
+        check_bands(sc, spec)
+    cluster = wf.cluster
+    kwargs: dict[str, Any] = {
+        "type": cluster.type, "address": cluster.address, "n_workers": cluster.n_workers,
+        "threads_per_worker": cluster.threads_per_worker, "memory_limit": cluster.memory_limit,
+        "tls": cluster.tls.model_dump() if cluster.tls else None,
+    }
+    if scheduler:
+        kwargs.update(type="address", address=scheduler)
+    summaries: list[SceneSummary] = []
+    taken: set[str] = set()
+    config = wf.model_dump(mode="json") | {"config_hash": wf.config_hash()}
+    ctx = contextlib.nullcontext(client) if client is not None else connect(**kwargs)
+    with ctx as client:
+        for sc in scenes:
+            scene_dir = _scene_out(root, sc.path, taken)
+            summary = SceneSummary(scene=sc.path, out_dir=str(scene_dir))
+            classes_path = scene_dir / "classes.tif"
+            if "predict" in stages and not (resume and _finished(classes_path)):
+                grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
+                                  chunk_px=wf.tiling.chunk_px)
+                if client is None:
+                    runner = local_runner(sc, grid, local_predictor, spec, ramp=wf.tiling.ramp,
+                                          pad=wf.tiling.pad,
+                                          with_probs=wf.outputs.probabilities)
+                else:
+                    runner = DaskRunner(client, sc, grid, opts, ramp=wf.tiling.ramp,
+                                        pad=wf.tiling.pad, with_probs=wf.outputs.probabilities)
+                res = predict_scene_resumable(
+                    sc, spec, scene_dir, runner, tile_px=wf.tiling.tile_px,
+                    overlap_px=wf.tiling.overlap_px, chunk_px=wf.tiling.chunk_px,
+                    write_probabilities=wf.outputs.probabilities, resume=resume,
+                    overwrite=overwrite, config=config, device=str(local_predictor.device),
+                    progress=_scene_progress(progress, sc.path),
+                )
+                summary.stats = {k: res.stats[k] for k in (
+                    "tiles_run", "chunks_computed", "chunks_resumed", "seconds",
+                    "throughput_mpx_s", "chunks_skipped_nodata")}
+            elif "predict" in stages:
+                summary.stats = {"chunks_computed": 0, "chunks_resumed": "all"}
+            if classes_path.exists():
+                summary.outputs["classes"] = str(classes_path)
+            if (scene_dir / "probabilities.tif").exists():
+                summary.outputs["probabilities"] = str(scene_dir / "probabilities.tif")
+            if "vectorize" in stages or "export" in stages:
+                summary.outputs.update(_vector_stages(
+                    wf, scene_dir, Path(sc.path).stem, classes_path,
+                    export="export" in stages, resume=resume, overwrite=overwrite,
+                    run_info={"config_hash": wf.config_hash(), "model": spec.name,
+                              "seconds": summary.stats.get("seconds", {})},
+                ))
+            summaries.append(summary)
+    result = RunSummary(wf.name, str(root), summaries, time.perf_counter() - t0)
+    _write_summary(root, wf, result)
+    return result
+
+
+def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:
+    """Train a semantic model from the workflow's ``train:`` section.
+
+    ``image: synthetic`` generates one city per seed (the last seed is the
+    validation scene) with :func:`terraseg.synthetic.make_city` into
+    ``<out>/data``; otherwise ``image``/``labels`` name a GeoTIFF and its
+    vector labels (layers ``buildings`` and ``roads``).
+    """
+    from terraseg.models.train import train_semantic
+
+    cfg = wf.train
+    assert cfg is not None  # the Workflow validator guarantees it
+    out = root / Path(cfg.out).name  # weights go in the run's output folder
+    kw: dict[str, Any] = {}
+    if cfg.image == "synthetic":
+        from terraseg.synthetic import make_city
+
+        if len(cfg.seeds) < 2:
+            raise ConfigError("train.seeds needs at least 2 seeds: training scene(s) + 1 for "
+                              "validation")
+        data = root / "data"
+        cities = [make_city(data / f"city_s{s}.tif", size_px=cfg.size_px, seed=s,
+                            overwrite=True) for s in cfg.seeds]
+        images = [c.image for c in cities[:-1]]
+        labels = [c.truth_classes for c in cities[:-1]]
+        kw = {"val_image": cities[-1].image, "val_labels": cities[-1].truth_classes}
+    else:
+        if cfg.labels is None:
+            raise ConfigError("train.labels is required unless train.image is 'synthetic'")
+        images, labels = [Path(wf.resolve(cfg.image))], [Path(wf.resolve(cfg.labels))]
+    card = train_semantic(images, labels, out, max_steps=cfg.max_steps,
+                          batch_size=cfg.batch_size, patch_px=cfg.patch_px, seed=cfg.seed,
+                          name=out.name, **kw)
+    weights = out.with_suffix(".safetensors") if out.suffix != ".safetensors" else out
+    return SceneSummary(scene=str(cfg.image), out_dir=str(out.parent),
+                        outputs={"weights": str(weights)}, stats=dict(card.metrics))
+
+
+def _finished(path: Path) -> bool:
+    """An output written by an earlier run (atomic writes: present means complete)."""
+    return path.exists()
+
+
+def _vector_stages(
+    wf: Workflow,
+    scene_dir: Path,
+    stem: str,
+    classes_path: Path,
+    *,
+    export: bool,
+    resume: bool,
+    overwrite: bool,
+    run_info: dict[str, Any],
+) -> dict[str, str]:
+    """Instances, vectors and export of one scene, from its class COG."""
+    from terraseg.engine.postprocess import vectorize_scene
+
+    if not classes_path.exists():
+        raise ConfigError(
+            f"stage 'vectorize' needs '{classes_path}'; add 'predict' to stages or run it first"
+        )
+    instances_path = scene_dir / "instances.tif"
+    gpkg = scene_dir / f"{stem}.gpkg"
+    if resume and gpkg.exists():
+        return {"instances": str(instances_path), "gpkg": str(gpkg)}
+    probs = scene_dir / "probabilities.tif"
+    formats = tuple(wf.outputs.formats) if export else ("gpkg",)
+    if "gpkg" not in formats:
+        formats = ("gpkg", *formats)
+    result = vectorize_scene(
+        classes_path, instances_path, scene_dir, scene_name=stem, chunk_px=wf.tiling.chunk_px,
+        label=not (resume and instances_path.exists()),
+        probabilities_path=probs if probs.exists() else None, formats=formats,
+        to_crs=wf.outputs.crs if export else None, run_info=run_info,
+        overwrite=overwrite or resume,
+    )
+    return {"instances": str(instances_path)} | {
+        Path(p).name: str(p) for p in result.export.paths if Path(p).suffix != ".tif"
+    }
+
+
+def _scene_progress(
+    progress: Callable[[str, int, int], None] | None, label: str
+) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+
+    def update(done: int, total: int) -> None:
+        progress(label, done, total)
+
+    return update
+
+
+def _write_summary(root: Path, wf: Workflow, result: RunSummary) -> None:
+    """``run.json`` at the top of the output folder: resolved config, version, results."""
+    payload = {
+        "terraseg_version": __version__,
+        "workflow": wf.model_dump(mode="json"),
+        "config_hash": wf.config_hash(),
+        **result.to_dict(),
+    }
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with atomic_output(root / "run.json", overwrite=True) as tmp:
+            tmp.write_text(json.dumps(payload, indent=2, default=str))
+    except OSError as exc:  # pragma: no cover - reported, outputs already written
+        raise TerrasegError(f"cannot write run summary in '{root}': {exc}") from exc

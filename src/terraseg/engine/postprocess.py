@@ -1,0 +1,284 @@
+"""Scene-level steps after prediction: building instances, vectors, export.
+
+Each step streams chunk windows out of the COG masks the engine wrote, so no
+step holds a scene-sized array:
+
+1. :func:`label_instances` — building instances with global ids: each chunk is
+   labelled on its own (core plus a halo), the chunks' labels are reconciled
+   across chunk faces by :class:`terraseg.instances.InstanceMerger`, and a
+   second pass writes ``instances.tif`` (uint32, 0 = none).
+2. :func:`vectorize_masks` — building polygons from ``instances.tif``; road
+   polygons and centerlines (with a graph) from ``classes.tif``.
+3. :func:`export_vectors` — GeoPackage with QGIS styles, optional FlatGeobuf /
+   GeoParquet, and a QGIS project referencing the masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import geopandas as gpd
+import numpy as np
+from scipy import ndimage
+
+from terraseg.core.grid import ChunkGrid, PixelWindow
+from terraseg.instances import InstanceMerger, InstanceTable
+from terraseg.io.raster_sink import RasterSink, read_class_names
+from terraseg.io.scene import Scene, open_scene
+
+__all__ = [
+    "SceneVectors",
+    "VectorLayers",
+    "vectorize_scene",
+    "export_vectors",
+    "label_instances",
+    "read_vectors",
+    "vectorize_masks",
+]
+
+log = logging.getLogger(__name__)
+
+_FOUR = ndimage.generate_binary_structure(2, 1)
+
+
+def _class_id(classes_path: Path, name: str, default: int) -> int:
+    """The id of class ``name`` in a class COG (from its stored class names)."""
+    for value, cname in read_class_names(classes_path).items():
+        if cname == name:
+            return int(value)
+    return default
+
+
+def _reader(scene: Scene) -> Callable[[PixelWindow], np.ndarray]:
+    """``read(window) -> (h, w)`` band 1 of ``scene``; outside the raster reads nodata."""
+
+    def read(window: PixelWindow) -> np.ndarray:
+        arr, _ = scene.read_window(window, bands=[1], pad="nodata")
+        return np.asarray(arr[0])
+
+    return read
+
+
+def _halo(window: PixelWindow, shape: tuple[int, int], px: int) -> PixelWindow:
+    return PixelWindow.from_bounds(
+        max(window.row_off - px, 0), max(window.col_off - px, 0),
+        min(window.row_stop + px, shape[0]), min(window.col_stop + px, shape[1]),
+    )
+
+
+def _label_window(classes: np.ndarray, building: int) -> np.ndarray:
+    """Local building labels of one window: 4-connected components of the building class.
+
+    4-connectivity keeps buildings that only touch at a corner apart; buildings
+    that share a wall in the class mask become one instance (a semantic model
+    cannot tell them apart; an instance model can).
+    """
+    labels, _ = ndimage.label(classes == building, structure=_FOUR)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def label_instances(
+    classes_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    chunk_px: int = 2048,
+    halo_px: int = 8,
+    building_class: int | None = None,
+    probabilities_path: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> InstanceTable:
+    """Write ``instances.tif`` (uint32 global building ids, 0 = none) from a class COG.
+
+    Two streamed passes over chunk windows; memory holds one chunk plus the
+    merger's per-instance table and border strips.
+
+    Parameters
+    ----------
+    classes_path
+        uint8 class COG (255 = nodata) written by the engine.
+    out_path
+        Output COG path.
+    chunk_px
+        Chunk size of the passes, pixels.
+    halo_px
+        Extra pixels read around each chunk core so the face rule can tell
+        touching objects apart (see :mod:`terraseg.instances`).
+    building_class
+        Class value of buildings; default: the class named ``"building"`` in the
+        COG's class names, else 1.
+    probabilities_path
+        Optional probability COG; each instance's score is its mean building
+        probability. Without it scores are NaN.
+    """
+    classes = open_scene(classes_path)
+    building = building_class if building_class is not None else _class_id(
+        Path(classes_path), "building", 1)
+    probs = open_scene(probabilities_path) if probabilities_path else None
+    grid = ChunkGrid.from_shape(classes.shape, tile_px=chunk_px, overlap_px=0, chunk_px=chunk_px)
+    gsd = classes.gsd_xy_m
+    merger = InstanceMerger(classes.shape, pixel_area_m2=float(gsd[0] * gsd[1]))
+    read = _reader(classes)
+
+    def local(window: PixelWindow) -> tuple[np.ndarray, np.ndarray | None]:
+        labels = _label_window(read(window), building)
+        scores = None
+        if probs is not None:
+            p, _ = probs.read_window(window, bands=[building + 1], pad="nodata")
+            scores = p[0].astype(np.float32) / 254.0
+        return labels, scores
+
+    windows = {c.index: _halo(c.core, classes.shape, halo_px) for c in grid}
+    for chunk in grid:
+        labels, scores = local(windows[chunk.index])
+        merger.add_chunk(chunk.index, chunk.core, labels, window=windows[chunk.index],
+                         scores=scores)
+    table = merger.finalize()
+    with RasterSink(out_path, like=classes, count=1, dtype="uint32", nodata=0,
+                    overwrite=overwrite, band_names=["building_id"]) as sink:
+        for chunk in grid:
+            labels, _ = local(windows[chunk.index])
+            sink.write(chunk.core, merger.relabel(chunk.index, labels,
+                                                  window=windows[chunk.index])[None])
+    return table.table
+
+
+@dataclass(slots=True)
+class VectorLayers:
+    """The vector outputs of one scene, all in the scene CRS."""
+
+    buildings: gpd.GeoDataFrame
+    roads: gpd.GeoDataFrame
+    road_centerlines: gpd.GeoDataFrame
+    road_nodes: gpd.GeoDataFrame
+    road_edges: gpd.GeoDataFrame
+
+    def as_dict(self) -> dict[str, gpd.GeoDataFrame]:
+        return {
+            "buildings": self.buildings, "roads": self.roads,
+            "road_centerlines": self.road_centerlines, "road_nodes": self.road_nodes,
+            "road_edges": self.road_edges,
+        }
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.as_dict().items()}
+
+
+def vectorize_masks(
+    classes_path: str | os.PathLike[str],
+    instances_path: str | os.PathLike[str],
+    *,
+    chunk_px: int = 2048,
+    scores: Mapping[int, float] | None = None,
+    min_area_m2: float = 4.0,
+    simplify_m: float = 0.0,
+    regularize: bool = True,
+    road_class: int | None = None,
+    prune_m: float = 12.0,
+) -> VectorLayers:
+    """Buildings from the instance COG; roads and centerlines from the class COG.
+
+    Chunk by chunk; polygons that cross chunk borders are dissolved with their
+    neighbours' parts and come out whole (see :mod:`terraseg.vector.vectorization`).
+    """
+    from terraseg.vector.centerlines import extract_centerlines
+    from terraseg.vector.vectorization import vectorize_buildings, vectorize_roads
+
+    classes = open_scene(classes_path)
+    instances = open_scene(instances_path)
+    road = road_class if road_class is not None else _class_id(Path(classes_path), "road", 2)
+    grid = ChunkGrid.from_shape(classes.shape, tile_px=chunk_px, overlap_px=0, chunk_px=chunk_px)
+    windows: Sequence[PixelWindow] = [c.core for c in grid]
+    buildings = vectorize_buildings(
+        _reader(instances), windows, classes.transform, classes.crs,
+        scores=dict(scores) if scores is not None else None, min_area_m2=min_area_m2,
+        simplify_m=simplify_m, regularize=regularize,
+    )
+    roads = vectorize_roads(_reader(classes), windows, classes.transform, classes.crs,
+                            road_class=road, simplify_m=simplify_m)
+    network = extract_centerlines(_reader(classes), windows, classes.transform, classes.crs,
+                                  road_class=road, prune_m=prune_m)
+    return VectorLayers(buildings, roads, network.centerlines, network.nodes, network.edges)
+
+
+def export_vectors(
+    layers: Mapping[str, gpd.GeoDataFrame],
+    out_dir: str | os.PathLike[str],
+    *,
+    scene_name: str,
+    formats: Sequence[Literal["gpkg", "fgb", "parquet"]] = ("gpkg",),
+    masks: Mapping[str, str | os.PathLike[str]] | None = None,
+    run_info: Mapping[str, Any] | None = None,
+    to_crs: str | None = None,
+    overwrite: bool = False,
+) -> Any:
+    """Write the vector layers (and a QGIS project over them and the masks)."""
+    from terraseg.export.writers import export_run
+
+    return export_run(
+        dict(layers), out_dir, scene_name=scene_name, formats=tuple(formats),
+        masks={k: Path(v) for k, v in (masks or {}).items()}, run_info=dict(run_info or {}),
+        to_crs=to_crs, overwrite=overwrite,
+    )
+
+
+def read_vectors(gpkg: str | os.PathLike[str]) -> dict[str, gpd.GeoDataFrame]:
+    """Every terraseg vector layer in a GeoPackage written by :func:`export_vectors`."""
+    import pyogrio
+
+    from terraseg.errors import SceneReadError
+
+    names = [name for name, _ in pyogrio.list_layers(gpkg)]
+    wanted = ("buildings", "roads", "road_centerlines", "road_nodes", "road_edges")
+    found = {n: gpd.read_file(gpkg, layer=n) for n in wanted if n in names}
+    if not found:
+        raise SceneReadError(
+            f"'{gpkg}' holds none of the layers {', '.join(wanted)}; "
+            "point at a GeoPackage written by terraseg", path=gpkg,
+        )
+    return found
+
+
+@dataclass(slots=True)
+class SceneVectors:
+    """What :func:`vectorize_scene` produced."""
+
+    n_instances: int | None
+    layers: VectorLayers
+    export: Any
+
+
+def vectorize_scene(
+    classes_path: str | os.PathLike[str],
+    instances_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    scene_name: str,
+    chunk_px: int = 2048,
+    label: bool = True,
+    probabilities_path: str | os.PathLike[str] | None = None,
+    formats: Sequence[Literal["gpkg", "fgb", "parquet"]] = ("gpkg",),
+    to_crs: str | None = None,
+    run_info: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> SceneVectors:
+    """The whole post-prediction chain of one scene: instances, vectors, export.
+
+    With ``label=False`` an existing ``instances_path`` is used as it is.
+    """
+    n_instances = None
+    if label:
+        table = label_instances(classes_path, instances_path, chunk_px=chunk_px,
+                                probabilities_path=probabilities_path, overwrite=overwrite)
+        n_instances = len(table.ids)
+    layers = vectorize_masks(classes_path, instances_path, chunk_px=chunk_px)
+    result = export_vectors(
+        layers.as_dict(), out_dir, scene_name=scene_name, formats=formats,
+        masks={"classes": classes_path, "instances": instances_path}, run_info=run_info,
+        to_crs=to_crs, overwrite=overwrite,
+    )
+    return SceneVectors(n_instances, layers, result)

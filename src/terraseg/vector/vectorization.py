@@ -1,0 +1,787 @@
+"""Mask → polygons, chunk by chunk, with a dissolve of what touches chunk edges.
+
+The scene is never held whole: a caller-supplied ``read(window)`` returns the
+labels of one chunk window (``(y, x)`` or ``(1, y, x)``), each chunk is
+polygonized on its own, and a polygon that touches no internal chunk edge is
+final at once. Only the parts that touch an internal edge wait, and they are
+dissolved with their neighbours as soon as every chunk they can continue into
+has been read (buildings: parts with the same global instance id; roads: parts
+whose pixels are 4-adjacent across the shared edge). Peak memory therefore
+depends on the chunk size and on the parts waiting along chunk edges (in
+row-major order, about one row of chunks' worth), not on the scene area, when
+the ``iter_*`` generators are consumed batch by batch.
+
+All dissolving happens in the scene's pixel frame, where every vertex is an
+integer, so unions are exact; geometries move to the scene CRS only when
+emitted. Areas and lengths are in metres whatever the CRS: a geographic CRS is
+measured in the local UTM zone of the scene (:class:`terraseg.core.metric.MetricFrame`).
+Outputs are in the scene CRS. The chunk layout and the union-find that dissolves
+parts across chunk edges are in :mod:`terraseg.vector.dissolve`.
+Polygonization is the numpy tracer of :mod:`terraseg.vector.polygonize` (what
+``rasterio.features.shapes`` gives, several times faster). Pure module: numpy, shapely,
+affine, pyproj and scipy; it opens no file.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyproj
+import shapely
+from affine import Affine
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from terraseg.core.grid import PixelWindow
+from terraseg.core.match import PolygonMatch, match_polygons
+from terraseg.core.metric import MetricFrame, SomeCRS, _apply_affine
+from terraseg.errors import ConfigError
+from terraseg.vector.dissolve import (
+    _OPPOSITE,
+    EDGE_BOTTOM,
+    EDGE_LEFT,
+    EDGE_RIGHT,
+    EDGE_TOP,
+    ChunkLayout,
+    ReadFn,
+    _as_2d,
+    _connect,
+    _dissolve,
+    _Dissolver,
+    _edge_flags,
+    _internal_sides,
+    _strip,
+)
+from terraseg.vector.polygonize import cpu_threads, polygonize_labels
+from terraseg.vector.regularize import regularize_polygons
+
+__all__ = [
+    "EDGE_BOTTOM",
+    "EDGE_LEFT",
+    "EDGE_RIGHT",
+    "EDGE_TOP",
+    "ChunkLayout",
+    "ChunkPolygons",
+    "GeometryDropWarning",
+    "MetricFrame",
+    "PolygonMatch",
+    "iter_buildings",
+    "iter_roads",
+    "match_polygons",
+    "polygonize_chunk",
+    "vectorize_buildings",
+    "vectorize_roads",
+]
+# ChunkLayout and EDGE_* live in terraseg.vector.dissolve, MetricFrame in terraseg.core.metric and
+# match_polygons/PolygonMatch in terraseg.core.match; they are re-exported here. ReadFn and
+# SomeCRS are re-exported too (type aliases of the signatures below).
+
+Geoms: TypeAlias = "NDArray[np.object_]"
+
+
+class GeometryDropWarning(UserWarning):
+    """Some geometries were dropped (empty, invalid beyond repair, or too small)."""
+
+
+# --------------------------------------------------------------------------- chunk polygons
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPolygons:
+    """The polygons of one chunk window.
+
+    Attributes
+    ----------
+    window
+        The chunk window, in scene pixels.
+    values
+        Per polygon: the instance id (``mode="instances"``) or the class value
+        (``mode="classes"``), int64.
+    geometry
+        Per polygon: a shapely Polygon or MultiPolygon in the frame of the
+        ``transform`` given to :func:`polygonize_chunk` (scene CRS, or scene
+        pixels for ``Affine.identity()``). Holes are kept.
+    edges
+        Per polygon: bit mask of the internal chunk edges it has pixels on
+        (:data:`EDGE_TOP` | :data:`EDGE_BOTTOM` | :data:`EDGE_LEFT` | :data:`EDGE_RIGHT`);
+        scene edges are never flagged. 0 means the polygon is final.
+    """
+
+    window: PixelWindow
+    values: NDArray[np.int64]
+    geometry: Geoms
+    edges: NDArray[np.uint8]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def on_edge(self) -> NDArray[np.bool_]:
+        """True for polygons touching at least one internal chunk edge."""
+        out: NDArray[np.bool_] = self.edges != 0
+        return out
+
+    def touches(self, side: int) -> NDArray[np.bool_]:
+        """True for polygons touching the internal edge ``side`` (an ``EDGE_*`` bit)."""
+        out: NDArray[np.bool_] = (self.edges & side) != 0
+        return out
+
+
+def _to_int32(labels: NDArray[Any]) -> NDArray[Any]:
+    """Labels in a dtype GDAL's polygonizer accepts (uint8, uint16, int16, int32).
+
+    uint32 labels below 2**31 are viewed as int32 without a copy.
+    """
+    if labels.dtype in (np.uint8, np.uint16, np.int16, np.int32):
+        return labels
+    if labels.size == 0:
+        return labels.astype(np.int32)
+    if np.issubdtype(labels.dtype, np.integer) and int(labels.max()) < 2**31:
+        if np.issubdtype(labels.dtype, np.unsignedinteger) or int(labels.min()) >= 0:
+            if labels.dtype == np.uint32:
+                return labels.view(np.int32)
+            return labels.astype(np.int32)
+    raise ConfigError(
+        f"labels of dtype {labels.dtype} hold values outside [0, 2**31); instance ids must be "
+        "non-negative integers below 2**31",
+        dtype=str(labels.dtype),
+    )
+
+
+def _shapes_px(labels: NDArray[Any], window: PixelWindow) -> tuple[NDArray[np.int64], Geoms]:
+    """One polygon per 4-connected region of equal non-zero value, in scene pixels.
+
+    The polygons ``rasterio.features.shapes(labels, mask=labels != 0, connectivity=4)``
+    gives (same rings once normalized), from the numpy tracer of
+    :mod:`terraseg.vector.polygonize`, several times faster.
+    """
+    return polygonize_labels(labels, window.row_off, window.col_off)
+
+
+def _group_parts(values: NDArray[np.int64], polys: Geoms) -> tuple[NDArray[np.int64], Geoms]:
+    """One geometry per value: a Polygon, or a MultiPolygon of its disjoint regions."""
+    if len(values) == 0:
+        return values, polys
+    order = np.argsort(values, kind="stable")
+    values, polys = values[order], polys[order]
+    uniq, start, counts = np.unique(values, return_index=True, return_counts=True)
+    if np.all(counts == 1):
+        return uniq, polys
+    out = polys[start].copy()
+    multi = np.flatnonzero(counts > 1)
+    member = np.isin(values, uniq[multi])
+    grouped = shapely.multipolygons(
+        polys[member], indices=np.searchsorted(uniq[multi], values[member])
+    )
+    out[multi] = grouped
+    return uniq, out
+
+
+def _components(mask: NDArray[np.bool_]) -> tuple[NDArray[np.int32], int]:
+    comp, n = ndimage.label(mask)
+    return comp.astype(np.int32, copy=False), int(n)
+
+
+def polygonize_chunk(
+    labels: NDArray[Any],
+    window: PixelWindow,
+    transform: Affine,
+    *,
+    mode: Literal["instances", "classes"],
+    classes: Sequence[int] | None = None,
+    scene_shape: tuple[int, int] | None = None,
+) -> ChunkPolygons:
+    """Polygonize the labels of one chunk window.
+
+    Parameters
+    ----------
+    labels
+        ``(y, x)`` (or ``(1, y, x)``) labels of ``window``; 0 is background.
+    window
+        The chunk window in scene pixels.
+    transform
+        The SCENE's affine transform (pixel → CRS); the chunk's own is
+        ``transform * Affine.translation(col_off, row_off)``. Pass
+        ``Affine.identity()`` for geometries in scene pixel coordinates.
+    mode
+        ``"instances"``: one (multi)polygon per id present in the chunk.
+        ``"classes"``: one polygon per 4-connected region of each class value.
+    classes
+        Class values to polygonize in ``"classes"`` mode (default: every non-zero value).
+    scene_shape
+        ``(rows, cols)`` of the scene, so that scene edges are not flagged; without it,
+        the bottom and right chunk edges count as internal.
+
+    Returns
+    -------
+    ChunkPolygons
+        Polygons are 4-connected regions (pixels touching only at a corner are separate
+        regions), with holes, vertices on pixel corners.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((4, 6), np.uint32); lab[1:3, 1:3] = 7; lab[0:2, 4:6] = 9
+    >>> cp = polygonize_chunk(lab, PixelWindow(0, 0, 4, 6), Affine.identity(), mode="instances",
+    ...                       scene_shape=(4, 8))
+    >>> cp.values.tolist(), [g.area for g in cp.geometry], cp.edges.tolist()
+    ([7, 9], [4.0, 4.0], [0, 8])
+    """
+    arr = _as_2d(labels, window)
+    sides = _internal_sides(window, scene_shape)
+    if mode == "instances":
+        lab32 = _to_int32(arr)
+        values, polys = _group_parts(*_shapes_px(lab32, window))
+        edges = _edge_flags(lab32, values, sides)
+    elif mode == "classes":
+        wanted = [int(c) for c in (classes if classes is not None else np.unique(arr[arr != 0]))]
+        vals, geoms, flags = [], [], []
+        for cls in wanted:
+            comp, n = _components(arr == cls)
+            if n == 0:
+                continue
+            ids, polys = _group_parts(*_shapes_px(comp, window))
+            vals.append(np.full(len(ids), cls, np.int64))
+            geoms.append(polys)
+            flags.append(_edge_flags(comp, ids, sides))
+        values = np.concatenate(vals) if vals else np.empty(0, np.int64)
+        polys = np.concatenate(geoms) if geoms else np.empty(0, object)
+        edges = np.concatenate(flags) if flags else np.empty(0, np.uint8)
+    else:
+        raise ConfigError(f"mode must be 'instances' or 'classes', got {mode!r}", mode=mode)
+    if transform != Affine.identity():
+        polys = _apply_affine(polys, transform)
+    return ChunkPolygons(window, values, polys, edges)
+
+
+# --------------------------------------------------------------------------- emission
+
+
+@dataclass
+class _Drops:
+    small: int = 0
+    empty: int = 0
+
+    def warn(self, what: str, min_area_m2: float) -> None:
+        total = self.small + self.empty
+        if total:
+            warnings.warn(
+                f"{what}: dropped {total} geometries ({self.small} smaller than "
+                f"min_area_m2={min_area_m2:g}, {self.empty} empty or invalid beyond repair)",
+                GeometryDropWarning,
+                stacklevel=3,
+            )
+
+
+def _polygonal(geoms: Geoms, check: NDArray[np.bool_] | None = None) -> Geoms:
+    """Repair invalid geometries and keep only their polygonal parts (empty if none).
+
+    Only the geometries in ``check`` (default: all) are checked: the pixel polygons of
+    :func:`terraseg.vector.polygonize.polygonize_labels` are valid by construction.
+    """
+    geoms = np.asarray(geoms, object)
+    if check is None:
+        bad = ~shapely.is_valid(geoms)
+    else:
+        bad = np.zeros(len(geoms), bool)
+        bad[check] = ~shapely.is_valid(geoms[check])
+    if bad.any():
+        fixed = shapely.make_valid(geoms[bad])
+        types = shapely.get_type_id(fixed)
+        coll = types == shapely.GeometryType.GEOMETRYCOLLECTION
+        if coll.any():
+            fixed[coll] = [
+                shapely.union_all(
+                    [p for p in shapely.get_parts(g) if p.geom_type in ("Polygon", "MultiPolygon")]
+                )
+                for g in fixed[coll]
+            ]
+        nonpoly = ~np.isin(
+            shapely.get_type_id(fixed),
+            [shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON],
+        )
+        fixed[nonpoly] = shapely.Polygon()
+        geoms = geoms.copy()
+        geoms[bad] = fixed
+    return geoms
+
+
+@dataclass(frozen=True)
+class _PolygonOptions:
+    frame: MetricFrame
+    scene_shape: tuple[int, int]
+    min_area_m2: float
+    simplify_m: float
+    regularize: bool
+    regularize_tolerance_m: float
+    min_iou: float
+
+
+def _finish_polygons(
+    geoms_px: Geoms,
+    opts: _PolygonOptions,
+    drops: _Drops,
+    check: NDArray[np.bool_] | None = None,
+) -> tuple[Geoms, NDArray[np.float64], NDArray[np.bool_]]:
+    """Filter, simplify/regularize and move to the scene CRS; returns ``(geoms, area_m2, kept)``.
+
+    ``check`` marks the geometries whose validity is not known (default: all). Large
+    batches in a projected CRS are split over threads, one per CPU (every geometry is
+    finished on its own, so the result does not depend on the split; numpy and GEOS
+    release the GIL).
+    """
+    n = len(geoms_px)
+    parts = 1 if opts.frame.is_geographic else min(cpu_threads(), n // _MIN_PER_THREAD)
+    if parts <= 1:
+        geoms, area, kept, n_empty = _finish_part(geoms_px, opts, check)
+    else:
+        cuts = np.linspace(0, n, parts + 1).astype(np.int64)
+        chk = np.ones(n, bool) if check is None else check
+        with ThreadPoolExecutor(parts - 1) as pool:
+            rest = [
+                pool.submit(_finish_part, geoms_px[a:b], opts, chk[a:b])
+                for a, b in zip(cuts[1:-1], cuts[2:], strict=True)
+            ]
+            done = [_finish_part(geoms_px[: cuts[1]], opts, chk[: cuts[1]])]
+            done += [f.result() for f in rest]
+        geoms = np.concatenate([d[0] for d in done])
+        area = np.concatenate([d[1] for d in done])
+        kept = np.concatenate([d[2] for d in done])
+        n_empty = sum(d[3] for d in done)
+    drops.empty += n_empty
+    drops.small += int((~kept).sum()) - n_empty
+    return geoms, area, kept
+
+
+_MIN_PER_THREAD = 256
+"""Geometries per thread below which :func:`_finish_polygons` stays on one thread."""
+
+
+def _finish_part(
+    geoms_px: Geoms, opts: _PolygonOptions, check: NDArray[np.bool_] | None
+) -> tuple[Geoms, NDArray[np.float64], NDArray[np.bool_], int]:
+    """:func:`_finish_polygons` of some geometries on the calling thread, and how many
+    were empty (or invalid beyond repair)."""
+    geoms_px = np.asarray(shapely.normalize(_polygonal(geoms_px, check)), object)
+    metric = opts.frame.px_to_metric(geoms_px)
+    area = shapely.area(metric)
+    empty = shapely.is_empty(geoms_px)
+    small = ~empty & (area < opts.min_area_m2)
+    kept = ~(empty | small)
+    metric = metric[kept]
+    if opts.regularize:
+        # a building cut by the scene edge has the scene's outline there, not its own:
+        # it keeps its pixel outline
+        bounds = shapely.bounds(geoms_px[kept])
+        rows, cols = opts.scene_shape
+        cut = (
+            (bounds[:, 0] <= 0)
+            | (bounds[:, 1] <= 0)
+            | (bounds[:, 2] >= cols)
+            | (bounds[:, 3] >= rows)
+        )
+        metric = metric.copy()
+        metric[~cut] = regularize_polygons(
+            metric[~cut], tolerance_m=opts.regularize_tolerance_m, min_iou=opts.min_iou, threads=1
+        )
+    elif opts.simplify_m > 0:
+        metric = shapely.simplify(metric, opts.simplify_m, preserve_topology=True)
+        metric = _polygonal(metric)
+    if opts.regularize or opts.simplify_m > 0:
+        # regularize_polygons returns valid polygons (its fallbacks included)
+        out = opts.frame.metric_to_crs(metric)
+        area = shapely.area(metric)
+    else:
+        out = opts.frame.px_to_crs(geoms_px[kept])
+        area = area[kept]
+    geoms = np.asarray(shapely.normalize(out), object)
+    return geoms, np.asarray(area, np.float64), kept, int(empty.sum())
+
+
+def _check_options(min_area_m2: float, simplify_m: float) -> None:
+    if not (min_area_m2 >= 0 and math.isfinite(min_area_m2)):
+        raise ConfigError(
+            f"min_area_m2 must be a finite number >= 0, got {min_area_m2}", min_area_m2=min_area_m2
+        )
+    if not (simplify_m >= 0 and math.isfinite(simplify_m)):
+        raise ConfigError(
+            f"simplify_m must be a finite number >= 0, got {simplify_m}", simplify_m=simplify_m
+        )
+
+
+def _options(
+    frame: MetricFrame,
+    scene_shape: tuple[int, int],
+    min_area_m2: float,
+    simplify_m: float,
+    regularize: bool,
+    regularize_tolerance_m: float | None,
+    min_iou: float,
+) -> _PolygonOptions:
+    _check_options(min_area_m2, simplify_m)
+    tol = regularize_tolerance_m
+    if tol is None:
+        tol = max(simplify_m, 1.5 * frame.pixel_m)
+    return _PolygonOptions(
+        frame, scene_shape, min_area_m2, simplify_m, regularize, float(tol), min_iou
+    )
+
+
+# --------------------------------------------------------------------------- buildings
+
+
+def iter_buildings(
+    read_instances: ReadFn,
+    windows: Sequence[PixelWindow],
+    transform: Affine,
+    crs: SomeCRS,
+    *,
+    scores: dict[int, float] | None = None,
+    min_area_m2: float = 2.0,
+    simplify_m: float = 0.0,
+    regularize: bool = True,
+    regularize_tolerance_m: float | None = None,
+    min_iou: float = 0.85,
+) -> Iterator[gpd.GeoDataFrame]:
+    """Vectorize a building instance raster chunk by chunk, yielding batches.
+
+    Same parameters and columns as :func:`vectorize_buildings`. After each chunk, the
+    buildings it completed (if any) are yielded as one GeoDataFrame, so a consumer
+    that writes batches out keeps memory flat in the scene size. Instance ids are
+    expected to be 4-connected (as instance stitching makes them); an id whose parts
+    no chunk edge joins comes out in more than one row (:func:`vectorize_buildings`
+    dissolves those).
+    """
+    layout = ChunkLayout(windows)
+    frame = MetricFrame.from_scene(transform, crs, layout.scene_shape)
+    opts = _options(
+        frame,
+        layout.scene_shape,
+        min_area_m2,
+        simplify_m,
+        regularize,
+        regularize_tolerance_m,
+        min_iou,
+    )
+    dis = _Dissolver(layout)
+    live: dict[int, int] = {}
+    drops = _Drops()
+    for i, window in enumerate(layout.windows):
+        labels = _as_2d(read_instances(window), window)
+        cp = polygonize_chunk(
+            labels, window, Affine.identity(), mode="instances", scene_shape=layout.scene_shape
+        )
+        dis.done.add(i)
+        if live:
+            waiting = cp.on_edge | np.isin(cp.values, np.fromiter(live, np.int64, len(live)))
+        else:
+            waiting = cp.on_edge
+        touched = []
+        for k in np.flatnonzero(waiting):
+            value = int(cp.values[k])
+            key = dis.add(i, cp.geometry[k], value, int(cp.edges[k]))
+            if value in live:
+                dis.union(key, live[value])
+            live[value] = key
+            touched.append(key)
+        groups = dis.finish(i, touched)
+        ids = [cp.values[~waiting]]
+        geoms = [cp.geometry[~waiting]]
+        if groups:
+            ids.append(np.asarray([v for v, _ in groups], np.int64))
+            geoms.append(_dissolve(groups))
+            for v, _ in groups:
+                del live[v]
+        batch_ids = np.concatenate(ids)
+        if len(batch_ids):
+            dissolved = np.arange(len(batch_ids)) >= len(ids[0])  # the rest are valid
+            batch = _building_frame(
+                batch_ids, np.concatenate(geoms), scores, opts, drops, dissolved
+            )
+            if len(batch):
+                yield batch
+    if len(dis):
+        raise AssertionError("internal error: building parts left undissolved")  # pragma: no cover
+    drops.warn("vectorize_buildings", min_area_m2)
+
+
+def _building_frame(
+    ids: NDArray[np.int64],
+    geoms_px: Geoms,
+    scores: dict[int, float] | None,
+    opts: _PolygonOptions,
+    drops: _Drops,
+    check: NDArray[np.bool_] | None = None,
+) -> gpd.GeoDataFrame:
+    geoms, area, kept = _finish_polygons(geoms_px, opts, drops, check)
+    ids = ids[kept]
+    if scores is None:
+        score = np.full(len(ids), np.nan)
+    else:
+        score = np.asarray([scores.get(int(i), np.nan) for i in ids], np.float64)
+    return gpd.GeoDataFrame(
+        {
+            "building_id": ids.astype(np.int64),
+            "score": score,
+            "area_m2": area,
+            "class": pd.Series(["building"] * len(ids), dtype=object),
+        },
+        geometry=gpd.GeoSeries(geoms, crs=opts.frame.crs),
+    )
+
+
+def vectorize_buildings(
+    read_instances: ReadFn,
+    windows: Sequence[PixelWindow],
+    transform: Affine,
+    crs: SomeCRS,
+    *,
+    scores: dict[int, float] | None = None,
+    min_area_m2: float = 2.0,
+    simplify_m: float = 0.0,
+    regularize: bool = True,
+    regularize_tolerance_m: float | None = None,
+    min_iou: float = 0.85,
+) -> gpd.GeoDataFrame:
+    """Building polygons from a global instance-id raster, read chunk by chunk.
+
+    Parameters
+    ----------
+    read_instances
+        ``read(window) -> labels``: the ``(y, x)`` (or ``(1, y, x)``) instance ids of a
+        window of the scene (0 = background). Ids are global: the same building has
+        the same id in every chunk.
+    windows
+        Chunk core windows that partition the scene exactly once (scene pixels).
+    transform, crs
+        Scene affine transform (pixel → CRS) and CRS; outputs are in this CRS.
+    scores
+        Optional ``{building_id: score}``; missing ids get NaN.
+    min_area_m2
+        Buildings whose pixel polygon is smaller than this (m²) are dropped, with a
+        :class:`GeometryDropWarning` giving the count.
+    simplify_m
+        Douglas-Peucker tolerance in metres when ``regularize`` is False (0: keep the
+        exact pixel outline).
+    regularize
+        Square corners and align edges to each building's dominant orientation
+        (:func:`terraseg.vector.regularize.regularize_polygons`, in the metric frame). A
+        building cut by the scene edge keeps its pixel outline (its outline there is
+        the scene's, not its own).
+    regularize_tolerance_m
+        Simplification tolerance of the regularizer, metres (default: the larger of
+        ``simplify_m`` and 1.5 pixels; raise it for noisy model output).
+    min_iou
+        A regularized building whose IoU with its pixel outline is below this
+        falls back to the simplified outline.
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        Columns ``building_id`` (int64), ``score`` (float), ``area_m2`` (of the output
+        geometry, m²), ``class`` (``"building"``), ``geometry`` (Polygon or MultiPolygon,
+        valid, holes kept), in the scene CRS, sorted by ``building_id``; one row per
+        id. A building crossing chunk edges comes out whole, and the output does not
+        depend on the chunking (for 4-connected ids).
+
+    Notes
+    -----
+    Without simplification or regularization, rasterizing the output on the scene
+    grid (``rasterio.features.rasterize`` with ``transform``) gives the instance
+    raster back exactly. Chunks are polygonized by :mod:`terraseg.vector.polygonize` (the
+    polygons of ``rasterio.features.shapes``, in numpy) and the buildings of a chunk
+    are finished (filtered, regularized, moved to the CRS) on one thread per CPU; the
+    output does not depend on the number of CPUs.
+    """
+    batches = list(
+        iter_buildings(
+            read_instances,
+            windows,
+            transform,
+            crs,
+            scores=scores,
+            min_area_m2=min_area_m2,
+            simplify_m=simplify_m,
+            regularize=regularize,
+            regularize_tolerance_m=regularize_tolerance_m,
+            min_iou=min_iou,
+        )
+    )
+    if not batches:
+        return _empty_buildings(crs)
+    out = gpd.GeoDataFrame(
+        pd.concat(batches, ignore_index=True), geometry="geometry", crs=batches[0].crs
+    )
+    out = out.sort_values("building_id", kind="stable", ignore_index=True)
+    dup = out["building_id"].duplicated(keep=False).to_numpy()
+    if dup.any():  # an id split into parts that no chunk edge joins: one row per id
+        merged = out[dup].dissolve(by="building_id", aggfunc={"score": "first", "area_m2": "sum"})
+        merged["class"] = "building"
+        merged = merged.set_geometry(shapely.normalize(merged.geometry.array))
+        merged = merged.reset_index()[list(out.columns)]
+        out = pd.concat([out[~dup], merged], ignore_index=True)
+        out = out.sort_values("building_id", kind="stable", ignore_index=True)
+        out = gpd.GeoDataFrame(out, geometry="geometry", crs=batches[0].crs)
+    return out
+
+
+def _empty_buildings(crs: SomeCRS) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame(
+        {
+            "building_id": np.empty(0, np.int64),
+            "score": np.empty(0),
+            "area_m2": np.empty(0),
+            "class": pd.Series([], dtype=object),
+        },
+        geometry=gpd.GeoSeries([], crs=pyproj.CRS.from_user_input(crs)),
+    )
+
+
+# --------------------------------------------------------------------------- roads
+
+
+def iter_roads(
+    read_classes: ReadFn,
+    windows: Sequence[PixelWindow],
+    transform: Affine,
+    crs: SomeCRS,
+    *,
+    road_class: int = 2,
+    min_area_m2: float = 0.0,
+    simplify_m: float = 0.0,
+) -> Iterator[gpd.GeoDataFrame]:
+    """Vectorize the road class of a class raster chunk by chunk, yielding batches.
+
+    Same parameters and columns as :func:`vectorize_roads`; after each chunk, the
+    road regions it completed (if any) are yielded as one GeoDataFrame.
+    """
+    layout = ChunkLayout(windows)
+    frame = MetricFrame.from_scene(transform, crs, layout.scene_shape)
+    opts = _options(frame, layout.scene_shape, min_area_m2, simplify_m, False, None, 0.0)
+    dis = _Dissolver(layout)
+    strips: dict[tuple[int, int], tuple[NDArray[np.int32], dict[int, int]]] = {}
+    drops = _Drops()
+    for i, window in enumerate(layout.windows):
+        labels = _as_2d(read_classes(window), window)
+        comp, n = _components(labels == road_class)
+        dis.done.add(i)
+        sides = _internal_sides(window, layout.scene_shape)
+        if n:
+            comp_ids, polys = _group_parts(*_shapes_px(comp, window))
+            edges = _edge_flags(comp, comp_ids, sides)
+        else:
+            comp_ids, polys, edges = (
+                np.empty(0, np.int64),
+                np.empty(0, object),
+                np.empty(0, np.uint8),
+            )
+        keys: dict[int, int] = {}
+        for k in np.flatnonzero(edges):
+            keys[int(comp_ids[k])] = dis.add(i, polys[k], road_class, int(edges[k]))
+        for side in sides:
+            strip = _strip(comp, side).copy()
+            for j in layout.neighbours[i][side]:
+                other = strips.get((j, _OPPOSITE[side]))
+                if other is not None:
+                    _connect(dis, window, side, strip, keys, layout.windows[j], *other)
+            strips[(i, side)] = (strip, keys)
+        for side in sides:  # free the strips whose neighbours are all read
+            opp = _OPPOSITE[side]
+            for j in layout.neighbours[i][side]:
+                if all(k in dis.done for k in layout.neighbours[j][opp]):
+                    strips.pop((j, opp), None)
+            if all(j in dis.done for j in layout.neighbours[i][side]):
+                strips.pop((i, side), None)
+        groups = dis.finish(i, keys.values())
+        geoms = [polys[edges == 0]]
+        if groups:
+            geoms.append(_dissolve(groups))
+        batch_geoms = np.concatenate(geoms)
+        if len(batch_geoms):
+            dissolved = np.arange(len(batch_geoms)) >= len(geoms[0])  # the rest are valid
+            batch = _road_frame(batch_geoms, opts, drops, dissolved)
+            if len(batch):
+                yield batch
+    drops.warn("vectorize_roads", min_area_m2)
+
+
+def _road_frame(
+    geoms_px: Geoms,
+    opts: _PolygonOptions,
+    drops: _Drops,
+    check: NDArray[np.bool_] | None = None,
+) -> gpd.GeoDataFrame:
+    geoms, area, _ = _finish_polygons(geoms_px, opts, drops, check)
+    return gpd.GeoDataFrame(
+        {"area_m2": area, "class": pd.Series(["road"] * len(area), dtype=object)},
+        geometry=gpd.GeoSeries(geoms, crs=opts.frame.crs),
+    )
+
+
+def vectorize_roads(
+    read_classes: ReadFn,
+    windows: Sequence[PixelWindow],
+    transform: Affine,
+    crs: SomeCRS,
+    *,
+    road_class: int = 2,
+    min_area_m2: float = 0.0,
+    simplify_m: float = 0.0,
+) -> gpd.GeoDataFrame:
+    """Road polygons from a class raster, read chunk by chunk.
+
+    Parameters
+    ----------
+    read_classes
+        ``read(window) -> labels``: ``(y, x)`` (or ``(1, y, x)``) class values of a window.
+    windows
+        Chunk core windows that partition the scene exactly once (scene pixels).
+    transform, crs
+        Scene affine transform and CRS; outputs are in this CRS.
+    road_class
+        Class value of roads.
+    min_area_m2
+        Road regions smaller than this (m²) are dropped, with a warning giving the count.
+    simplify_m
+        Douglas-Peucker tolerance in metres (0: the exact pixel outline).
+
+    Returns
+    -------
+    geopandas.GeoDataFrame
+        One row per 4-connected road region, whole however many chunks it crosses:
+        ``area_m2`` (m²), ``class`` (``"road"``), ``geometry`` (valid Polygon, holes
+        kept), in the scene CRS, sorted by the lower-left corner of their bounds.
+    """
+    batches = list(
+        iter_roads(
+            read_classes,
+            windows,
+            transform,
+            crs,
+            road_class=road_class,
+            min_area_m2=min_area_m2,
+            simplify_m=simplify_m,
+        )
+    )
+    if not batches:
+        return gpd.GeoDataFrame(
+            {"area_m2": np.empty(0), "class": pd.Series([], dtype=object)},
+            geometry=gpd.GeoSeries([], crs=pyproj.CRS.from_user_input(crs)),
+        )
+    out = gpd.GeoDataFrame(
+        pd.concat(batches, ignore_index=True), geometry="geometry", crs=batches[0].crs
+    )
+    if len(out):
+        b = out.geometry.bounds
+        out = out.iloc[np.lexsort((b["miny"].to_numpy(), b["minx"].to_numpy()))].reset_index(
+            drop=True
+        )
+    return out
