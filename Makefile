@@ -38,6 +38,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks notebooks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python benchmarks/suite.py

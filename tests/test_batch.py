@@ -381,7 +381,7 @@ def test_failed_chunks_are_logged_and_resumable(
     """A scene that turns unreadable mid-run: failures.jsonl, exit 2, then --resume finishes."""
     import shutil
 
-    from terraseg.engine.resumable import ChunkFailure, local_runner, predict_scene_resumable
+    from terraseg.engine.pipeline import ChunkFailure, local_runner, predict_scene_resumable
     from terraseg.errors import ChunkFailedError
     from terraseg.io.scene import open_scene
 

@@ -22,14 +22,8 @@ from rasterio.transform import from_origin
 
 from terraseg.core.grid import PixelWindow
 from terraseg.errors import BandError, CRSError, GridError, SceneReadError, TerrasegError
-from terraseg.io.scene import (
-    BandStats,
-    Scene,
-    clear_handle_cache,
-    compute_band_stats,
-    normalize,
-    open_scene,
-)
+from terraseg.io.bandstats import BandStats, compute_band_stats, normalize
+from terraseg.io.scene import Scene, clear_handle_cache, open_scene
 
 ROWS, COLS = 203, 317  # not divisible by the 64-px block
 BLOCK = 64

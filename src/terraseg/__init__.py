@@ -11,9 +11,14 @@ The notebook API::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from terraseg._version import __version__
+
+if TYPE_CHECKING:  # the real signatures, for type checkers and IDEs
+    from terraseg.api import predict, run, vectorize
+    from terraseg.config import load_workflow
+    from terraseg.io.scene import open_scene
 
 __all__ = ["__version__", "load_workflow", "open_scene", "predict", "run", "vectorize"]
 

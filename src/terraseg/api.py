@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from terraseg.engine.inference import AmpMode, Backend, TilePredictor
 from terraseg.engine.pipeline import PredictResult, Ramp, plan_scene, predict_scene
@@ -13,7 +14,33 @@ from terraseg.io.scene import open_scene
 from terraseg.models.loading import load_model
 from terraseg.progress import progress_callback
 
-__all__ = ["plan_summary", "predict", "predict_to_dir", "run", "vectorize"]
+if TYPE_CHECKING:
+    import distributed
+    import geopandas as gpd
+    import xarray as xr
+
+    from terraseg.config import Workflow
+    from terraseg.core.grid import PixelWindow
+    from terraseg.engine.batch import RunSummary
+    from terraseg.io.scene import Scene
+
+SceneLike: TypeAlias = "str | os.PathLike[str] | Scene | xr.DataArray"
+"""A path GDAL reads, an open :class:`~terraseg.io.scene.Scene`, or a ``(band, y, x)`` DataArray."""
+WindowLike: TypeAlias = "PixelWindow | Sequence[int] | None"
+"""``(row_off, col_off, height, width)`` in scene pixels, a PixelWindow, or None (all)."""
+RasterLike: TypeAlias = "str | os.PathLike[str] | xr.DataArray"
+"""A raster path or a ``(y, x)`` DataArray with a CRS."""
+
+__all__ = [
+    "RasterLike",
+    "SceneLike",
+    "WindowLike",
+    "plan_summary",
+    "predict",
+    "predict_to_dir",
+    "run",
+    "vectorize",
+]
 
 
 def plan_summary(
@@ -44,7 +71,7 @@ class LargeSceneWarning(UserWarning):
     """A scene so large that one process will take hours; use ``terraseg run`` on Dask."""
 
 
-def warn_if_huge(scene: Any, n_chunks: int) -> None:
+def warn_if_huge(scene: Scene, n_chunks: int) -> None:
     """Warn, before any compute, when a single-process run over ``scene`` would be very long."""
     import warnings
 
@@ -120,7 +147,7 @@ def predict_to_dir(
 # ----------------------------------------------------------------------------- notebooks
 
 
-def _as_scene(source: Any, tmpdir: Path) -> Any:
+def _as_scene(source: SceneLike, tmpdir: Path) -> Scene:
     """A Scene from a path, a Scene, or an in-memory (band, y, x) DataArray with a CRS."""
     from terraseg.io.scene import Scene
 
@@ -146,7 +173,7 @@ def _as_scene(source: Any, tmpdir: Path) -> Any:
     raise TypeError(f"expected a path, a Scene or an xarray.DataArray, got {type(source).__name__}")
 
 
-def _window_of(window: Any, shape: tuple[int, int]) -> Any:
+def _window_of(window: WindowLike, shape: tuple[int, int]) -> PixelWindow:
     from terraseg.core.grid import PixelWindow
 
     if window is None:
@@ -158,16 +185,16 @@ def _window_of(window: Any, shape: tuple[int, int]) -> Any:
 
 
 def predict(
-    scene: Any,
+    scene: SceneLike,
     *,
     model: str = "demo-semantic",
-    window: Any = None,
+    window: WindowLike = None,
     tile_px: int = 512,
     overlap_px: int = 64,
     device: str = "auto",
     batch_size: int = 8,
     probabilities: bool = False,
-) -> Any:
+) -> xr.DataArray:
     """Predict classes for a scene or a window of it, as an ``xarray.DataArray`` with CRS.
 
     Uses the scene's global tile lattice, so a window's labels equal the
@@ -241,7 +268,7 @@ def predict(
             coords["class"] = [c.name for c in spec.classes]
         da = xr.DataArray(out, dims=dims, coords=coords, name="probabilities" if probabilities
                           else "classes")
-        da = da.rio.write_crs(sc.crs).rio.write_transform(transform)
+        da = cast("xr.DataArray", da.rio.write_crs(sc.crs).rio.write_transform(transform))
         if not probabilities:
             da = da.rio.write_nodata(255)
         da.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name)
@@ -249,13 +276,13 @@ def predict(
 
 
 def vectorize(
-    classes: Any,
+    classes: RasterLike,
     *,
-    instances: Any = None,
+    instances: RasterLike | None = None,
     chunk_px: int = 2048,
     min_area_m2: float = 4.0,
     regularize: bool = True,
-) -> dict[str, Any]:
+) -> dict[str, gpd.GeoDataFrame]:
     """Buildings, roads, road centerlines and the road graph as GeoDataFrames.
 
     ``classes`` is a class COG path or a ``(y, x)`` labels DataArray (e.g. from
@@ -279,7 +306,7 @@ def vectorize(
         return layers.as_dict()
 
 
-def _as_raster_path(source: Any, path: Path) -> Path:
+def _as_raster_path(source: RasterLike, path: Path) -> Path:
     if isinstance(source, (str, os.PathLike)):
         return Path(source)
     import rioxarray  # noqa: F401
@@ -298,8 +325,14 @@ def _as_raster_path(source: Any, path: Path) -> Path:
     return path
 
 
-def run(workflow: Any, *, client: Any = None, out: Any = None, resume: bool = False,
-        overwrite: bool = False) -> Any:
+def run(
+    workflow: str | os.PathLike[str] | Workflow,
+    *,
+    client: distributed.Client | None = None,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> RunSummary:
     """Run a workflow (path or :class:`~terraseg.config.Workflow`); returns a RunSummary.
 
     Uses ``client`` (or the workflow's cluster settings) for the chunk tasks.

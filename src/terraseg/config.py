@@ -16,11 +16,20 @@ import glob
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from terraseg.errors import ConfigError
 
@@ -33,6 +42,7 @@ __all__ = [
     "OutputsConfig",
     "TilingConfig",
     "TrainConfig",
+    "TrainStageConfig",
     "Workflow",
     "load_workflow",
     "upgrade_workflow",
@@ -155,7 +165,170 @@ class ClusterConfig(_Model):
 
 
 class TrainConfig(_Model):
-    """Training a semantic model (stage 'train')."""
+    """How to train a semantic model: :func:`terraseg.models.train.train_semantic`'s settings.
+
+    Plain data only (no torch objects), so a workflow's ``train:`` section
+    (:class:`TrainStageConfig`) and the library share it. ``architecture`` and
+    ``classes`` are mappings here; the models layer validates them into its
+    ``Architecture`` and ``ClassInfo`` (instances of those are accepted too).
+    """
+
+    val_fraction: float = Field(
+        default=0.2,
+        description="Share of each training image (its southern strip, whole patches) held out "
+        "for validation when no validation scenes are given; between 0 and 1.",
+    )
+    architecture: dict[str, Any] | None = Field(
+        default=None,
+        description="Network as {library: smp, name, kwargs}; in_channels and classes are filled "
+        "in. Default: the demo U-Net (timm ResNet-10-T encoder, depth 4).",
+    )
+    classes: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Output classes as [{id, name, color}], ids 0..K-1. Default: background, "
+        "building, road.",
+    )
+    layers: dict[str, int] | None = Field(
+        default=None,
+        description="Vector layer -> class id, burned in this order (later over earlier). "
+        "Default: roads=2, then buildings=1.",
+    )
+    bands: tuple[int, ...] = Field(
+        default=(1, 2, 3), description="1-based image bands the model reads, in model order."
+    )
+    scale: float = Field(default=255.0, description="Divisor that scales pixel values.")
+    epochs: int | None = Field(
+        default=None,
+        gt=0,
+        description="Epochs of steps_per_epoch steps (with max_steps: whichever ends first).",
+    )
+    max_steps: int | None = Field(
+        default=None, gt=0, description="Optimiser steps (with epochs: whichever ends first)."
+    )
+    steps_per_epoch: int = Field(default=100, description="Optimiser steps per epoch, >= 1.")
+    batch_size: int = Field(default=8, description="Patches per step, >= 1.")
+    patch_px: int = Field(
+        default=256,
+        gt=0,
+        description="Training patch size, pixels: >= 32 and a multiple of 2^encoder depth.",
+    )
+    lr: float = Field(default=2e-3, description="AdamW peak learning rate (one-cycle schedule).")
+    task: Literal["semantic", "boundary"] = Field(
+        default="semantic",
+        description="'semantic': classes as labelled; 'boundary': buildings split into interior "
+        "and an edge ring (class 'building edge'), so touching buildings become separate "
+        "instances (seeded watershed at predict time).",
+    )
+    edge_px: int = Field(
+        default=2,
+        ge=1,
+        description="Width of the building edge ring of task 'boundary', pixels.",
+    )
+    loss: Literal["ce", "focal", "jaccard", "dice", "ce+dice"] = Field(
+        default="ce",
+        description="Loss: torchgeo's 'ce', 'focal', 'jaccard'; smp's multiclass 'dice'; or "
+        "'ce+dice' (their sum: thin classes such as the building edge need the Dice term).",
+    )
+    class_weights: list[float] | None = Field(
+        default=None, description="Per-class loss weights for 'ce', one per class."
+    )
+    seed: int = Field(default=0, description="Seeds Lightning, the samplers and augmentations.")
+    name: str | None = Field(
+        default=None, description="Model name in the card (default: the output stem)."
+    )
+    description: str = Field(default="", description="One line for the card.")
+    dtype: Literal["float32", "float16"] = Field(
+        default="float32", description="Storage dtype of the weights (float16 halves the file)."
+    )
+    gsd_tolerance: float = Field(
+        default=0.25, description="Relative GSD mismatch the card tolerates without a warning."
+    )
+    accelerator: str = Field(default="cpu", description="Lightning accelerator: cpu, gpu, ...")
+    num_workers: int = Field(default=0, description="DataLoader worker processes.")
+    progress: bool = Field(default=False, description="Show Lightning's progress bar.")
+    command: str | None = Field(
+        default=None, description="How to reproduce the run, recorded in the card."
+    )
+    data_notes: list[str] = Field(
+        default_factory=list,
+        description="Training data as recorded in the card (default: the image file names).",
+    )
+
+    @field_validator("architecture", "classes", mode="before")
+    @classmethod
+    def _plain(cls, value: object) -> object:
+        """Accept pydantic objects (``Architecture``, ``ClassInfo``) as their data."""
+        if isinstance(value, BaseModel):
+            return value.model_dump()
+        if isinstance(value, list | tuple):
+            return [v.model_dump() if isinstance(v, BaseModel) else v for v in value]
+        return value
+
+    @field_validator("batch_size", "steps_per_epoch")
+    @classmethod
+    def _at_least_one(cls, value: int, info: ValidationInfo) -> int:
+        if value < 1:
+            raise ValueError(f"{info.field_name} must be ≥ 1, got {value}")
+        return value
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {value}")
+        return value
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or min(value) < 1:
+            raise ValueError(f"bands must be 1-based band numbers, got {list(value)}")
+        return value
+
+    @classmethod
+    def checked(cls, settings: Mapping[str, object]) -> TrainConfig:
+        """``TrainConfig(**settings)``, with problems raised as one :class:`ConfigError`.
+
+        Raises
+        ------
+        ConfigError
+            An unknown setting or an invalid value, all problems in one line.
+        """
+        try:
+            return cls.model_validate(dict(settings))
+        except ValidationError as exc:
+            raise ConfigError(_settings_problems(exc)) from None
+
+    def with_overrides(self, overrides: Mapping[str, object] | None = None) -> TrainConfig:
+        """These settings (a workflow section's extra fields dropped) with ``overrides`` applied.
+
+        Raises
+        ------
+        ConfigError
+            An unknown setting or an invalid value (see :meth:`checked`).
+        """
+        data = self.model_dump(include=set(TrainConfig.model_fields))
+        return TrainConfig.checked({**data, **(overrides or {})})
+
+
+def _settings_problems(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(
+                f"unknown training setting '{loc}'; see terraseg.config.TrainConfig for the "
+                "settings"
+            )
+        elif err["type"] == "value_error":
+            parts.append(str(err["msg"]).removeprefix("Value error, "))
+        else:
+            parts.append(f"invalid training setting {loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class TrainStageConfig(TrainConfig):
+    """Stage 'train' of a workflow: the data to train on, then :class:`TrainConfig`'s settings."""
 
     image: str = Field(description="Training GeoTIFF, or 'synthetic' for generated scenes.")
     labels: str | None = Field(
@@ -166,10 +339,9 @@ class TrainConfig(_Model):
     )
     seeds: list[int] = Field(default_factory=lambda: [11, 12], description="Synthetic seeds.")
     size_px: int = Field(default=1024, gt=0, description="Synthetic scene size, pixels.")
-    max_steps: int = Field(default=200, gt=0, description="Optimiser steps.")
-    batch_size: int = Field(default=8, ge=1, description="Patches per step.")
-    patch_px: int = Field(default=256, gt=0, description="Training patch size, pixels.")
-    seed: int = Field(default=0, description="Random seed.")
+    max_steps: int | None = Field(
+        default=200, gt=0, description="Optimiser steps (with epochs: whichever ends first)."
+    )
 
 
 class Workflow(_Model):
@@ -187,7 +359,7 @@ class Workflow(_Model):
     )
     outputs: OutputsConfig = Field(default_factory=OutputsConfig, description="Outputs.")
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Dask cluster.")
-    train: TrainConfig | None = Field(default=None, description="Training settings.")
+    train: TrainStageConfig | None = Field(default=None, description="Training settings.")
     base_dir: str = Field(
         default=".", description="Folder relative paths are resolved against (set on load)."
     )

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
-from terraseg import __version__
+from terraseg._version import __version__
 from terraseg.errors import TerrasegError
 from terraseg.progress import progress_bars
 
@@ -186,11 +186,13 @@ def export_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
     """Re-export a finished run in other formats or another CRS, without recomputing."""
+    from terraseg.config import VectorFormat
     from terraseg.engine.postprocess import export_vectors, read_vectors
     from terraseg.errors import ConfigError
 
-    formats = tuple(f.strip() for f in format.split(",") if f.strip())
-    bad = [f for f in formats if f not in ("gpkg", "fgb", "parquet")]
+    names = [f.strip() for f in format.split(",") if f.strip()]
+    bad = [f for f in names if f not in ("gpkg", "fgb", "parquet")]
+    formats = [cast(VectorFormat, f) for f in names if f not in bad]
     if bad or not formats:
         raise ConfigError(f"unknown format(s) {bad or format!r}; use gpkg, fgb and/or parquet")
     gpkgs = sorted(p for p in run_dir.glob("*.gpkg") if not p.name.startswith("."))
@@ -199,7 +201,7 @@ def export_cmd(
     dest = out if out is not None else run_dir / "export"
     for gpkg in gpkgs:
         masks = {m.stem: m for m in (run_dir / "classes.tif", run_dir / "instances.tif") if m.exists()}
-        res = export_vectors(read_vectors(gpkg), dest, scene_name=gpkg.stem, formats=formats,  # type: ignore[arg-type]
+        res = export_vectors(read_vectors(gpkg), dest, scene_name=gpkg.stem, formats=formats,
                              masks=masks, to_crs=to_crs, overwrite=overwrite)
         typer.echo(f"exported {gpkg.name}: {', '.join(str(p) for p in res.paths)}")
 

@@ -136,20 +136,23 @@ def train_command(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
     """Train a semantic model (torchgeo + Lightning) and write its weights and card."""
+    from terraseg.config import TrainConfig
     from terraseg.models.train import train_semantic
 
     if epochs is None and max_steps is None:
         raise ConfigError("give --epochs N or --max-steps N")
     more_images, more_labels = _parse_pairs(extra, "--extra")
     val_images, val_labels = _parse_pairs(val, "--val")
+    config = TrainConfig.checked({
+        "val_fraction": val_fraction, "layers": _parse_layers(layer), "bands": _parse_bands(bands),
+        "scale": scale, "epochs": epochs, "max_steps": max_steps, "steps_per_epoch": steps_per_epoch,
+        "batch_size": batch_size, "patch_px": patch_px, "lr": lr, "seed": seed, "name": name,
+        "description": description, "dtype": "float16" if fp16 else "float32", "progress": progress,
+        "command": "terraseg " + shlex.join(sys.argv[1:]),
+    })
     card = train_semantic(
-        [image, *more_images], [labels, *more_labels], out,
-        val_image=val_images or None, val_labels=val_labels or None, val_fraction=val_fraction,
-        layers=_parse_layers(layer), bands=_parse_bands(bands), scale=scale, epochs=epochs,
-        max_steps=max_steps, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
-        patch_px=patch_px, lr=lr, seed=seed, name=name, description=description,
-        dtype="float16" if fp16 else "float32", progress=progress, overwrite=overwrite,
-        command="terraseg " + shlex.join(sys.argv[1:]),
+        [image, *more_images], [labels, *more_labels], out, config,
+        val_image=val_images or None, val_labels=val_labels or None, overwrite=overwrite,
     )
     stem = out.with_suffix("") if out.suffix == ".safetensors" else out
     metrics = ", ".join(f"{k}={v:.3f}" for k, v in card.metrics.items() if "iou" in k)

@@ -14,13 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from terraseg import __version__
+from terraseg._version import __version__
 from terraseg.config import Workflow
 from terraseg.errors import ConfigError, TerrasegError
 from terraseg.io.atomic import atomic_output
-from terraseg.io.scene import open_scene
+from terraseg.io.scene import Scene, open_scene
+from terraseg.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from terraseg.engine.distributed import PredictorOptions
+    from terraseg.engine.inference import TilePredictor
 
 __all__ = ["RunSummary", "SceneSummary", "plan_workflow", "run_workflow"]
 
@@ -124,14 +129,8 @@ def run_workflow(
         A ``distributed.Client`` to use instead of the workflow's ``cluster``
         (e.g. the one a notebook already started).
     """
-    from terraseg.engine.distributed import (
-        DaskRunner,
-        PredictorOptions,
-        connect,
-        get_worker_predictor,
-    )
-    from terraseg.engine.pipeline import plan_scene
-    from terraseg.engine.resumable import local_runner, predict_scene_resumable
+    from terraseg.engine.distributed import PredictorOptions, connect, get_worker_predictor
+    from terraseg.engine.pipeline import check_bands
 
     t0 = time.perf_counter()
     root = wf.output_dir(out)
@@ -156,8 +155,6 @@ def run_workflow(
     )
     local_predictor, spec = get_worker_predictor(opts)  # validates model, card and device
     for sc in scenes:
-        from terraseg.engine.pipeline import check_bands
-
         check_bands(sc, spec)
     cluster = wf.cluster
     kwargs: dict[str, Any] = {
@@ -174,45 +171,70 @@ def run_workflow(
     with ctx as client:
         for sc in scenes:
             scene_dir = _scene_out(root, sc.path, taken)
-            summary = SceneSummary(scene=sc.path, out_dir=str(scene_dir))
-            classes_path = scene_dir / "classes.tif"
-            if "predict" in stages and not (resume and _finished(classes_path)):
-                grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
-                                  chunk_px=wf.tiling.chunk_px)
-                if client is None:
-                    runner = local_runner(sc, grid, local_predictor, spec, ramp=wf.tiling.ramp,
-                                          pad=wf.tiling.pad,
-                                          with_probs=wf.outputs.probabilities)
-                else:
-                    runner = DaskRunner(client, sc, grid, opts, ramp=wf.tiling.ramp,
-                                        pad=wf.tiling.pad, with_probs=wf.outputs.probabilities)
-                res = predict_scene_resumable(
-                    sc, spec, scene_dir, runner, tile_px=wf.tiling.tile_px,
-                    overlap_px=wf.tiling.overlap_px, chunk_px=wf.tiling.chunk_px,
-                    write_probabilities=wf.outputs.probabilities, resume=resume,
-                    overwrite=overwrite, config=config, device=str(local_predictor.device),
-                    progress=_scene_progress(progress, sc.path),
-                )
-                summary.stats = {k: res.stats[k] for k in (
-                    "tiles_run", "chunks_computed", "chunks_resumed", "seconds",
-                    "throughput_mpx_s", "chunks_skipped_nodata")}
-            elif "predict" in stages:
-                summary.stats = {"chunks_computed": 0, "chunks_resumed": "all"}
-            if classes_path.exists():
-                summary.outputs["classes"] = str(classes_path)
-            if (scene_dir / "probabilities.tif").exists():
-                summary.outputs["probabilities"] = str(scene_dir / "probabilities.tif")
-            if "vectorize" in stages or "export" in stages:
-                summary.outputs.update(_vector_stages(
-                    wf, scene_dir, Path(sc.path).stem, classes_path,
-                    export="export" in stages, resume=resume, overwrite=overwrite,
-                    run_info={"config_hash": wf.config_hash(), "model": spec.name,
-                              "seconds": summary.stats.get("seconds", {})},
-                ))
-            summaries.append(summary)
+            summaries.append(_run_scene(
+                wf, sc, scene_dir, client=client, opts=opts, local_predictor=local_predictor,
+                spec=spec, config=config, resume=resume, overwrite=overwrite, progress=progress,
+            ))
     result = RunSummary(wf.name, str(root), summaries, time.perf_counter() - t0)
     _write_summary(root, wf, result)
     return result
+
+
+def _run_scene(
+    wf: Workflow,
+    sc: Scene,
+    scene_dir: Path,
+    *,
+    client: Any,
+    opts: PredictorOptions,
+    local_predictor: TilePredictor,
+    spec: ModelSpec,
+    config: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+    progress: Callable[[str, int, int], None] | None,
+) -> SceneSummary:
+    """Run the workflow's stages on one scene into ``scene_dir``."""
+    from terraseg.engine.distributed import DaskRunner
+    from terraseg.engine.pipeline import local_runner, plan_scene, predict_scene_resumable
+
+    stages = list(wf.stages)
+    summary = SceneSummary(scene=sc.path, out_dir=str(scene_dir))
+    classes_path = scene_dir / "classes.tif"
+    if "predict" in stages and not (resume and _finished(classes_path)):
+        grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
+                          chunk_px=wf.tiling.chunk_px)
+        if client is None:
+            runner = local_runner(sc, grid, local_predictor, spec, ramp=wf.tiling.ramp,
+                                  pad=wf.tiling.pad,
+                                  with_probs=wf.outputs.probabilities)
+        else:
+            runner = DaskRunner(client, sc, grid, opts, ramp=wf.tiling.ramp,
+                                pad=wf.tiling.pad, with_probs=wf.outputs.probabilities)
+        res = predict_scene_resumable(
+            sc, spec, scene_dir, runner, tile_px=wf.tiling.tile_px,
+            overlap_px=wf.tiling.overlap_px, chunk_px=wf.tiling.chunk_px,
+            write_probabilities=wf.outputs.probabilities, resume=resume,
+            overwrite=overwrite, config=config, device=str(local_predictor.device),
+            progress=_scene_progress(progress, sc.path),
+        )
+        summary.stats = {k: res.stats[k] for k in (
+            "tiles_run", "chunks_computed", "chunks_resumed", "seconds",
+            "throughput_mpx_s", "chunks_skipped_nodata")}
+    elif "predict" in stages:
+        summary.stats = {"chunks_computed": 0, "chunks_resumed": "all"}
+    if classes_path.exists():
+        summary.outputs["classes"] = str(classes_path)
+    if (scene_dir / "probabilities.tif").exists():
+        summary.outputs["probabilities"] = str(scene_dir / "probabilities.tif")
+    if "vectorize" in stages or "export" in stages:
+        summary.outputs.update(_vector_stages(
+            wf, scene_dir, Path(sc.path).stem, classes_path,
+            export="export" in stages, resume=resume, overwrite=overwrite,
+            run_info={"config_hash": wf.config_hash(), "model": spec.name,
+                      "seconds": summary.stats.get("seconds", {})},
+        ))
+    return summary
 
 
 def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:
@@ -245,9 +267,7 @@ def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:
         if cfg.labels is None:
             raise ConfigError("train.labels is required unless train.image is 'synthetic'")
         images, labels = [Path(wf.resolve(cfg.image))], [Path(wf.resolve(cfg.labels))]
-    card = train_semantic(images, labels, out, max_steps=cfg.max_steps,
-                          batch_size=cfg.batch_size, patch_px=cfg.patch_px, seed=cfg.seed,
-                          name=out.name, **kw)
+    card = train_semantic(images, labels, out, cfg, name=cfg.name or out.name, **kw)
     weights = out.with_suffix(".safetensors") if out.suffix != ".safetensors" else out
     return SceneSummary(scene=str(cfg.image), out_dir=str(out.parent),
                         outputs={"weights": str(weights)}, stats=dict(card.metrics))

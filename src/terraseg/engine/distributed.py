@@ -132,7 +132,7 @@ class DaskRunner:
     def __call__(self, chunks: Sequence[Chunk]) -> Iterator[Any]:
         from distributed import as_completed
 
-        from terraseg.engine.resumable import ChunkFailure
+        from terraseg.engine.pipeline import ChunkFailure
 
         if not chunks:
             return

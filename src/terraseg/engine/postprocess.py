@@ -20,13 +20,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import geopandas as gpd
 import numpy as np
 from scipy import ndimage
 
 from terraseg.core.grid import ChunkGrid, PixelWindow
+from terraseg.export.layers import SomeCRS
+from terraseg.export.writers import ExportResult, export_run
 from terraseg.instances import InstanceMerger, InstanceTable
 from terraseg.io.raster_sink import RasterSink, read_class_names
 from terraseg.io.scene import Scene, open_scene
@@ -212,12 +214,11 @@ def export_vectors(
     scene_name: str,
     formats: Sequence[Literal["gpkg", "fgb", "parquet"]] = ("gpkg",),
     masks: Mapping[str, str | os.PathLike[str]] | None = None,
-    run_info: Mapping[str, Any] | None = None,
-    to_crs: str | None = None,
+    run_info: Mapping[str, object] | None = None,
+    to_crs: SomeCRS | None = None,
     overwrite: bool = False,
-) -> Any:
+) -> ExportResult:
     """Write the vector layers (and a QGIS project over them and the masks)."""
-    from terraseg.export.writers import export_run
 
     return export_run(
         dict(layers), out_dir, scene_name=scene_name, formats=tuple(formats),
@@ -249,7 +250,7 @@ class SceneVectors:
 
     n_instances: int | None
     layers: VectorLayers
-    export: Any
+    export: ExportResult
 
 
 def vectorize_scene(
@@ -262,8 +263,8 @@ def vectorize_scene(
     label: bool = True,
     probabilities_path: str | os.PathLike[str] | None = None,
     formats: Sequence[Literal["gpkg", "fgb", "parquet"]] = ("gpkg",),
-    to_crs: str | None = None,
-    run_info: Mapping[str, Any] | None = None,
+    to_crs: SomeCRS | None = None,
+    run_info: Mapping[str, object] | None = None,
     overwrite: bool = False,
 ) -> SceneVectors:
     """The whole post-prediction chain of one scene: instances, vectors, export.

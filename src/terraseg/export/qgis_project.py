@@ -26,16 +26,9 @@ import pyproj
 import rasterio
 from rasterio.enums import Resampling
 
-from terraseg.export.qgis_styles import (
-    BUILDING_RGB,
-    QGIS_XML_VERSION,
-    QML_DOCTYPE,
-    RGBA,
-    GeometryKind,
-    VectorStyle,
-    hex_rgb,
-    num,
-)
+from terraseg.export.qgis_renderers import QGIS_XML_VERSION, QML_DOCTYPE, RGBA, GeometryKind, num
+from terraseg.export.qgis_styles import BUILDING_RGB, VectorStyle
+from terraseg.export.sld import hex_rgb
 from terraseg.io.raster_sink import read_class_names
 from terraseg.models.spec import DEFAULT_CLASSES
 

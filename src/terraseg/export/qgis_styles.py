@@ -8,9 +8,10 @@ same description gives
 * the ``styleQML``/``styleSLD`` of a GeoPackage ``layer_styles`` row, and
 * the renderer inside a ``<maplayer>`` of a QGIS project.
 
-Symbol layers carry both the ``<Option type="Map">`` form (QGIS >= 3.16 reads
-it) and the older ``<prop k= v=>`` form (QGIS < 3.16), as QGIS 3.22 writes them.
-Sizes are millimetres on the map (``MM`` units).
+This module holds :class:`VectorStyle`, the styles terraseg gives its layers
+(:func:`default_vector_style`) and the ``layer_styles`` table; symbols,
+renderers and their QML live in :mod:`terraseg.export.qgis_renderers`, the SLD
+encoding in :mod:`terraseg.export.sld` (both re-exported here).
 """
 
 from __future__ import annotations
@@ -23,40 +24,59 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
 
 from terraseg.errors import ExportError
+from terraseg.export.qgis_renderers import (
+    QGIS_XML_VERSION,
+    QML_DOCTYPE,
+    RGBA,
+    CategorizedRenderer,
+    Category,
+    GeometryKind,
+    GraduatedRenderer,
+    Range,
+    Renderer,
+    SingleRenderer,
+    Symbol,
+    num,
+    renderer_xml,
+    serialise_xml,
+    symbol_xml,
+    text_element,
+)
+from terraseg.export.sld import hex_rgb, sld_document
 from terraseg.models.spec import DEFAULT_CLASSES
 
 __all__ = [
     "QGIS_XML_VERSION",
+    "QML_DOCTYPE",
+    "RGBA",
     "Category",
     "CategorizedRenderer",
     "GeometryKind",
     "GraduatedRenderer",
     "Range",
     "Renderer",
+    "SQLiteValue",
     "SingleRenderer",
     "Symbol",
     "VectorStyle",
     "default_vector_style",
+    "hex_rgb",
+    "num",
     "read_layer_styles",
+    "symbol_xml",
     "write_layer_styles",
 ]
 
-#: Version stamped on QML and project files: the oldest QGIS whose format we write.
-QGIS_XML_VERSION = "3.22.0-Białowieża"
-QML_DOCTYPE = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>"
-
-RGBA: TypeAlias = tuple[int, int, int, int]
-GeometryKind: TypeAlias = Literal["point", "line", "polygon"]
-_SYMBOL_TYPE: dict[GeometryKind, str] = {"point": "marker", "line": "line", "polygon": "fill"}
+#: A value SQLite returns: TEXT, INTEGER, REAL, BLOB or NULL.
+SQLiteValue: TypeAlias = str | int | float | bytes | None
 #: QgsWkbTypes::GeometryType as QML ``layerGeometryType``.
 GEOMETRY_TYPE_CODE: dict[GeometryKind, int] = {"point": 0, "line": 1, "polygon": 2}
-_MM_TO_PX = 1 / 0.28  # SLD pixels are 0.28 mm (OGC standardized rendering pixel)
 
 _CLASS_COLOURS = {c.name: c.color for c in DEFAULT_CLASSES}
 BUILDING_RGB: tuple[int, int, int] = _CLASS_COLOURS.get("building", (230, 57, 70))
@@ -74,84 +94,6 @@ DEGREE_CATEGORIES: tuple[tuple[int, str, tuple[int, int, int]], ...] = (
 
 
 # ----------------------------------------------------------------- description
-
-
-@dataclass(frozen=True, slots=True)
-class Symbol:
-    """One simple symbol: a fill, a line or a circle marker.
-
-    Attributes
-    ----------
-    kind
-        ``"polygon"`` (SimpleFill), ``"line"`` (SimpleLine) or ``"point"``
-        (SimpleMarker, a circle).
-    color
-        RGBA fill colour (polygon, point) or line colour (line).
-    stroke
-        RGBA outline colour (polygon, point); ignored for lines.
-    width_mm
-        Outline width (polygon, point) or line width (line), millimetres.
-    size_mm
-        Marker diameter, millimetres (points only).
-    filled
-        ``False`` draws a polygon's outline only (``style="no"`` brush).
-    """
-
-    kind: GeometryKind
-    color: RGBA
-    stroke: RGBA = (35, 35, 35, 255)
-    width_mm: float = 0.26
-    size_mm: float = 2.0
-    filled: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class SingleRenderer:
-    """Every feature drawn with one symbol (QGIS ``singleSymbol``)."""
-
-    symbol: Symbol
-    type: Literal["singleSymbol"] = "singleSymbol"
-
-
-@dataclass(frozen=True, slots=True)
-class Range:
-    """One class of a graduated renderer: ``lower <= value <= upper``."""
-
-    lower: float
-    upper: float
-    label: str
-    symbol: Symbol
-
-
-@dataclass(frozen=True, slots=True)
-class GraduatedRenderer:
-    """Features classed by ranges of a numeric attribute (QGIS ``graduatedSymbol``)."""
-
-    attr: str
-    ranges: tuple[Range, ...]
-    method: Literal["GraduatedColor", "GraduatedSize"] = "GraduatedColor"
-    type: Literal["graduatedSymbol"] = "graduatedSymbol"
-
-
-@dataclass(frozen=True, slots=True)
-class Category:
-    """One class of a categorized renderer; ``value=None`` is "all other values"."""
-
-    value: int | str | None
-    label: str
-    symbol: Symbol
-
-
-@dataclass(frozen=True, slots=True)
-class CategorizedRenderer:
-    """Features classed by the value of an attribute (QGIS ``categorizedSymbol``)."""
-
-    attr: str
-    categories: tuple[Category, ...]
-    type: Literal["categorizedSymbol"] = "categorizedSymbol"
-
-
-Renderer: TypeAlias = SingleRenderer | GraduatedRenderer | CategorizedRenderer
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +128,11 @@ class VectorStyle:
     def qml_elements(self) -> list[ET.Element]:
         """The children of ``<qgis>`` (QML) or ``<maplayer>`` (project) for this style."""
         return [
-            _renderer_xml(self.renderer),
-            _text("blendMode", "0"),
-            _text("featureBlendMode", "0"),
-            _text("layerOpacity", "1"),
-            _text("layerGeometryType", str(GEOMETRY_TYPE_CODE[self.geometry])),
+            renderer_xml(self.renderer),
+            text_element("blendMode", "0"),
+            text_element("featureBlendMode", "0"),
+            text_element("layerOpacity", "1"),
+            text_element("layerGeometryType", str(GEOMETRY_TYPE_CODE[self.geometry])),
         ]
 
     def to_qml(self) -> str:
@@ -199,11 +141,11 @@ class VectorStyle:
             "qgis", version=QGIS_XML_VERSION, styleCategories="Symbology", labelsEnabled="0"
         )
         root.extend(self.qml_elements())
-        return _serialise(root, doctype=QML_DOCTYPE)
+        return serialise_xml(root, doctype=QML_DOCTYPE)
 
     def to_sld(self) -> str:
         """The style as an OGC SLD 1.1 document (Symbology Encoding rules)."""
-        return _sld_document(self)
+        return sld_document(self.layer, self.renderer)
 
 
 # ----------------------------------------------------------------- choosing styles
@@ -389,264 +331,6 @@ def _shade(rgb: Sequence[int], factor: float) -> tuple[int, int, int]:
     return _mix((0, 0, 0), rgb, factor)
 
 
-# ----------------------------------------------------------------- QML
-
-
-def _text(tag: str, text: str, **attrib: str) -> ET.Element:
-    el = ET.Element(tag, attrib)
-    el.text = text
-    return el
-
-
-def _rgba(c: Sequence[int]) -> str:
-    return ",".join(str(int(v)) for v in c)
-
-
-def num(x: float) -> str:
-    """Compact decimal for XML attributes (no exponent for ordinary values)."""
-    return f"{x:.15g}"
-
-
-def _symbol_props(s: Symbol) -> dict[str, str]:
-    common = {"offset": "0,0", "offset_map_unit_scale": "3x:0,0,0,0,0,0", "offset_unit": "MM"}
-    if s.kind == "polygon":
-        return {
-            **common,
-            "border_width_map_unit_scale": "3x:0,0,0,0,0,0",
-            "color": _rgba(s.color),
-            "joinstyle": "bevel",
-            "outline_color": _rgba(s.stroke),
-            "outline_style": "solid",
-            "outline_width": num(s.width_mm),
-            "outline_width_unit": "MM",
-            "style": "solid" if s.filled else "no",
-        }
-    if s.kind == "line":
-        return {
-            **common,
-            "capstyle": "round",
-            "customdash": "5;2",
-            "customdash_unit": "MM",
-            "draw_inside_polygon": "0",
-            "joinstyle": "round",
-            "line_color": _rgba(s.color),
-            "line_style": "solid",
-            "line_width": num(s.width_mm),
-            "line_width_unit": "MM",
-            "use_custom_dash": "0",
-        }
-    return {
-        **common,
-        "angle": "0",
-        "color": _rgba(s.color),
-        "horizontal_anchor_point": "1",
-        "joinstyle": "bevel",
-        "name": "circle",
-        "outline_color": _rgba(s.stroke),
-        "outline_style": "solid",
-        "outline_width": num(s.width_mm),
-        "outline_width_unit": "MM",
-        "scale_method": "diameter",
-        "size": num(s.size_mm),
-        "size_unit": "MM",
-        "vertical_anchor_point": "1",
-    }
-
-
-_LAYER_CLASS = {"polygon": "SimpleFill", "line": "SimpleLine", "point": "SimpleMarker"}
-
-
-def symbol_xml(s: Symbol, name: str) -> ET.Element:
-    """``<symbol>`` element of a one-layer QGIS symbol."""
-    el = ET.Element(
-        "symbol",
-        type=_SYMBOL_TYPE[s.kind],
-        name=name,
-        alpha="1",
-        clip_to_extent="1",
-        force_rhr="0",
-    )
-    layer = ET.SubElement(el, "layer", {"class": _LAYER_CLASS[s.kind]}, enabled="1", locked="0")
-    layer.set("pass", "0")
-    props = _symbol_props(s)
-    option = ET.SubElement(layer, "Option", type="Map")
-    for k, v in props.items():
-        ET.SubElement(option, "Option", type="QString", name=k, value=v)
-    for k, v in props.items():
-        ET.SubElement(layer, "prop", k=k, v=v)
-    return el
-
-
-def _renderer_xml(r: Renderer) -> ET.Element:
-    el = ET.Element(
-        "renderer-v2",
-        type=r.type,
-        symbollevels="0",
-        forceraster="0",
-        enableorderby="0",
-        referencescale="-1",
-    )
-    symbols = ET.Element("symbols")
-    if isinstance(r, SingleRenderer):
-        symbols.append(symbol_xml(r.symbol, "0"))
-        el.append(symbols)
-    elif isinstance(r, GraduatedRenderer):
-        el.set("attr", r.attr)
-        el.set("graduatedMethod", r.method)
-        ranges = ET.SubElement(el, "ranges")
-        for i, rng in enumerate(r.ranges):
-            ET.SubElement(
-                ranges,
-                "range",
-                symbol=str(i),
-                lower=num(rng.lower),
-                upper=num(rng.upper),
-                label=rng.label,
-                render="true",
-            )
-            symbols.append(symbol_xml(rng.symbol, str(i)))
-        el.append(symbols)
-        ET.SubElement(el, "classificationMethod", id="Fixed").append(
-            _text("symmetricMode", "", enabled="0", symmetrypoint="0", astride="0")
-        )
-        ET.SubElement(el, "rotation")
-        ET.SubElement(el, "sizescale")
-    else:
-        el.set("attr", r.attr)
-        cats = ET.SubElement(el, "categories")
-        for i, cat in enumerate(r.categories):
-            value = "" if cat.value is None else str(cat.value)
-            ET.SubElement(
-                cats, "category", symbol=str(i), value=value, label=cat.label, render="true"
-            )
-            symbols.append(symbol_xml(cat.symbol, str(i)))
-        el.append(symbols)
-        ET.SubElement(el, "rotation")
-        ET.SubElement(el, "sizescale")
-    return el
-
-
-def _serialise(root: ET.Element, *, doctype: str | None = None) -> str:
-    ET.indent(root, space=" ")
-    body = ET.tostring(root, encoding="unicode")
-    return f"{doctype}\n{body}\n" if doctype else f"{body}\n"
-
-
-# ----------------------------------------------------------------- SLD
-
-_SLD_NS = {
-    "xmlns": "http://www.opengis.net/sld",
-    "xmlns:ogc": "http://www.opengis.net/ogc",
-    "xmlns:se": "http://www.opengis.net/se",
-    "xmlns:xlink": "http://www.w3.org/1999/xlink",
-    "xmlns:xsi": "http://www.w3.org/2001/XMLSchema-instance",
-    "xsi:schemaLocation": "http://www.opengis.net/sld "
-    "http://schemas.opengis.net/sld/1.1.0/StyledLayerDescriptor.xsd",
-    "version": "1.1.0",
-}
-
-
-def hex_rgb(c: Sequence[int]) -> str:
-    """``#rrggbb`` of an RGB(A) colour."""
-    return "#{:02x}{:02x}{:02x}".format(*c[:3])
-
-
-def _px(mm: float) -> str:
-    return num(round(mm * _MM_TO_PX, 3))
-
-
-def _param(parent: ET.Element, name: str, value: str) -> None:
-    ET.SubElement(parent, "se:SvgParameter", name=name).text = value
-
-
-def _stroke(parent: ET.Element, color: Sequence[int], width_mm: float) -> None:
-    stroke = ET.SubElement(parent, "se:Stroke")
-    _param(stroke, "stroke", hex_rgb(color))
-    if color[3] < 255:
-        _param(stroke, "stroke-opacity", num(round(color[3] / 255, 3)))
-    _param(stroke, "stroke-width", _px(width_mm))
-    _param(stroke, "stroke-linejoin", "bevel")
-
-
-def _sld_symbolizer(s: Symbol) -> ET.Element:
-    if s.kind == "polygon":
-        el = ET.Element("se:PolygonSymbolizer")
-        if s.filled:
-            fill = ET.SubElement(el, "se:Fill")
-            _param(fill, "fill", hex_rgb(s.color))
-            if s.color[3] < 255:
-                _param(fill, "fill-opacity", num(round(s.color[3] / 255, 3)))
-        _stroke(el, s.stroke, s.width_mm)
-        return el
-    if s.kind == "line":
-        el = ET.Element("se:LineSymbolizer")
-        _stroke(el, s.color, s.width_mm)
-        return el
-    el = ET.Element("se:PointSymbolizer")
-    graphic = ET.SubElement(el, "se:Graphic")
-    mark = ET.SubElement(graphic, "se:Mark")
-    ET.SubElement(mark, "se:WellKnownName").text = "circle"
-    fill = ET.SubElement(mark, "se:Fill")
-    _param(fill, "fill", hex_rgb(s.color))
-    _stroke(mark, s.stroke, s.width_mm)
-    ET.SubElement(graphic, "se:Size").text = _px(s.size_mm)
-    return el
-
-
-def _ogc_compare(op: str, attr: str, value: float | int | str) -> ET.Element:
-    el = ET.Element(f"ogc:{op}")
-    ET.SubElement(el, "ogc:PropertyName").text = attr
-    ET.SubElement(el, "ogc:Literal").text = str(value)
-    return el
-
-
-def _sld_rule(name: str, symbol: Symbol, flt: ET.Element | None) -> ET.Element:
-    rule = ET.Element("se:Rule")
-    ET.SubElement(rule, "se:Name").text = name
-    ET.SubElement(ET.SubElement(rule, "se:Description"), "se:Title").text = name
-    if flt is not None:
-        ET.SubElement(rule, "ogc:Filter", {"xmlns:ogc": "http://www.opengis.net/ogc"}).append(flt)
-    rule.append(_sld_symbolizer(symbol))
-    return rule
-
-
-def _sld_rules(r: Renderer) -> list[ET.Element]:
-    if isinstance(r, SingleRenderer):
-        return [_sld_rule("Single symbol", r.symbol, None)]
-    if isinstance(r, GraduatedRenderer):
-        rules = []
-        for i, rng in enumerate(r.ranges):
-            both = ET.Element("ogc:And")
-            lower_op = "PropertyIsGreaterThanOrEqualTo" if i == 0 else "PropertyIsGreaterThan"
-            both.append(_ogc_compare(lower_op, r.attr, num(rng.lower)))
-            both.append(_ogc_compare("PropertyIsLessThanOrEqualTo", r.attr, num(rng.upper)))
-            rules.append(_sld_rule(rng.label, rng.symbol, both))
-        return rules
-    rules = []
-    known = [c.value for c in r.categories if c.value is not None]
-    for cat in r.categories:
-        if cat.value is not None:
-            flt = _ogc_compare("PropertyIsEqualTo", r.attr, cat.value)
-        else:
-            flt = ET.Element("ogc:Not")
-            anyof = ET.SubElement(flt, "ogc:Or") if len(known) > 1 else flt
-            for v in known:
-                anyof.append(_ogc_compare("PropertyIsEqualTo", r.attr, v))
-        rules.append(_sld_rule(cat.label, cat.symbol, flt))
-    return rules
-
-
-def _sld_document(style: VectorStyle) -> str:
-    root = ET.Element("StyledLayerDescriptor", _SLD_NS)
-    layer = ET.SubElement(root, "NamedLayer")
-    ET.SubElement(layer, "se:Name").text = style.layer
-    user = ET.SubElement(layer, "UserStyle")
-    ET.SubElement(user, "se:Name").text = style.layer
-    fts = ET.SubElement(user, "se:FeatureTypeStyle")
-    fts.extend(_sld_rules(style.renderer))
-    return _serialise(root, doctype='<?xml version="1.0" encoding="UTF-8"?>')
-
-
 # ----------------------------------------------------------------- GeoPackage layer_styles
 
 _LAYER_STYLES_DDL = (
@@ -756,7 +440,7 @@ def write_layer_styles(gpkg: str | os.PathLike[str], styles: Mapping[str, Vector
         ) from exc
 
 
-def read_layer_styles(gpkg: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_layer_styles(gpkg: str | os.PathLike[str]) -> list[dict[str, SQLiteValue]]:
     """The rows of ``gpkg``'s ``layer_styles`` table (``[]`` when there is none)."""
     with _sqlite(Path(gpkg)) as conn:
         conn.row_factory = sqlite3.Row

@@ -366,7 +366,24 @@ def merge_tile_detections(
     cands = _candidates(detections, lattice, (rows, cols), score_thresh=score_thresh,
                         mask_thresh=mask_thresh, min_px=max(1, min_px))
     cands.sort(key=lambda c: c.order)
-    index = _GridHash(lattice.stride_px)
+    kept = _merge_ranked(cands, lattice.stride_px, (rows, cols), iou_thresh, ios_thresh)
+    return _numbered([k.inst for k in kept if k is not None])
+
+
+def _merge_ranked(
+    cands: list[_Candidate],
+    cell_px: int,
+    shape: tuple[int, int],
+    iou_thresh: float,
+    ios_thresh: float,
+) -> list[_Candidate | None]:
+    """Visit ranked candidates, keeping, dropping or absorbing each (see the merge above).
+
+    Returns the kept candidates by first-kept position; ``None`` where one was later
+    absorbed into another. Only candidates sharing a grid-hash cell of ``cell_px`` are
+    compared.
+    """
+    index = _GridHash(cell_px)
     kept: list[_Candidate | None] = []
     for cand in cands:
         matches = [
@@ -386,12 +403,16 @@ def merge_tile_detections(
         target = _kept(kept, matches[0])
         old = target.inst.window
         for i in matches[1:]:
-            _absorb(target, _kept(kept, i), (rows, cols))
+            _absorb(target, _kept(kept, i), shape)
             index.remove(i, _kept(kept, i).inst.window)
             kept[i] = None
-        _absorb(target, cand, (rows, cols))
+        _absorb(target, cand, shape)
         index.add(matches[0], target.inst.window, skip=old)
-    result = [k.inst for k in kept if k is not None]
+    return kept
+
+
+def _numbered(result: list[Instance]) -> list[Instance]:
+    """``result`` sorted by window (row, then col) and numbered ``1..N`` in that order."""
     result.sort(key=lambda i: (i.window.row_off, i.window.col_off, i.window.height,
                                i.window.width, i.tile_id, -i.score))
     for n, inst in enumerate(result, start=1):

@@ -102,7 +102,40 @@ def instances_from_boundary(
             min_seed_px=min_seed_px,
             min_instance_px=min_instance_px,
         )
-    arr = np.asarray(probs_or_labels)
+    building, interior, relief = _masks(
+        np.asarray(probs_or_labels),
+        interior_class=interior_class,
+        edge_class=edge_class,
+        seed_thresh=seed_thresh,
+        building_thresh=building_thresh,
+        landscape=landscape,
+    )
+    seeds, n_seeds = _seeds(interior, min_seed_px)
+    levels = _levels(seeds, relief)
+    flooded: NDArray[np.integer[Any]] = watershed(  # type: ignore[no-untyped-call]
+        levels, markers=seeds, mask=building, connectivity=1
+    )
+    out: NDArray[np.uint32] = flooded.astype(np.uint32)
+    n = _label_unseeded(out, building, n_seeds) if keep_unseeded else n_seeds
+    if min_instance_px > 1 and n:
+        out = _drop_small(out, n, min_instance_px)
+    return out
+
+
+def _masks(
+    arr: NDArray[Any],
+    *,
+    interior_class: int,
+    edge_class: int,
+    seed_thresh: float,
+    building_thresh: float,
+    landscape: Landscape,
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.floating[Any]] | None]:
+    """``(building, seed interior, relief)`` of labels or probabilities.
+
+    ``relief`` is the edge probability for ``landscape="edge"`` and probabilities,
+    else ``None`` (flood by distance to the seeds).
+    """
     relief: NDArray[np.floating[Any]] | None
     if arr.ndim == 2:
         if not np.issubdtype(arr.dtype, np.integer):
@@ -138,6 +171,11 @@ def instances_from_boundary(
             f"expected (K, h, w) probabilities or (h, w) labels, got shape {arr.shape}",
             shape=arr.shape,
         )
+    return building, interior, relief
+
+
+def _seeds(interior: NDArray[np.bool_], min_seed_px: int) -> tuple[NDArray[np.int32], int]:
+    """4-connected components of ``interior`` with at least ``min_seed_px`` pixels, ``1..n``."""
     seeds, n_seeds = ndi.label(interior, structure=_FOUR)
     if n_seeds and min_seed_px > 1:
         sizes = np.bincount(seeds.ravel(), minlength=n_seeds + 1)
@@ -147,26 +185,28 @@ def instances_from_boundary(
         lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
         seeds = lut[seeds]
         n_seeds = int(keep.sum())
-    levels = _levels(seeds, relief)
-    flooded: NDArray[np.integer[Any]] = watershed(  # type: ignore[no-untyped-call]
-        levels, markers=seeds, mask=building, connectivity=1
-    )
-    out: NDArray[np.uint32] = flooded.astype(np.uint32)
-    n = n_seeds
-    if keep_unseeded:
-        rest = building & (out == 0)
-        if rest.any():
-            extra, n_extra = ndi.label(rest, structure=_FOUR)
-            out[rest] = extra[rest].astype(np.uint32) + np.uint32(n)
-            n += n_extra
-    if min_instance_px > 1 and n:
-        sizes = np.bincount(out.ravel(), minlength=n + 1)
-        keep = sizes >= min_instance_px
-        keep[0] = False
-        lut32 = np.zeros(n + 1, np.uint32)
-        lut32[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-        out = lut32[out]
-    return out
+    return seeds, n_seeds
+
+
+def _label_unseeded(out: NDArray[np.uint32], building: NDArray[np.bool_], n: int) -> int:
+    """Number the building components no seed reached ``n + 1, ...`` in ``out``; the new count."""
+    rest = building & (out == 0)
+    if rest.any():
+        extra, n_extra = ndi.label(rest, structure=_FOUR)
+        out[rest] = extra[rest].astype(np.uint32) + np.uint32(n)
+        n += n_extra
+    return n
+
+
+def _drop_small(out: NDArray[np.uint32], n: int, min_px: int) -> NDArray[np.uint32]:
+    """``out`` (labels ``1..n``) without instances under ``min_px`` pixels, renumbered."""
+    sizes = np.bincount(out.ravel(), minlength=n + 1)
+    keep = sizes >= min_px
+    keep[0] = False
+    lut32 = np.zeros(n + 1, np.uint32)
+    lut32[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    relabelled: NDArray[np.uint32] = lut32[out]
+    return relabelled
 
 
 def _levels(

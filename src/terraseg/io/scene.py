@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
@@ -27,81 +25,40 @@ import rasterio.windows
 from affine import Affine
 from rasterio.coords import BoundingBox
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import CRSError as RioCRSError
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.transform import array_bounds
 from rasterio.windows import Window
 
 from terraseg.core.grid import PixelWindow
 from terraseg.errors import BandError, CRSError, GridError, SceneReadError
+from terraseg.io.georef import SomeCRS, check_georeferencing, gsd_xy_m, norm_crs
+from terraseg.io.handles import (
+    FILE_FIX,
+    HANDLES,
+    clear_handle_cache,
+    failure_reason,
+    valid_mask,
+)
 
 if TYPE_CHECKING:
     import xarray
+    from matplotlib.axes import Axes
+    from rasterio.io import DatasetReader
+
 
 __all__ = [
     "Scene",
+    "SomeCRS",
     "clear_handle_cache",
     "open_scene",
 ]
 
-SomeCRS: TypeAlias = str | int | CRS
 PadMode: TypeAlias = Literal["reflect", "nodata"]
-NormalizeMethod: TypeAlias = Literal["meanstd", "minmax", "percentile", "scale"]
-_FIX = "check the path or re-download/repair the file"
-
-
-# --------------------------------------------------------------------------- handles
-
-
-class _HandleCache:
-    """Per-thread LRU of open rasterio datasets, keyed by ``(path, mtime_ns)``.
-
-    Each thread gets its own handles (a GDAL dataset is not thread-safe), and a
-    forked child never reuses its parent's handles.
-    """
-
-    def __init__(self, maxsize: int = 8) -> None:
-        self.maxsize = maxsize
-        self._local = threading.local()
-
-    def _handles(self) -> OrderedDict[tuple[str, int | None], Any]:
-        pid = os.getpid()
-        if getattr(self._local, "pid", None) != pid:
-            self._local.pid = pid
-            self._local.handles = OrderedDict()
-        handles: OrderedDict[tuple[str, int | None], Any] = self._local.handles
-        return handles
-
-    def get(self, key: tuple[str, int | None]) -> Any:
-        handles = self._handles()
-        ds = handles.pop(key, None)
-        if ds is None or ds.closed:
-            ds = rasterio.open(key[0])
-        handles[key] = ds
-        while len(handles) > self.maxsize:
-            _, old = handles.popitem(last=False)
-            old.close()
-        return ds
-
-    def discard(self, key: tuple[str, int | None]) -> None:
-        ds = self._handles().pop(key, None)
-        if ds is not None:
-            ds.close()
-
-    def clear(self) -> None:
-        handles = self._handles()
-        while handles:
-            handles.popitem()[1].close()
-
-
-_HANDLES = _HandleCache()
-
-
-def clear_handle_cache() -> None:
-    """Close the raster handles that the calling thread keeps open."""
-    _HANDLES.clear()
-
+RioChunks: TypeAlias = int | tuple[int, ...] | dict[str, Any] | None
+"""Dask chunks as :func:`rioxarray.open_rasterio` takes them."""
+XarrayChunks: TypeAlias = Literal["blocks"] | RioChunks
+"""``chunks`` of :meth:`Scene.to_xarray`: ``"blocks"`` or what rioxarray accepts."""
 
 # --------------------------------------------------------------------------- scene
 
@@ -200,7 +157,7 @@ class Scene:
             f"nodata={self.nodata}, alpha={self.alpha_band})"
         )
 
-    def __dask_tokenize__(self) -> tuple[Any, ...]:
+    def __dask_tokenize__(self) -> tuple[object, ...]:
         return ("terraseg.Scene", self.path, self.mtime_ns, self.crs.to_wkt(), self.transform)
 
     # ----------------------------------------------------------------- reads
@@ -225,7 +182,6 @@ class Scene:
             )
         return selected
 
-
     def read_decimated(
         self, bands: Sequence[int] | None, out_shape: tuple[int, int], *, purpose: str = "a preview"
     ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
@@ -238,18 +194,20 @@ class Scene:
         """
         unique = list(dict.fromkeys(self.check_bands(bands)))
         try:
-            ds = _HANDLES.get(self._key())
+            ds = HANDLES.get(self._key())
             data = ds.read(
                 indexes=unique, out_shape=(len(unique), *out_shape), resampling=Resampling.nearest
             )
-            valid = _valid_mask(ds, unique, data, out_shape=out_shape)
+            valid = valid_mask(ds, unique, data, out_shape=out_shape)
         except (RasterioError, OSError) as exc:
-            _HANDLES.discard(self._key())
+            HANDLES.discard(self._key())
             raise SceneReadError(
-                f"cannot read scene '{self.path}' for {purpose}: {_reason(exc)}; {_FIX}",
+                f"cannot read scene '{self.path}' for {purpose}: {failure_reason(exc)}; "
+                f"{FILE_FIX}",
                 path=self.path,
             ) from exc
         return data, valid
+
     def read_window(
         self,
         window: PixelWindow,
@@ -339,18 +297,19 @@ class Scene:
             if src_r.size and src_c.size:
                 r0, r1 = int(src_r.min()), int(src_r.max()) + 1
                 c0, c1 = int(src_c.min()), int(src_c.max()) + 1
-                ds = _HANDLES.get(self._key())
+                ds = HANDLES.get(self._key())
                 win = Window(c0, r0, c1 - c0, r1 - r0)
                 block = ds.read(indexes=unique, window=win)
-                valid = _valid_mask(ds, unique, block, window=win) if with_mask else None
+                valid = valid_mask(ds, unique, block, window=win) if with_mask else None
             else:
                 r0 = c0 = 0
                 block = np.empty((len(unique), 0, 0), dtype=self.dtype)
                 valid = np.empty((0, 0), dtype=bool)
         except (RasterioError, OSError) as exc:
-            _HANDLES.discard(self._key())
+            HANDLES.discard(self._key())
             raise SceneReadError(
-                f"cannot read window {window} of scene '{self.path}': {_reason(exc)}; {_FIX}",
+                f"cannot read window {window} of scene '{self.path}': {failure_reason(exc)}; "
+                f"{FILE_FIX}",
                 path=self.path,
                 window=window,
             ) from exc
@@ -378,8 +337,8 @@ class Scene:
         bands: Sequence[int] | None = None,
         max_px: int = 1024,
         percentiles: tuple[float, float] = (2.0, 98.0),
-        ax: Any = None,
-    ) -> Any:
+        ax: Axes | None = None,
+    ) -> Axes:
         """Quick-look plot (matplotlib) from a decimated read with a percentile stretch.
 
         Reads at most ``max_px`` pixels along the longer side (overviews when
@@ -388,9 +347,13 @@ class Scene:
         """
         from terraseg.io.quicklook import plot_scene
 
-        return plot_scene(self, bands=bands, max_px=max_px, percentiles=percentiles, ax=ax)
+        return cast(
+            "Axes", plot_scene(self, bands=bands, max_px=max_px, percentiles=percentiles, ax=ax)
+        )
 
-    def to_xarray(self, chunks: Any = "blocks", *, target_px: int = 2048) -> xarray.DataArray:
+    def to_xarray(
+        self, chunks: XarrayChunks = "blocks", *, target_px: int = 2048
+    ) -> xarray.DataArray:
         """Open the scene as a lazy ``xarray.DataArray`` ``(band, y, x)`` backed by dask.
 
         Parameters
@@ -444,103 +407,7 @@ def _reflect_index(idx: npt.NDArray[np.intp], n: int) -> npt.NDArray[np.intp]:
     return np.where(m >= n, period - m, m)
 
 
-def _valid_mask(
-    ds: Any,
-    bands: Sequence[int],
-    data: npt.NDArray[Any],
-    *,
-    window: Window | None = None,
-    out_shape: tuple[int, int] | None = None,
-) -> npt.NDArray[np.bool_]:
-    """Validity ``(y, x)`` of ``data`` (read from ``bands`` of ``ds``, same window/shape)."""
-    valid = np.ones(data.shape[1:], dtype=bool)
-    kw: dict[str, Any] = {"window": window}
-    if out_shape is not None:
-        kw["out_shape"] = out_shape
-        kw["resampling"] = Resampling.nearest
-    flags = ds.mask_flag_enums
-    per_dataset = [i + 1 for i, f in enumerate(flags) if MaskFlags.per_dataset in f]
-    if per_dataset:  # alpha band or .msk: one mask for the whole dataset
-        valid &= ds.read_masks(per_dataset[0], **kw) > 0
-    nodata = ds.nodata
-    if nodata is not None and not np.isnan(nodata) and len(bands):
-        # GDAL's dataset-mask rule: a pixel is nodata only where ALL bands hold the
-        # nodata value; a dark pixel with one band at 0 is still data.
-        nd = np.asarray(nodata).astype(data.dtype)
-        valid &= (data[: len(bands)] != nd).any(axis=0)
-    for j, band in enumerate(bands):
-        band_flags = flags[band - 1]
-        if np.issubdtype(data.dtype, np.floating):
-            valid &= ~np.isnan(data[j])
-        if not ({MaskFlags.all_valid, MaskFlags.per_dataset, MaskFlags.nodata} & set(band_flags)):
-            valid &= ds.read_masks(band, **kw) > 0  # a per-band mask
-    return valid
-
-
 # --------------------------------------------------------------------------- open
-
-
-def _reason(exc: BaseException) -> str:
-    """A short reason for a GDAL/rasterio failure."""
-    text = str(exc)
-    cause = exc.__cause__ or exc.__context__
-    if "See previous exception" in text and cause is not None:
-        text = str(cause)
-    low = text.lower()
-    if "no such file" in low or "does not exist" in low:
-        return "file not found"
-    if "not recognized as" in low or "not a supported file format" in low:
-        return "not a raster (GDAL does not recognise the format)"
-    if "invalid dataset dimensions" in low:
-        return "the raster has zero size"
-    if "ireadblock failed" in low or "tiffread" in low or "read error" in low:
-        return f"the file is truncated or corrupt ({text.strip().splitlines()[0]})"
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-
-
-def _norm_crs(crs: SomeCRS) -> CRS:
-    """Convert ``"EPSG:32633"``, ``32633``, WKT, PROJ or a CRS to a rasterio CRS."""
-    if isinstance(crs, CRS):
-        return crs
-    import pyproj
-
-    try:
-        # pyproj first: it fails quietly, where GDAL would also print "ERROR 1: PROJ: ..."
-        parsed = pyproj.CRS.from_user_input(crs)
-        return CRS.from_wkt(parsed.to_wkt())
-    except (pyproj.exceptions.CRSError, RioCRSError, ValueError, TypeError) as exc:
-        raise CRSError(
-            f"unknown CRS {crs!r}; pass an EPSG code such as EPSG:32633, or WKT/PROJ text",
-            crs=crs,
-        ) from exc
-
-
-def _gsd_xy_m(crs: CRS, transform: Affine, shape: tuple[int, int]) -> tuple[float, float]:
-    """Ground size of one pixel ``(x, y)`` in metres at the scene centre."""
-    res_x, res_y = abs(transform.a), abs(transform.e)
-    # Scene centre (the transform is north-up: no rotation terms).
-    cx = transform.c + transform.a * shape[1] / 2.0
-    cy = transform.f + transform.e * shape[0] / 2.0
-    try:
-        import pyproj
-
-        pcrs = pyproj.CRS.from_wkt(crs.to_wkt())
-        if pcrs.is_geographic:
-            geod = pcrs.get_geod() or pyproj.Geod(ellps="WGS84")
-            gx = geod.inv(cx - res_x / 2, cy, cx + res_x / 2, cy)[2]
-            gy = geod.inv(cx, cy - res_y / 2, cx, cy + res_y / 2)[2]
-            return (float(gx), float(gy))
-        unit = float(pcrs.axis_info[0].unit_conversion_factor) if pcrs.axis_info else 1.0
-        to_geo = pyproj.Transformer.from_crs(pcrs, pcrs.geodetic_crs, always_xy=True)
-        lon, lat = to_geo.transform(cx, cy)
-        factors = pyproj.Proj(pcrs).get_factors(lon, lat)
-        k, h = float(factors.parallel_scale), float(factors.meridional_scale)
-        if not (math.isfinite(k) and math.isfinite(h) and k > 0 and h > 0):
-            k = h = 1.0
-        return (res_x * unit / k, res_y * unit / h)
-    except Exception:  # noqa: BLE001 - engineering/odd CRSs: nominal size in CRS units
-        factor = crs.linear_units_factor[1] if not crs.is_geographic else 111_320.0
-        return (res_x * factor, res_y * factor)
 
 
 def _is_local(path: str) -> bool:
@@ -576,9 +443,9 @@ def open_scene(path_or_url: str | os.PathLike[str], *, assume_crs: SomeCRS | Non
     """
     path = os.fspath(path_or_url)
     name = path
-    assumed = _norm_crs(assume_crs) if assume_crs is not None else None
+    assumed = norm_crs(assume_crs) if assume_crs is not None else None
     if _is_local(path) and not os.path.exists(path):
-        raise SceneReadError(f"cannot read scene '{name}': file not found; {_FIX}", path=path)
+        raise SceneReadError(f"cannot read scene '{name}': file not found; {FILE_FIX}", path=path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -586,17 +453,17 @@ def open_scene(path_or_url: str | os.PathLike[str], *, assume_crs: SomeCRS | Non
                 if ds.width == 0 or ds.height == 0 or ds.count == 0:
                     raise SceneReadError(
                         f"cannot read scene '{name}': the raster has zero size "
-                        f"({ds.height}x{ds.width} px, {ds.count} bands); {_FIX}",
+                        f"({ds.height}x{ds.width} px, {ds.count} bands); {FILE_FIX}",
                         path=path,
                     )
-                _check_georeferencing(ds, name)
+                check_georeferencing(ds, name)
                 _sanity_read(ds)
                 meta = _scene_fields(ds)
     except SceneReadError:
         raise
     except (RasterioError, OSError) as exc:
         raise SceneReadError(
-            f"cannot read scene '{name}': {_reason(exc)}; {_FIX}", path=path
+            f"cannot read scene '{name}': {failure_reason(exc)}; {FILE_FIX}", path=path
         ) from exc
     crs = meta.pop("crs")
     if crs is None:
@@ -613,30 +480,12 @@ def open_scene(path_or_url: str | os.PathLike[str], *, assume_crs: SomeCRS | Non
         crs=crs,
         crs_assumed=crs is assumed,
         mtime_ns=mtime,
-        gsd_xy_m=_gsd_xy_m(crs, meta["transform"], meta["shape"]),
+        gsd_xy_m=gsd_xy_m(crs, meta["transform"], meta["shape"]),
         **meta,
     )
 
 
-def _check_georeferencing(ds: Any, name: str) -> None:
-    t: Affine = ds.transform
-    if t == Affine.identity():
-        extra = " (it has GCPs: warp it with gdalwarp first)" if ds.gcps[0] else ""
-        raise SceneReadError(
-            f"scene '{name}' has no geotransform (not georeferenced){extra}; georeference it, "
-            f"e.g. gdal_translate -a_srs EPSG:<code> -a_ullr <ulx> <uly> <lrx> <lry> {name} "
-            "out.tif",
-            path=name,
-        )
-    if t.b != 0 or t.d != 0:
-        raise SceneReadError(
-            f"scene '{name}' has a rotated or sheared geotransform {tuple(t)[:6]}; terraseg needs "
-            f"a north-up raster: run gdalwarp {name} {name.rsplit('.', 1)[0]}_northup.tif",
-            path=name,
-        )
-
-
-def _sanity_read(ds: Any) -> None:
+def _sanity_read(ds: DatasetReader) -> None:
     """Read the first and the last block of every band, so truncated files fail at open."""
     bh, bw = ds.block_shapes[0]
     row_last, col_last = ((ds.height - 1) // bh) * bh, ((ds.width - 1) // bw) * bw
@@ -644,7 +493,7 @@ def _sanity_read(ds: Any) -> None:
     ds.read(window=Window(col_last, row_last, ds.width - col_last, ds.height - row_last))
 
 
-def _scene_fields(ds: Any) -> dict[str, Any]:
+def _scene_fields(ds: DatasetReader) -> dict[str, Any]:
     return {
         "crs": ds.crs if ds.crs else None,
         "transform": ds.transform,

@@ -223,7 +223,9 @@ class ModelCard(ModelSpec):
         return ModelSpec(**{k: getattr(self, k) for k in ModelSpec.model_fields})
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec, *, architecture: Architecture, **fields: Any) -> ModelCard:
+    def from_spec(
+        cls, spec: ModelSpec, *, architecture: Architecture, **fields: object
+    ) -> ModelCard:
         """Make a card from a spec plus the card-only fields."""
         data = {k: getattr(spec, k) for k in ModelSpec.model_fields}
         data.update(fields)

@@ -11,7 +11,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["ClassInfo", "InputSpec", "ModelSpec", "DEFAULT_CLASSES"]
+__all__ = [
+    "BOUNDARY_CLASSES",
+    "DEFAULT_CLASSES",
+    "ClassInfo",
+    "InputSpec",
+    "ModelSpec",
+    "Task",
+]
 
 
 class ClassInfo(BaseModel):
@@ -29,6 +36,18 @@ DEFAULT_CLASSES: tuple[ClassInfo, ...] = (
     ClassInfo(id=1, name="building", color=(230, 57, 70)),
     ClassInfo(id=2, name="road", color=(255, 209, 102)),
 )
+
+BOUNDARY_CLASSES: tuple[ClassInfo, ...] = (
+    *DEFAULT_CLASSES,
+    ClassInfo(id=3, name="building edge", color=(140, 20, 30)),
+)
+"""Classes of a ``boundary`` model: the semantic three and the edge ring of each building."""
+
+Task = Literal["semantic", "boundary", "detection"]
+"""What a model predicts, and so how the engine turns its output into buildings:
+``semantic`` class scores (buildings are connected components); ``boundary`` class
+scores with a ``building edge`` class (buildings by seeded watershed, touching
+houses apart); ``detection`` per-tile boxes, masks and scores (Mask R-CNN)."""
 
 
 class InputSpec(BaseModel):
@@ -106,7 +125,10 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="Model name.")
-    task: Literal["semantic", "instance"] = Field(default="semantic", description="Model task.")
+    task: Task = Field(
+        default="semantic",
+        description="'semantic', 'boundary' (has a 'building edge' class) or 'detection'.",
+    )
     input: InputSpec = Field(default_factory=InputSpec, description="Input bands and scaling.")
     classes: tuple[ClassInfo, ...] = Field(default=DEFAULT_CLASSES, description="Output classes.")
     activation: Literal["softmax", "sigmoid", "identity"] = Field(
@@ -118,6 +140,10 @@ class ModelSpec(BaseModel):
     @property
     def n_classes(self) -> int:
         return len(self.classes)
+
+    def class_id(self, name: str) -> int | None:
+        """The id of the class called ``name``, or None."""
+        return next((c.id for c in self.classes if c.name == name), None)
 
     def class_names(self) -> dict[int, str]:
         return {c.id: c.name for c in self.classes}

@@ -3,30 +3,28 @@
 A window's pixels depend only on the layout and the window: features are
 rasterized from exact vectors in global pixel coordinates, and noise is hashed
 from global positions, so separately rendered windows tile the scene exactly.
+The vector burning and the truth rasters are in :mod:`terraseg.synthetic.rasterize`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import shapely
 from affine import Affine
 from numpy.typing import NDArray
-from rasterio.features import rasterize
 from scipy.ndimage import gaussian_filter
 
 from terraseg.core.grid import PixelWindow
 from terraseg.synthetic import stamp as stamp
 from terraseg.synthetic.blocks import ROOF_FLAT, ROOF_GABLE, Mat
-from terraseg.synthetic.layout import CityLayout, GeomArray, PixelBlock, TruthFeatures
+from terraseg.synthetic.layout import CityLayout, PixelBlock, TruthFeatures
 from terraseg.synthetic.noise import fbm, gaussian_grid, key_of, value_noise
+from terraseg.synthetic.rasterize import ALL_TOUCHED, burn, cat, rasterize_truth, select
 
 __all__ = ["render_window", "render_window_blocks", "rasterize_truth", "ALL_TOUCHED"]
-
-ALL_TOUCHED = False
-"""The ``all_touched`` setting of every truth rasterization (pixel centres)."""
 
 _MARGIN_PX = 4  # blur and roof-edge neighbourhoods
 
@@ -77,90 +75,6 @@ _PAINT = (
 _PAINT_RGBN = np.asarray(_PAINT, dtype=np.float32)
 
 
-def _cat(blocks: list[PixelBlock], name: str) -> NDArray[Any]:
-    arrays = [getattr(b, name) for b in blocks]
-    return np.concatenate(arrays) if arrays else np.empty(0)
-
-
-def _shapes(
-    geoms: GeomArray, values: NDArray[np.generic]
-) -> list[tuple[dict[str, object], object]]:
-    """``(GeoJSON polygon, value)`` pairs built straight from coordinate arrays.
-
-    Much faster than ``__geo_interface__`` for thousands of small polygons, and
-    the same coordinates (Python floats from the same float64 values), so GDAL
-    burns exactly the same pixels. MultiPolygons are split into their parts.
-    """
-    parts, index = shapely.get_parts(geoms, return_index=True)
-    keep = (shapely.get_type_id(parts) == 3) & ~shapely.is_empty(parts)
-    parts, index = parts[keep], index[keep]
-    if len(parts) == 0:
-        return []
-    _, coords, (ring_off, geom_off) = shapely.to_ragged_array(parts)
-    pts = coords.tolist()
-    ro = ring_off.tolist()
-    go = geom_off.tolist()
-    vals = values[index].tolist()
-    return [
-        (
-            {
-                "type": "Polygon",
-                "coordinates": [pts[ro[r] : ro[r + 1]] for r in range(go[k], go[k + 1])],
-            },
-            vals[k],
-        )
-        for k in range(len(parts))
-    ]
-
-
-def _burn(
-    geoms: GeomArray,
-    values: NDArray[np.generic] | int,
-    shape: tuple[int, int],
-    transform: Affine,
-    dtype: str,
-    all_touched: bool = False,
-    out: NDArray[Any] | None = None,
-) -> NDArray[Any]:
-    """Burn polygons into ``out`` (new zeros if not given); later shapes win."""
-    if out is None:
-        out = np.zeros(shape, dtype=dtype)
-    if len(geoms) == 0:
-        return out
-    vals = np.broadcast_to(np.asarray(values), (len(geoms),))
-    pairs = _shapes(geoms, vals)
-    if not pairs:
-        return out
-    burned: NDArray[Any] = rasterize(pairs, out=out, transform=transform, all_touched=all_touched)
-    return burned
-
-
-def rasterize_truth(
-    truth: TruthFeatures, window: PixelWindow, transform: Affine
-) -> tuple[NDArray[np.uint8], NDArray[np.uint32]]:
-    """Class (0 background, 1 building, 2 road) and instance rasters of a window.
-
-    ``transform`` is the scene's; the vectors are in the scene CRS. Roads are
-    burned before buildings and buildings in ascending ``building_id``, with
-    ``all_touched=ALL_TOUCHED``; rasterizing the written GeoPackage the same
-    way gives the written truth rasters exactly.
-    """
-    wt = transform * Affine.translation(window.col_off, window.row_off)
-    shape = window.shape
-    order = np.argsort(truth.building_id, kind="stable")
-    blds = truth.buildings[order]
-    classes = _burn(truth.roads, 2, shape, wt, "uint8", ALL_TOUCHED)
-    _burn(blds, 1, shape, wt, "uint8", ALL_TOUCHED, out=classes)
-    inst = _burn(blds, truth.building_id[order].astype(np.uint32), shape, wt, "uint32", ALL_TOUCHED)
-    return classes.astype(np.uint8), inst.astype(np.uint32)
-
-
-def _select(geoms: GeomArray, region: shapely.Geometry) -> NDArray[np.bool_]:
-    if len(geoms) == 0:
-        return np.zeros(0, dtype=bool)
-    return np.asarray(shapely.intersects(geoms, region), dtype=bool)
-
-
 def render_window(
     layout: CityLayout, window: PixelWindow, bands: int = 3
 ) -> tuple[NDArray[np.uint8], NDArray[np.uint8], NDArray[np.uint32]]:
@@ -208,8 +122,8 @@ def render_window_blocks(
     x0, y0 = t * (window.col_off, window.row_off)
     x1, y1 = t * (window.col_stop, window.row_stop)
     region = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-    keep_b = _select(truth.buildings, region)
-    keep_r = _select(truth.roads, region)
+    keep_b = select(truth.buildings, region)
+    keep_r = select(truth.roads, region)
     local = TruthFeatures(
         truth.buildings[keep_b],
         truth.building_id[keep_b],
@@ -223,58 +137,132 @@ def render_window_blocks(
     return np.ascontiguousarray(image), classes, inst, blocks
 
 
+@dataclass(frozen=True, slots=True)
+class _Canvas:
+    """The extended window being rendered: size, origin, and its pixel-grid helpers."""
+
+    h: int
+    w: int
+    r0: int
+    c0: int
+    gsd_m: float
+    pt: Affine
+    region: shapely.Geometry
+
+    @classmethod
+    def of(cls, ext: PixelWindow, gsd_m: float) -> _Canvas:
+        h, w = ext.shape
+        r0, c0 = ext.row_off, ext.col_off
+        pt = Affine.translation(c0, r0)
+        return cls(h, w, r0, c0, gsd_m, pt, shapely.box(c0, r0, c0 + w, r0 + h))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.h, self.w)
+
+    def px(self, metres: float) -> int:
+        """A length in whole pixels (at least 1)."""
+        return max(1, int(round(metres / self.gsd_m)))
+
+    def centres(
+        self, rows: NDArray[np.int64], cols: NDArray[np.int64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Global pixel-frame ``(x, y)`` of the centres of local pixels ``(rows, cols)``."""
+        return (
+            (cols + (self.c0 + 0.5)).astype(np.float64),
+            (rows + (self.r0 + 0.5)).astype(np.float64),
+        )
+
+    def candidates(
+        self,
+        x0: NDArray[np.float64],
+        y0: NDArray[np.float64],
+        x1: NDArray[np.float64],
+        y1: NDArray[np.float64],
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """:func:`stamp.candidates` of boxes ``(x0, y0, x1, y1)`` in this window."""
+        return stamp.candidates(x0, y0, x1, y1, self.r0, self.c0, self.h, self.w)
+
+
 def _render_image(
     layout: CityLayout, blocks: list[PixelBlock], ext: PixelWindow, bands: int
 ) -> NDArray[np.uint8]:
-    h, w = ext.shape
-    r0, c0 = ext.row_off, ext.col_off
-    pt = Affine.translation(c0, r0)
-    region = shapely.box(c0, r0, c0 + w, r0 + h)
-    g = layout.gsd_m
+    cv = _Canvas.of(ext, layout.gsd_m)
     seed = layout.seed
     style = layout.style
-    sx, sy = layout.sun_px()
-
-    def px(metres: float) -> int:
-        return max(1, int(round(metres / g)))
-
-    def centres(
-        k: NDArray[np.int64], rows: NDArray[np.int64], cols: NDArray[np.int64]
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        return (cols + (c0 + 0.5)).astype(np.float64), (rows + (r0 + 0.5)).astype(np.float64)
-
-    # ground materials, drawn in layer order (blocks come in a global order)
-    geoms = _cat(blocks, "ground_geom")
-    order = np.argsort(_cat(blocks, "ground_layer"), kind="stable")
-    geoms, mats = geoms[order], _cat(blocks, "ground_mat")[order]
-    sel = _select(geoms, region)
-    mat = _burn(geoms[sel], mats[sel], (h, w), pt, "uint8")
-    # cars: stamped over the ground, later ones win
+    sun = layout.sun_px()
+    mat = _ground_materials(blocks, cv)
     cars = _frames(blocks, "cars", 7)
-    k, rows, cols = stamp.candidates(*stamp.rect_bounds(cars[:, :6]), r0, c0, h, w)
-    x, y = centres(k, rows, cols)
+    on_car = _stamp_cars(mat, cars, cv)
+    fine = value_noise(key_of(seed, "fine"), cv.r0, cv.c0, cv.h, cv.w, cv.px(0.9))
+    colour = _ground_colour(mat, fine, seed, style.dry_ground, bands, cv)
+    _paint_marks(colour, _frames(blocks, "paint", 7), on_car, cv)
+    roof = _roofs(colour, blocks, layout, fine, cv)
+    trees = _frames(blocks, "trees", 5)
+    _cast_shadows(colour, blocks, cars, trees, roof, sun, cv)
+    _draw_trees(colour, trees, fine, style.sun_azimuth_deg, style.sun_elevation_deg, cv)
+    return _expose(colour, seed, bands, cv)
+
+
+def _ground_materials(blocks: list[PixelBlock], cv: _Canvas) -> NDArray[np.uint8]:
+    """Ground material codes, drawn in layer order (blocks come in a global order)."""
+    geoms = cat(blocks, "ground_geom")
+    order = np.argsort(cat(blocks, "ground_layer"), kind="stable")
+    geoms, mats = geoms[order], cat(blocks, "ground_mat")[order]
+    sel = select(geoms, cv.region)
+    mat: NDArray[np.uint8] = burn(geoms[sel], mats[sel], cv.shape, cv.pt, "uint8")
+    return mat
+
+
+def _stamp_cars(
+    mat: NDArray[np.uint8], cars: NDArray[np.float64], cv: _Canvas
+) -> NDArray[np.bool_]:
+    """Stamp cars over the ground materials (later ones win); returns where cars are."""
+    k, rows, cols = cv.candidates(*stamp.rect_bounds(cars[:, :6]))
+    x, y = cv.centres(rows, cols)
     hit = stamp.rect_inside(cars, k, x, y)
-    car_idx = stamp.last_wins(k[hit], rows[hit], cols[hit], (h, w))
+    car_idx = stamp.last_wins(k[hit], rows[hit], cols[hit], cv.shape)
     on_car = car_idx > 0
     mat[on_car] = cars[car_idx[on_car] - 1, 6].astype(np.uint8)
+    return on_car
 
-    fine = value_noise(key_of(seed, "fine"), r0, c0, h, w, px(0.9))
-    grain = _tile_noise(seed, 1, r0, c0, h, w)[0]
-    patch = fbm(key_of(seed, "patch"), r0, c0, h, w, (px(40.0), px(14.0), px(5.0)))
+
+def _ground_colour(
+    mat: NDArray[np.uint8],
+    fine: NDArray[np.float32],
+    seed: int,
+    dry_ground: float,
+    bands: int,
+    cv: _Canvas,
+) -> NDArray[np.float32]:
+    """``(bands, y, x)`` colour of the ground materials, with texture and dry patches."""
+    grain = _tile_noise(seed, 1, cv.r0, cv.c0, cv.h, cv.w)[0]
+    patch = fbm(
+        key_of(seed, "patch"), cv.r0, cv.c0, cv.h, cv.w, (cv.px(40.0), cv.px(14.0), cv.px(5.0))
+    )
     nb = bands  # colour planes: RGB, or RGB + NIR
     colour = np.take(_TABLE.T[:nb], mat, axis=1)  # (bands, y, x)
     tex = _AMP[mat] * ((fine - 0.5) + 0.35 * grain)
     grassy = _GRASSY[mat]
-    dry = np.clip((patch - 0.55 + 0.45 * style.dry_ground) * 2.2, 0.0, 1.0) * grassy
+    dry = np.clip((patch - 0.55 + 0.45 * dry_ground) * 2.2, 0.0, 1.0) * grassy
     colour += dry * (_TABLE[Mat.DRYGRASS, :nb, None, None] - colour)
     colour += tex + 30.0 * (patch - 0.5) * grassy
     if nb == 4:
         colour[3] += tex
+    return colour
 
-    # paint, hedges and fences: thin, so blended by (approximate) coverage
-    paint = _frames(blocks, "paint", 7)
-    k, rows, cols = stamp.candidates(*stamp.rect_bounds(paint[:, :6], 1.0), r0, c0, h, w)
-    x, y = centres(k, rows, cols)
+
+def _paint_marks(
+    colour: NDArray[np.float32],
+    paint: NDArray[np.float64],
+    on_car: NDArray[np.bool_],
+    cv: _Canvas,
+) -> None:
+    """Paint, hedges and fences: thin, so blended by (approximate) coverage."""
+    h, w = cv.shape
+    nb = len(colour)
+    k, rows, cols = cv.candidates(*stamp.rect_bounds(paint[:, :6], 1.0))
+    x, y = cv.centres(rows, cols)
     if len(k):
         cov = stamp.rect_coverage(paint[:, :6], k, x, y)
         code = (cov * 1000).astype(np.int64) * 4 + paint[k, 6].astype(np.int64)
@@ -288,72 +276,98 @@ def _render_image(
             flat = colour.reshape(nb, -1)
             flat[:, hit_px] += alpha * (_PAINT_RGBN[kinds, :nb].T - flat[:, hit_px])
 
-    # roofs
-    part_geom = _cat(blocks, "part_geom")
-    idx = np.flatnonzero(_select(part_geom, region))
-    part_r = _burn(part_geom[idx], np.arange(1, len(idx) + 1), (h, w), pt, "int32")
+
+def _roofs(
+    colour: NDArray[np.float32],
+    blocks: list[PixelBlock],
+    layout: CityLayout,
+    fine: NDArray[np.float32],
+    cv: _Canvas,
+) -> NDArray[np.bool_]:
+    """Shaded roofs, then roof overlays (units, solar panels); returns where roofs are."""
+    nb = len(colour)
+    part_geom = cat(blocks, "part_geom")
+    idx = np.flatnonzero(select(part_geom, cv.region))
+    part_r = burn(part_geom[idx], np.arange(1, len(idx) + 1), cv.shape, cv.pt, "int32")
     if len(idx):
-        _shade_roofs(colour, part_r, idx, blocks, layout, r0, c0, fine)
-    roof = part_r > 0
-    geoms = _cat(blocks, "overlay_geom")
-    sel = _select(geoms, region)
-    overlay = _burn(geoms[sel], _cat(blocks, "overlay_mat")[sel], (h, w), pt, "uint8")
+        _shade_roofs(colour, part_r, idx, blocks, layout, cv.r0, cv.c0, fine)
+    roof: NDArray[np.bool_] = part_r > 0
+    geoms = cat(blocks, "overlay_geom")
+    sel = select(geoms, cv.region)
+    overlay = burn(geoms[sel], cat(blocks, "overlay_mat")[sel], cv.shape, cv.pt, "uint8")
     o = overlay > 0
     colour[:, o] = _TABLE[overlay[o], :nb].T
+    return roof
 
-    # shadows: buildings and cars on the ground, trees on everything
-    geoms = _cat(blocks, "shadow_geom")
-    dark = _burn(geoms[_select(geoms, region)], 1, (h, w), pt, "uint8") > 0
+
+def _cast_shadows(
+    colour: NDArray[np.float32],
+    blocks: list[PixelBlock],
+    cars: NDArray[np.float64],
+    trees: NDArray[np.float64],
+    roof: NDArray[np.bool_],
+    sun: tuple[float, float],
+    cv: _Canvas,
+) -> None:
+    """Darken shadows: of buildings and cars on the ground, of trees on everything."""
+    sx, sy = sun
+    nb = len(colour)
+    geoms = cat(blocks, "shadow_geom")
+    dark = burn(geoms[select(geoms, cv.region)], 1, cv.shape, cv.pt, "uint8") > 0
     dark &= ~roof
     csx, csy = np.full(len(cars), 1.5 * sx), np.full(len(cars), 1.5 * sy)
     bx0, by0, bx1, by1 = stamp.rect_bounds(cars[:, :6])
-    k, rows, cols = stamp.candidates(
+    k, rows, cols = cv.candidates(
         np.minimum(bx0, bx0 + csx),
         np.minimum(by0, by0 + csy),
         np.maximum(bx1, bx1 + csx),
         np.maximum(by1, by1 + csy),
-        r0,
-        c0,
-        h,
-        w,
     )
-    x, y = centres(k, rows, cols)
+    x, y = cv.centres(rows, cols)
     hit = stamp.sweep_inside(cars, csx, csy, k, x, y)
     dark[rows[hit], cols[hit]] = True
-    trees = _frames(blocks, "trees", 5)
     tx, ty, tr, th = trees[:, 0], trees[:, 1], trees[:, 2], trees[:, 3]
     ax, ay = tx + 0.3 * th * sx, ty + 0.3 * th * sy
     bx, by = tx + 0.9 * th * sx, ty + 0.9 * th * sy
     rr = 0.9 * tr
-    k, rows, cols = stamp.candidates(
+    k, rows, cols = cv.candidates(
         np.minimum(ax, bx) - rr,
         np.minimum(ay, by) - rr,
         np.maximum(ax, bx) + rr,
         np.maximum(ay, by) + rr,
-        r0,
-        c0,
-        h,
-        w,
     )
-    x, y = centres(k, rows, cols)
+    x, y = cv.centres(rows, cols)
     hit = stamp.capsule_inside(ax, ay, bx, by, rr, k, x, y)
     dark[rows[hit], cols[hit]] = True
     shade = np.array([0.42, 0.46, 0.56, 0.5], dtype=np.float32)[:nb, None, None]
     colour *= np.where(dark, shade, np.float32(1.0))
 
-    # trees over everything (the truth below them is unchanged)
-    k, rows, cols = stamp.candidates(tx - tr, ty - tr, tx + tr, ty + tr, r0, c0, h, w)
-    x, y = centres(k, rows, cols)
+
+def _draw_trees(
+    colour: NDArray[np.float32],
+    trees: NDArray[np.float64],
+    fine: NDArray[np.float32],
+    az_deg: float,
+    el_deg: float,
+    cv: _Canvas,
+) -> None:
+    """Tree crowns over everything (the truth below them is unchanged)."""
+    tx, ty, tr = trees[:, 0], trees[:, 1], trees[:, 2]
+    k, rows, cols = cv.candidates(tx - tr, ty - tr, tx + tr, ty + tr)
+    x, y = cv.centres(rows, cols)
     ragged = tr[k] * (0.8 + 0.35 * fine[rows, cols])  # irregular crown edges
     hit = (x - tx[k]) ** 2 + (y - ty[k]) ** 2 <= ragged * ragged
-    tree_r = stamp.last_wins(k[hit], rows[hit], cols[hit], (h, w))
+    tree_r = stamp.last_wins(k[hit], rows[hit], cols[hit], cv.shape)
     if tree_r.any():
-        _paint_trees(
-            colour, tree_r, trees, style.sun_azimuth_deg, style.sun_elevation_deg, r0, c0, fine
-        )
+        _paint_trees(colour, tree_r, trees, az_deg, el_deg, cv.r0, cv.c0, fine)
 
-    # haze / illumination over kilometres, blur, sensor noise
-    colour *= 0.94 + 0.12 * value_noise(key_of(seed, "haze"), r0, c0, h, w, px(900.0))
+
+def _expose(
+    colour: NDArray[np.float32], seed: int, bands: int, cv: _Canvas
+) -> NDArray[np.uint8]:
+    """Haze / illumination over kilometres, blur and sensor noise, then 8-bit pixels."""
+    r0, c0, h, w = cv.r0, cv.c0, cv.h, cv.w
+    colour *= 0.94 + 0.12 * value_noise(key_of(seed, "haze"), r0, c0, h, w, cv.px(900.0))
     out = np.empty((bands, h, w), dtype=np.uint8)
     noise = _tile_noise(seed, bands, r0, c0, h, w)
     for band in range(bands):

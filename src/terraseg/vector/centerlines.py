@@ -93,7 +93,26 @@ def trace_skeleton(skeleton: NDArray[np.bool_]) -> list[NDArray[np.float64]]:
     n = len(rr)
     if n == 0:
         return []
-    width = skeleton.shape[1] + 2
+    adj, src, dst = _pixel_graph(rr, cc, skeleton.shape[1] + 2)
+    deg = np.diff(adj.indptr)
+    node = deg != 2
+    x = cc.astype(np.float64) + 0.5
+    y = rr.astype(np.float64) + 0.5
+    comp, cx, cy = _node_clusters(src, dst, node, x, y)
+    return _walk_chains(adj, node, comp, cx, cy, x, y)
+
+
+def _pixel_graph(
+    rr: NDArray[np.intp], cc: NDArray[np.intp], width: int
+) -> tuple[sparse.csr_matrix, NDArray[np.intp], NDArray[np.intp]]:
+    """Symmetric adjacency of skeleton pixels ``(rr, cc)`` (row-major order), and its edges.
+
+    Pixels are joined to their 8-neighbours, except diagonal neighbours that also
+    share a 4-neighbour. ``width`` is the skeleton's width plus 2 (a one-pixel frame
+    keeps the flat keys of neighbours from wrapping). Returns ``(adj, src, dst)``,
+    every edge listed in both directions.
+    """
+    n = len(rr)
     flat = (rr.astype(np.int64) + 1) * width + (cc.astype(np.int64) + 1)
     idx = np.arange(n)
 
@@ -113,20 +132,48 @@ def trace_skeleton(skeleton: NDArray[np.bool_]) -> list[NDArray[np.float64]]:
     src = np.concatenate([p[0] for p in pairs] + [p[1] for p in pairs])
     dst = np.concatenate([p[1] for p in pairs] + [p[0] for p in pairs])
     adj = sparse.csr_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
-    deg = np.diff(adj.indptr)
-    node = deg != 2
+    return adj, src, dst
+
+
+def _node_clusters(
+    src: NDArray[np.intp],
+    dst: NDArray[np.intp],
+    node: NDArray[np.bool_],
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+) -> tuple[NDArray[np.int32], NDArray[np.float64], NDArray[np.float64]]:
+    """8-connected clusters of node pixels: ``(cluster of each pixel, centroid x, y)``.
+
+    Pixels that are not nodes are clusters of their own (their centroids go unused).
+    """
+    n = len(node)
     both = node[src] & node[dst]
     node_graph = sparse.csr_matrix(
         (np.ones(int(both.sum()), np.int8), (src[both], dst[both])), shape=(n, n)
     )
     _, comp = csgraph.connected_components(node_graph, directed=False)
-    x = cc.astype(np.float64) + 0.5
-    y = rr.astype(np.float64) + 0.5
     n_comp = int(comp.max()) + 1
     count = np.bincount(comp[node], minlength=n_comp)
     cx = np.bincount(comp[node], x[node], minlength=n_comp) / np.maximum(count, 1)
     cy = np.bincount(comp[node], y[node], minlength=n_comp) / np.maximum(count, 1)
+    return comp, cx, cy
 
+
+def _walk_chains(
+    adj: sparse.csr_matrix,
+    node: NDArray[np.bool_],
+    comp: NDArray[np.int32],
+    cx: NDArray[np.float64],
+    cy: NDArray[np.float64],
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+) -> list[NDArray[np.float64]]:
+    """The polylines of :func:`trace_skeleton`: chains of degree-2 pixels walked from node
+    to node (ends at the node clusters' centroids), then the loops with no node.
+
+    The walk is a Python loop over pixels, on plain lists for speed.
+    """
+    n = len(node)
     indptr, indices = adj.indptr.tolist(), adj.indices.tolist()
     is_node = node.tolist()
     comp_l = comp.tolist()

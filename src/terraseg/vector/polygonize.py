@@ -43,6 +43,9 @@ __all__ = ["cpu_threads", "polygonize_labels"]
 
 Geoms: TypeAlias = "NDArray[np.object_]"
 Ints: TypeAlias = "NDArray[np.int64]"
+Segments: TypeAlias = "list[tuple[Ints, Ints, Ints, Ints, NDArray[Any]]]"
+"""Per direction (E, S, W, N): ``(start y, start x, end y, end x, label)`` of its segments."""
+
 
 # segment directions; the region lies on the right of the direction (y down)
 _E, _S, _W, _N = 0, 1, 2, 3
@@ -182,10 +185,27 @@ def polygonize_labels(
         return empty
     lab2d = np.ascontiguousarray(labels)
     flat = lab2d.ravel()
-    # unit edges between pixels of different values, as sorted keys and the values on
-    # either side: horizontal ones row-major (key y * (w + 1) + x for the edge from
-    # (y, x) to (y, x + 1)), vertical ones column-major (key x * (h + 1) + y for the
-    # edge from (y, x) to (y + 1, x)); the extra key per line keeps lines apart
+    segs = _segments(*_unit_edges(lab2d), h, w)
+    counts = [len(sg[0]) for sg in segs]
+    if sum(counts) == 0:
+        return empty
+    base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    turns_right, saddle = _turns(segs, flat, h, w)
+    nxt = _successors(segs, turns_right, base, h, w)
+    rep = _split_saddles(nxt, _cycle_min(nxt), saddle, base)
+    return _assemble(segs, nxt, rep, base, row_off, col_off)
+
+
+def _unit_edges(
+    lab2d: NDArray[Any],
+) -> tuple[Ints, NDArray[Any], NDArray[Any], Ints, NDArray[Any], NDArray[Any]]:
+    """Unit edges between pixels of different values, as sorted keys and the values on
+    either side: ``(kh, above, below, kv, left, right)``.
+
+    Horizontal ones row-major (key ``y * (w + 1) + x`` for the edge from ``(y, x)`` to
+    ``(y, x + 1)``), vertical ones column-major (key ``x * (h + 1) + y`` for the edge
+    from ``(y, x)`` to ``(y + 1, x)``); the extra key per line keeps lines apart.
+    """
     if lab2d.size >= _MIN_PX_THREADED and cpu_threads() > 1:
         with ThreadPoolExecutor(1) as pool:  # numpy releases the GIL for these passes
             vertical = pool.submit(_vertical_edges, lab2d)
@@ -194,10 +214,22 @@ def polygonize_labels(
     else:
         kh, above, below = _horizontal_edges(lab2d)
         kv, left, right = _vertical_edges(lab2d)
+    return kh, above, below, kv, left, right
 
-    # segments (maximal runs) per direction, as (start y, start x, end y, end x, label);
-    # the region lies on the right of the direction of travel (y down)
-    segs: list[tuple[Ints, Ints, Ints, Ints, NDArray[Any]]] = []
+
+def _segments(
+    kh: Ints,
+    above: NDArray[Any],
+    below: NDArray[Any],
+    kv: Ints,
+    left: NDArray[Any],
+    right: NDArray[Any],
+    h: int,
+    w: int,
+) -> Segments:
+    """Segments (maximal runs) per direction; the region lies on the right of the
+    direction of travel (y down)."""
+    segs: Segments = []
     sel = below != 0  # E: region below, left to right
     k0, k1, lab = _runs(kh[sel], below[sel])
     y, x0 = np.divmod(k0, w + 1)
@@ -214,18 +246,23 @@ def polygonize_labels(
     k0, k1, lab = _runs(kv[sel], right[sel])
     x, y0 = np.divmod(k0, h + 1)
     segs.append((k1 - x * (h + 1) + 1, x, y0, x, lab))
-    counts = [len(sg[0]) for sg in segs]
-    if sum(counts) == 0:
-        return empty
-    base = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    n = int(base[-1])
+    return segs
 
-    # at its end a segment turns right when the pixel ahead on its right is not its
-    # region, else left; ahead-right and ahead-left pixels as (dy, dx) from the corner
+
+def _turns(
+    segs: Segments, flat: NDArray[Any], h: int, w: int
+) -> tuple[list[NDArray[np.bool_]], list[Ints]]:
+    """Per direction, whether each segment turns right at its end, and the saddles.
+
+    At its end a segment turns right when the pixel ahead on its right is not its
+    region, else left. A saddle is a right turn with the ahead-left pixel in the
+    region: two segments of the region arrive at that corner.
+    """
+    # ahead-right and ahead-left pixels as (dy, dx) from the corner
     ahead_right = ((0, 0), (0, -1), (-1, -1), (-1, 0))
     ahead_left = ((-1, 0), (0, 0), (0, -1), (-1, -1))
     turns_right = []
-    saddle = []  # right turn with the ahead-left pixel in the region: two arrive here
+    saddle = []
     for d, (_, _, ey, ex, lab) in enumerate(segs):
         dy, dx = ahead_right[d]
         tr = _pixel(flat, h, w, ey + dy, ex + dx) != lab
@@ -233,14 +270,23 @@ def polygonize_labels(
         dy, dx = ahead_left[d]
         left_in = _pixel(flat, h, w, ey + dy, ex + dx) == lab
         saddle.append(np.flatnonzero(tr & left_in))
+    return turns_right, saddle
 
-    # successors: the segments arriving at the start corners of direction t are the
-    # right-turners of t - 1 and the left-turners of t + 1, one each; matched by sorting
+
+def _successors(
+    segs: Segments, turns_right: list[NDArray[np.bool_]], base: Ints, h: int, w: int
+) -> Ints:
+    """The segment that follows each one (indices into the concatenated directions).
+
+    The segments arriving at the start corners of direction t are the right-turners
+    of t - 1 and the left-turners of t + 1, one each; matched by sorting.
+    """
+
     def key(t: int, y: Ints, x: Ints) -> Ints:
         out: Ints = y * (w + 1) + x if t in (_E, _W) else x * (h + 1) + y
         return out
 
-    nxt = np.empty(n, np.int64)
+    nxt = np.empty(int(base[-1]), np.int64)
     for t in range(4):
         a, b = (t + 3) % 4, (t + 1) % 4
         ia = np.flatnonzero(turns_right[a])
@@ -253,11 +299,16 @@ def polygonize_labels(
         if not np.array_equal(keys[order], key(t, segs[t][0], segs[t][1])):
             raise AssertionError("internal error: pixel outline segments do not chain")
         nxt[src[order]] = np.arange(base[t], base[t + 1])
-    label = np.concatenate([sg[4] for sg in segs]).astype(np.int64)
-    rep = _cycle_min(nxt)
-    # a ring through a corner twice (E and W, or S and N, of one value arriving there):
-    # take the left turns there instead, which splits off the hole it encloses. Both
-    # arrivals' lists are sorted by corner (E and W row-major, S and N column-major).
+    return nxt
+
+
+def _split_saddles(nxt: Ints, rep: Ints, saddle: list[Ints], base: Ints) -> Ints:
+    """Split the rings through a corner twice; updates ``nxt`` in place, returns the new ``rep``.
+
+    A ring through a corner twice (E and W, or S and N, of one value arriving there)
+    takes the left turns there instead, which splits off the hole it encloses. Both
+    arrivals' lists are sorted by corner (E and W row-major, S and N column-major).
+    """
     if any(len(sd) for sd in saddle):
         ia = np.concatenate([saddle[_E] + base[_E], saddle[_S] + base[_S]])
         ib = np.concatenate([saddle[_W] + base[_W], saddle[_N] + base[_N]])
@@ -268,8 +319,20 @@ def polygonize_labels(
             ia, ib = ia[same], ib[same]
             nxt[ia], nxt[ib] = nxt[ib], nxt[ia].copy()
             rep = _cycle_min(nxt)
-    pos = _rank(nxt, rep)
+    return rep
 
+
+def _assemble(
+    segs: Segments, nxt: Ints, rep: Ints, base: Ints, row_off: int, col_off: int
+) -> tuple[Ints, Geoms]:
+    """The polygons of the rings (cycles of ``nxt`` with smallest member ``rep``) and their values.
+
+    Rings are ordered by pointer jumping, exteriors told from holes by the sign of
+    their area, and holes given to their exterior (:func:`_hole_owners`).
+    """
+    n = int(base[-1])
+    label = np.concatenate([sg[4] for sg in segs]).astype(np.int64)
+    pos = _rank(nxt, rep)
     row = np.concatenate([sg[0] for sg in segs])
     col = np.concatenate([sg[1] for sg in segs])
     is_rep = rep == np.arange(n)
@@ -346,7 +409,7 @@ def _hole_owners(
     return owner
 
 
-def _ring_polygon(k: int, row: Ints, col: Ints, ring: Ints, pos: Ints) -> Any:
+def _ring_polygon(k: int, row: Ints, col: Ints, ring: Ints, pos: Ints) -> shapely.Polygon:
     """Ring ``k`` as a hole-free Polygon (pixel frame, no offset)."""
     members = np.flatnonzero(ring == k)
     members = members[np.argsort(pos[members])]

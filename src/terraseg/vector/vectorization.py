@@ -16,7 +16,9 @@ integer, so unions are exact; geometries move to the scene CRS only when
 emitted. Areas and lengths are in metres whatever the CRS: a geographic CRS is
 measured in the local UTM zone of the scene (:class:`terraseg.core.metric.MetricFrame`).
 Outputs are in the scene CRS. The chunk layout and the union-find that dissolves
-parts across chunk edges are in :mod:`terraseg.vector.dissolve`.
+parts across chunk edges are in :mod:`terraseg.vector.dissolve`, the polygons of one
+chunk in :mod:`terraseg.vector.chunks`, and the repair, filtering, regularization and
+reprojection of finished polygons in :mod:`terraseg.vector.finishing`.
 Polygonization is the numpy tracer of :mod:`terraseg.vector.polygonize` (what
 ``rasterio.features.shapes`` gives, several times faster). Pure module: numpy, shapely,
 affine, pyproj and scipy; it opens no file.
@@ -24,12 +26,9 @@ affine, pyproj and scipy; it opens no file.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import TypeAlias
 
 import geopandas as gpd
 import numpy as np
@@ -38,12 +37,17 @@ import pyproj
 import shapely
 from affine import Affine
 from numpy.typing import NDArray
-from scipy import ndimage
 
 from terraseg.core.grid import PixelWindow
 from terraseg.core.match import PolygonMatch, match_polygons
-from terraseg.core.metric import MetricFrame, SomeCRS, _apply_affine
-from terraseg.errors import ConfigError
+from terraseg.core.metric import MetricFrame, SomeCRS
+from terraseg.vector.chunks import (
+    ChunkPolygons,
+    _components,
+    _group_parts,
+    _shapes_px,
+    polygonize_chunk,
+)
 from terraseg.vector.dissolve import (
     _OPPOSITE,
     EDGE_BOTTOM,
@@ -60,8 +64,14 @@ from terraseg.vector.dissolve import (
     _internal_sides,
     _strip,
 )
-from terraseg.vector.polygonize import cpu_threads, polygonize_labels
-from terraseg.vector.regularize import regularize_polygons
+from terraseg.vector.finishing import (
+    GeometryDropWarning,
+    _Drops,
+    _finish_part,
+    _options,
+    _PolygonOptions,
+)
+from terraseg.vector.polygonize import cpu_threads
 
 __all__ = [
     "EDGE_BOTTOM",
@@ -80,249 +90,17 @@ __all__ = [
     "vectorize_buildings",
     "vectorize_roads",
 ]
-# ChunkLayout and EDGE_* live in terraseg.vector.dissolve, MetricFrame in terraseg.core.metric and
-# match_polygons/PolygonMatch in terraseg.core.match; they are re-exported here. ReadFn and
-# SomeCRS are re-exported too (type aliases of the signatures below).
+# ChunkLayout and EDGE_* live in terraseg.vector.dissolve, ChunkPolygons and polygonize_chunk in
+# terraseg.vector.chunks, GeometryDropWarning in terraseg.vector.finishing, MetricFrame in
+# terraseg.core.metric and match_polygons/PolygonMatch in terraseg.core.match; they are
+# re-exported here. ReadFn and SomeCRS are re-exported too (type aliases of the signatures below).
 
 Geoms: TypeAlias = "NDArray[np.object_]"
 
 
-class GeometryDropWarning(UserWarning):
-    """Some geometries were dropped (empty, invalid beyond repair, or too small)."""
-
-
-# --------------------------------------------------------------------------- chunk polygons
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkPolygons:
-    """The polygons of one chunk window.
-
-    Attributes
-    ----------
-    window
-        The chunk window, in scene pixels.
-    values
-        Per polygon: the instance id (``mode="instances"``) or the class value
-        (``mode="classes"``), int64.
-    geometry
-        Per polygon: a shapely Polygon or MultiPolygon in the frame of the
-        ``transform`` given to :func:`polygonize_chunk` (scene CRS, or scene
-        pixels for ``Affine.identity()``). Holes are kept.
-    edges
-        Per polygon: bit mask of the internal chunk edges it has pixels on
-        (:data:`EDGE_TOP` | :data:`EDGE_BOTTOM` | :data:`EDGE_LEFT` | :data:`EDGE_RIGHT`);
-        scene edges are never flagged. 0 means the polygon is final.
-    """
-
-    window: PixelWindow
-    values: NDArray[np.int64]
-    geometry: Geoms
-    edges: NDArray[np.uint8]
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    @property
-    def on_edge(self) -> NDArray[np.bool_]:
-        """True for polygons touching at least one internal chunk edge."""
-        out: NDArray[np.bool_] = self.edges != 0
-        return out
-
-    def touches(self, side: int) -> NDArray[np.bool_]:
-        """True for polygons touching the internal edge ``side`` (an ``EDGE_*`` bit)."""
-        out: NDArray[np.bool_] = (self.edges & side) != 0
-        return out
-
-
-def _to_int32(labels: NDArray[Any]) -> NDArray[Any]:
-    """Labels in a dtype GDAL's polygonizer accepts (uint8, uint16, int16, int32).
-
-    uint32 labels below 2**31 are viewed as int32 without a copy.
-    """
-    if labels.dtype in (np.uint8, np.uint16, np.int16, np.int32):
-        return labels
-    if labels.size == 0:
-        return labels.astype(np.int32)
-    if np.issubdtype(labels.dtype, np.integer) and int(labels.max()) < 2**31:
-        if np.issubdtype(labels.dtype, np.unsignedinteger) or int(labels.min()) >= 0:
-            if labels.dtype == np.uint32:
-                return labels.view(np.int32)
-            return labels.astype(np.int32)
-    raise ConfigError(
-        f"labels of dtype {labels.dtype} hold values outside [0, 2**31); instance ids must be "
-        "non-negative integers below 2**31",
-        dtype=str(labels.dtype),
-    )
-
-
-def _shapes_px(labels: NDArray[Any], window: PixelWindow) -> tuple[NDArray[np.int64], Geoms]:
-    """One polygon per 4-connected region of equal non-zero value, in scene pixels.
-
-    The polygons ``rasterio.features.shapes(labels, mask=labels != 0, connectivity=4)``
-    gives (same rings once normalized), from the numpy tracer of
-    :mod:`terraseg.vector.polygonize`, several times faster.
-    """
-    return polygonize_labels(labels, window.row_off, window.col_off)
-
-
-def _group_parts(values: NDArray[np.int64], polys: Geoms) -> tuple[NDArray[np.int64], Geoms]:
-    """One geometry per value: a Polygon, or a MultiPolygon of its disjoint regions."""
-    if len(values) == 0:
-        return values, polys
-    order = np.argsort(values, kind="stable")
-    values, polys = values[order], polys[order]
-    uniq, start, counts = np.unique(values, return_index=True, return_counts=True)
-    if np.all(counts == 1):
-        return uniq, polys
-    out = polys[start].copy()
-    multi = np.flatnonzero(counts > 1)
-    member = np.isin(values, uniq[multi])
-    grouped = shapely.multipolygons(
-        polys[member], indices=np.searchsorted(uniq[multi], values[member])
-    )
-    out[multi] = grouped
-    return uniq, out
-
-
-def _components(mask: NDArray[np.bool_]) -> tuple[NDArray[np.int32], int]:
-    comp, n = ndimage.label(mask)
-    return comp.astype(np.int32, copy=False), int(n)
-
-
-def polygonize_chunk(
-    labels: NDArray[Any],
-    window: PixelWindow,
-    transform: Affine,
-    *,
-    mode: Literal["instances", "classes"],
-    classes: Sequence[int] | None = None,
-    scene_shape: tuple[int, int] | None = None,
-) -> ChunkPolygons:
-    """Polygonize the labels of one chunk window.
-
-    Parameters
-    ----------
-    labels
-        ``(y, x)`` (or ``(1, y, x)``) labels of ``window``; 0 is background.
-    window
-        The chunk window in scene pixels.
-    transform
-        The SCENE's affine transform (pixel → CRS); the chunk's own is
-        ``transform * Affine.translation(col_off, row_off)``. Pass
-        ``Affine.identity()`` for geometries in scene pixel coordinates.
-    mode
-        ``"instances"``: one (multi)polygon per id present in the chunk.
-        ``"classes"``: one polygon per 4-connected region of each class value.
-    classes
-        Class values to polygonize in ``"classes"`` mode (default: every non-zero value).
-    scene_shape
-        ``(rows, cols)`` of the scene, so that scene edges are not flagged; without it,
-        the bottom and right chunk edges count as internal.
-
-    Returns
-    -------
-    ChunkPolygons
-        Polygons are 4-connected regions (pixels touching only at a corner are separate
-        regions), with holes, vertices on pixel corners.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> lab = np.zeros((4, 6), np.uint32); lab[1:3, 1:3] = 7; lab[0:2, 4:6] = 9
-    >>> cp = polygonize_chunk(lab, PixelWindow(0, 0, 4, 6), Affine.identity(), mode="instances",
-    ...                       scene_shape=(4, 8))
-    >>> cp.values.tolist(), [g.area for g in cp.geometry], cp.edges.tolist()
-    ([7, 9], [4.0, 4.0], [0, 8])
-    """
-    arr = _as_2d(labels, window)
-    sides = _internal_sides(window, scene_shape)
-    if mode == "instances":
-        lab32 = _to_int32(arr)
-        values, polys = _group_parts(*_shapes_px(lab32, window))
-        edges = _edge_flags(lab32, values, sides)
-    elif mode == "classes":
-        wanted = [int(c) for c in (classes if classes is not None else np.unique(arr[arr != 0]))]
-        vals, geoms, flags = [], [], []
-        for cls in wanted:
-            comp, n = _components(arr == cls)
-            if n == 0:
-                continue
-            ids, polys = _group_parts(*_shapes_px(comp, window))
-            vals.append(np.full(len(ids), cls, np.int64))
-            geoms.append(polys)
-            flags.append(_edge_flags(comp, ids, sides))
-        values = np.concatenate(vals) if vals else np.empty(0, np.int64)
-        polys = np.concatenate(geoms) if geoms else np.empty(0, object)
-        edges = np.concatenate(flags) if flags else np.empty(0, np.uint8)
-    else:
-        raise ConfigError(f"mode must be 'instances' or 'classes', got {mode!r}", mode=mode)
-    if transform != Affine.identity():
-        polys = _apply_affine(polys, transform)
-    return ChunkPolygons(window, values, polys, edges)
-
-
 # --------------------------------------------------------------------------- emission
-
-
-@dataclass
-class _Drops:
-    small: int = 0
-    empty: int = 0
-
-    def warn(self, what: str, min_area_m2: float) -> None:
-        total = self.small + self.empty
-        if total:
-            warnings.warn(
-                f"{what}: dropped {total} geometries ({self.small} smaller than "
-                f"min_area_m2={min_area_m2:g}, {self.empty} empty or invalid beyond repair)",
-                GeometryDropWarning,
-                stacklevel=3,
-            )
-
-
-def _polygonal(geoms: Geoms, check: NDArray[np.bool_] | None = None) -> Geoms:
-    """Repair invalid geometries and keep only their polygonal parts (empty if none).
-
-    Only the geometries in ``check`` (default: all) are checked: the pixel polygons of
-    :func:`terraseg.vector.polygonize.polygonize_labels` are valid by construction.
-    """
-    geoms = np.asarray(geoms, object)
-    if check is None:
-        bad = ~shapely.is_valid(geoms)
-    else:
-        bad = np.zeros(len(geoms), bool)
-        bad[check] = ~shapely.is_valid(geoms[check])
-    if bad.any():
-        fixed = shapely.make_valid(geoms[bad])
-        types = shapely.get_type_id(fixed)
-        coll = types == shapely.GeometryType.GEOMETRYCOLLECTION
-        if coll.any():
-            fixed[coll] = [
-                shapely.union_all(
-                    [p for p in shapely.get_parts(g) if p.geom_type in ("Polygon", "MultiPolygon")]
-                )
-                for g in fixed[coll]
-            ]
-        nonpoly = ~np.isin(
-            shapely.get_type_id(fixed),
-            [shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON],
-        )
-        fixed[nonpoly] = shapely.Polygon()
-        geoms = geoms.copy()
-        geoms[bad] = fixed
-    return geoms
-
-
-@dataclass(frozen=True)
-class _PolygonOptions:
-    frame: MetricFrame
-    scene_shape: tuple[int, int]
-    min_area_m2: float
-    simplify_m: float
-    regularize: bool
-    regularize_tolerance_m: float
-    min_iou: float
+# The per-geometry work is terraseg.vector.finishing._finish_part; the split over threads
+# stays here, with the knobs it reads (cpu_threads, _MIN_PER_THREAD) as this module's globals.
 
 
 def _finish_polygons(
@@ -363,76 +141,6 @@ def _finish_polygons(
 
 _MIN_PER_THREAD = 256
 """Geometries per thread below which :func:`_finish_polygons` stays on one thread."""
-
-
-def _finish_part(
-    geoms_px: Geoms, opts: _PolygonOptions, check: NDArray[np.bool_] | None
-) -> tuple[Geoms, NDArray[np.float64], NDArray[np.bool_], int]:
-    """:func:`_finish_polygons` of some geometries on the calling thread, and how many
-    were empty (or invalid beyond repair)."""
-    geoms_px = np.asarray(shapely.normalize(_polygonal(geoms_px, check)), object)
-    metric = opts.frame.px_to_metric(geoms_px)
-    area = shapely.area(metric)
-    empty = shapely.is_empty(geoms_px)
-    small = ~empty & (area < opts.min_area_m2)
-    kept = ~(empty | small)
-    metric = metric[kept]
-    if opts.regularize:
-        # a building cut by the scene edge has the scene's outline there, not its own:
-        # it keeps its pixel outline
-        bounds = shapely.bounds(geoms_px[kept])
-        rows, cols = opts.scene_shape
-        cut = (
-            (bounds[:, 0] <= 0)
-            | (bounds[:, 1] <= 0)
-            | (bounds[:, 2] >= cols)
-            | (bounds[:, 3] >= rows)
-        )
-        metric = metric.copy()
-        metric[~cut] = regularize_polygons(
-            metric[~cut], tolerance_m=opts.regularize_tolerance_m, min_iou=opts.min_iou, threads=1
-        )
-    elif opts.simplify_m > 0:
-        metric = shapely.simplify(metric, opts.simplify_m, preserve_topology=True)
-        metric = _polygonal(metric)
-    if opts.regularize or opts.simplify_m > 0:
-        # regularize_polygons returns valid polygons (its fallbacks included)
-        out = opts.frame.metric_to_crs(metric)
-        area = shapely.area(metric)
-    else:
-        out = opts.frame.px_to_crs(geoms_px[kept])
-        area = area[kept]
-    geoms = np.asarray(shapely.normalize(out), object)
-    return geoms, np.asarray(area, np.float64), kept, int(empty.sum())
-
-
-def _check_options(min_area_m2: float, simplify_m: float) -> None:
-    if not (min_area_m2 >= 0 and math.isfinite(min_area_m2)):
-        raise ConfigError(
-            f"min_area_m2 must be a finite number >= 0, got {min_area_m2}", min_area_m2=min_area_m2
-        )
-    if not (simplify_m >= 0 and math.isfinite(simplify_m)):
-        raise ConfigError(
-            f"simplify_m must be a finite number >= 0, got {simplify_m}", simplify_m=simplify_m
-        )
-
-
-def _options(
-    frame: MetricFrame,
-    scene_shape: tuple[int, int],
-    min_area_m2: float,
-    simplify_m: float,
-    regularize: bool,
-    regularize_tolerance_m: float | None,
-    min_iou: float,
-) -> _PolygonOptions:
-    _check_options(min_area_m2, simplify_m)
-    tol = regularize_tolerance_m
-    if tol is None:
-        tol = max(simplify_m, 1.5 * frame.pixel_m)
-    return _PolygonOptions(
-        frame, scene_shape, min_area_m2, simplify_m, regularize, float(tol), min_iou
-    )
 
 
 # --------------------------------------------------------------------------- buildings

@@ -1,1 +1,1 @@
-"""Bundled demo models: ``<name>.safetensors`` + ``<name>.card.yaml``; see ``make_demo_models``."""
+"""Bundled demo models: ``<name>.safetensors`` + ``<name>.card.yaml``; see ``terraseg.recipes``."""

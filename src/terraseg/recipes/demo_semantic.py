@@ -1,9 +1,11 @@
 """Reproduce the bundled demo model ``demo-semantic`` (background / building / road).
 
-Run from a checkout (about 15 minutes on a 2-core CPU)::
+Writes ``demo-semantic.safetensors`` and ``demo-semantic.card.yaml`` into the
+bundled folder ``terraseg/models/bundled`` (or ``--out``). Run from a checkout
+(about 15 minutes on a 2-core CPU)::
 
-    python -m terraseg.models.bundled.make_demo_models            # train + evaluate
-    python -m terraseg.models.bundled.make_demo_models --eval-only
+    python -m terraseg.recipes.demo_semantic            # train + evaluate
+    python -m terraseg.recipes.demo_semantic --eval-only
 
 What it does, all with this project's own code and nothing downloaded:
 
@@ -39,14 +41,17 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
+from terraseg.config import TrainConfig
 from terraseg.engine.inference import TilePredictor
 from terraseg.engine.pipeline import predict_scene
+from terraseg.models import bundled
 from terraseg.models.card import load_card, save_card
 from terraseg.models.loading import load_model
 from terraseg.models.train import DEMO_ARCHITECTURE, train_semantic
 from terraseg.synthetic import make_city
 
-HERE = Path(__file__).resolve().parent
+BUNDLED = Path(bundled.__file__).resolve().parent
+"""Where the bundled models live: ``src/terraseg/models/bundled`` in a checkout."""
 NAME = "demo-semantic"
 TRAIN_SEEDS = (11, 12, 13)
 VAL_SEED = 14
@@ -54,15 +59,24 @@ EVAL_SEED = 7
 SCENE_PX = 2048
 VAL_PX = 1024
 ARCHITECTURE = DEMO_ARCHITECTURE  # smp Unet, timm ResNet-10-T encoder, depth 4
-SETTINGS = {
-    "max_steps": 600,
-    "steps_per_epoch": 100,
-    "batch_size": 8,
-    "patch_px": 256,
-    "lr": 2e-3,
-    "seed": 0,
-    "num_workers": 1,
-}
+SETTINGS = TrainConfig(
+    architecture=ARCHITECTURE,
+    max_steps=600,
+    steps_per_epoch=100,
+    batch_size=8,
+    patch_px=256,
+    lr=2e-3,
+    seed=0,
+    num_workers=1,
+    name=NAME,
+    description="demo: buildings and roads at 0.5 m, trained on synthetic cities only",
+    dtype="float16",
+    data_notes=[
+        f"terraseg.synthetic.make_city(size_px={SCENE_PX}, seed={s}, gsd_m=0.5) (training)"
+        for s in TRAIN_SEEDS
+    ]
+    + [f"terraseg.synthetic.make_city(size_px={VAL_PX}, seed={VAL_SEED}, gsd_m=0.5) (validation)"],
+)
 
 
 def make_scenes(workdir: Path) -> dict[str, list[Path]]:
@@ -120,8 +134,10 @@ def evaluate(weights: Path, scene: Path, workdir: Path) -> tuple[dict[str, float
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--workdir", type=Path, default=None, help="Keep scenes here.")
-    parser.add_argument("--out", type=Path, default=HERE, help="Folder for weights and card.")
-    parser.add_argument("--max-steps", type=int, default=SETTINGS["max_steps"])
+    parser.add_argument(
+        "--out", type=Path, default=BUNDLED, help="Folder for weights and card."
+    )
+    parser.add_argument("--max-steps", type=int, default=SETTINGS.max_steps)
     parser.add_argument("--eval-only", action="store_true", help="Only re-measure eval_*.")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="terraseg-demo-") as tmp:
@@ -130,30 +146,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         scenes = make_scenes(workdir)
         stem = args.out / NAME
         if not args.eval_only:
-            settings = {**SETTINGS, "max_steps": args.max_steps}
-            command = "python -m terraseg.models.bundled.make_demo_models"
-            if args.max_steps != SETTINGS["max_steps"]:
+            command = "python -m terraseg.recipes.demo_semantic"
+            if args.max_steps != SETTINGS.max_steps:
                 command += f" --max-steps {args.max_steps}"
             train_semantic(
                 scenes["train"],
                 [p.with_name(f"{p.stem}.truth.gpkg") for p in scenes["train"]],
                 stem,
+                SETTINGS,
                 val_image=scenes["val"],
                 val_labels=[p.with_name(f"{p.stem}.truth.gpkg") for p in scenes["val"]],
-                architecture=ARCHITECTURE,
-                name=NAME,
-                description="demo: buildings and roads at 0.5 m, trained on synthetic cities only",
-                dtype="float16",
-                command=command,
-                data_notes=[
-                    f"terraseg.synthetic.make_city(size_px={SCENE_PX}, seed={s}, gsd_m=0.5) "
-                    "(training)" for s in TRAIN_SEEDS
-                ] + [
-                    f"terraseg.synthetic.make_city(size_px={VAL_PX}, seed={VAL_SEED}, gsd_m=0.5) "
-                    "(validation)"
-                ],
                 overwrite=True,
-                **settings,
+                max_steps=args.max_steps,
+                command=command,
             )
         metrics, seconds = evaluate(stem.with_suffix(".safetensors"), scenes["eval"][0], workdir)
         card_path = stem.with_name(f"{NAME}.card.yaml")

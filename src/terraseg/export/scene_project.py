@@ -1,0 +1,138 @@
+"""The QGIS project (``.qgz``) over a scene's exported layers and masks.
+
+Builds the layer tree (points, lines, polygons, the ``runs`` table, then the
+masks) with data sources relative to the project folder, and writes it with
+:mod:`terraseg.export.qgis_project`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyproj
+
+from terraseg.export.layers import (
+    SomeCRS,
+    _geometry_type,
+    _norm_crs,
+    default_styles,
+    prepare_layers,
+)
+from terraseg.export.masks import _inspect_masks
+from terraseg.export.output_files import _atomic
+from terraseg.export.qgis_project import (
+    ProjectLayer,
+    RasterInfo,
+    project_xml,
+    raster_layer,
+    vector_layer,
+    write_qgz,
+)
+from terraseg.export.qgis_renderers import GeometryKind
+from terraseg.export.qgis_styles import VectorStyle
+
+__all__ = ["write_qgis_project"]
+
+_KIND_ORDER: dict[GeometryKind, int] = {"point": 0, "line": 1, "polygon": 2}
+
+
+def _project_layers(
+    project_dir: Path,
+    layers: Mapping[str, gpd.GeoDataFrame],
+    styles: Mapping[str, VectorStyle],
+    *,
+    gpkg: Path | None,
+    vector_files: Mapping[str, Path],
+    masks: Mapping[str, tuple[Path, RasterInfo]],
+) -> list[ProjectLayer]:
+    """Layer tree top to bottom: points, lines, polygons, the ``runs`` table, then masks."""
+
+    def rel(path: Path) -> str:
+        relative = Path(os.path.relpath(path, project_dir)).as_posix()
+        return relative if relative.startswith("../") else f"./{relative}"
+
+    vectors: list[ProjectLayer] = []
+    for name, frame in layers.items():
+        if gpkg is None and name not in vector_files:
+            continue
+        source = f"{rel(gpkg)}|layername={name}" if gpkg is not None else rel(vector_files[name])
+        xmin, ymin, xmax, ymax = (float(v) for v in frame.total_bounds)
+        extent = (xmin, ymin, xmax, ymax) if np.isfinite([xmin, ymin, xmax, ymax]).all() else None
+        crs = pyproj.CRS.from_user_input(frame.crs)
+        wkb_type = _geometry_type(frame, name)[1]
+        vectors.append(
+            vector_layer(name, source, styles[name], crs=crs, extent=extent, wkb_type=wkb_type)
+        )
+    vectors.sort(key=lambda layer: _KIND_ORDER[layer.geometry or "polygon"])
+    if gpkg is not None:
+        vectors.append(ProjectLayer("runs", "table", f"{rel(gpkg)}|layername=runs"))
+    for i, (name, (path, info)) in enumerate(masks.items()):
+        vectors.append(raster_layer(name, rel(path), info, visible=i == 0))
+    return vectors
+
+
+def _write_project_to(
+    tmp: Path, target: Path, layers: Sequence[ProjectLayer], crs: pyproj.CRS
+) -> None:
+    write_qgz(tmp, target.stem, project_xml(title=target.stem, layers=layers, crs=crs))
+
+
+def write_qgis_project(
+    path: str | os.PathLike[str],
+    *,
+    layers: Mapping[str, gpd.GeoDataFrame],
+    gpkg: str | os.PathLike[str] | None = None,
+    vector_files: Mapping[str, str | os.PathLike[str]] | None = None,
+    masks: Mapping[str, str | os.PathLike[str]] | None = None,
+    styles: Mapping[str, VectorStyle] | None = None,
+    crs: SomeCRS | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a QGIS project (``.qgz``) showing already written layers and masks, styled.
+
+    Parameters
+    ----------
+    path
+        Output ``.qgz``. Data sources are stored relative to its folder.
+    layers
+        The exported vector layers (for extents, geometry types and styles).
+    gpkg
+        The GeoPackage holding ``layers`` (and a ``runs`` table, shown as a table).
+    vector_files
+        ``{layer: file}`` (e.g. FlatGeobuf) used when ``gpkg`` is ``None``.
+    masks
+        ``{layer name: COG}`` shown as rasters (the first visible).
+    styles
+        Styles per layer; missing layers get :func:`default_styles`.
+    crs
+        Project CRS; default: the first mask's, else the layers' CRS.
+    overwrite
+        Replace an existing project.
+    """
+    out = Path(path)
+    checked = prepare_layers(layers)
+    chosen = {**default_styles(checked), **(styles or {})}
+    infos = _inspect_masks(masks or {})
+    files = {k: Path(v) for k, v in (vector_files or {}).items()}
+    mask_paths = {k: (Path(v), infos[k]) for k, v in (masks or {}).items()}
+    tree = _project_layers(
+        out.parent,
+        checked,
+        chosen,
+        gpkg=None if gpkg is None else Path(gpkg),
+        vector_files=files,
+        masks=mask_paths,
+    )
+    if crs is not None:
+        project_crs = _norm_crs(crs, what="project crs")
+    elif infos:
+        project_crs = next(iter(infos.values())).crs
+    else:
+        project_crs = pyproj.CRS.from_user_input(next(iter(checked.values())).crs)
+    with _atomic(out, overwrite=overwrite) as tmp:
+        _write_project_to(tmp, out, tree, project_crs)
+    return out

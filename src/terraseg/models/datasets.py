@@ -1,0 +1,335 @@
+"""Training data: image/label pairs, training and held-out areas, torchgeo datasets and loaders.
+
+torchgeo's ``RasterDataset`` reads image and labels, ``IntersectionDataset``
+pairs them, ``RandomGeoSampler`` draws training patches and
+``GridGeoSampler`` tiles a held-out area: the southern strip of each image
+(whole patches), or whole separate validation scenes. Scenes are kept apart
+(one dataset each) because independent scenes, synthetic ones in particular,
+may share coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from terraseg.config import TrainConfig
+from terraseg.errors import BandError, ConfigError
+from terraseg.io.scene import Scene, open_scene
+from terraseg.models.labels import (
+    RASTER_SUFFIXES,
+    PathLike,
+    check_label_values,
+    check_raster_overlap,
+    rasterize_labels,
+)
+from terraseg.models.spec import InputSpec
+
+if TYPE_CHECKING:
+    import shapely
+    from torchgeo.datasets import IntersectionDataset, RasterDataset
+    from torchgeo.datasets.utils import GeoSlice
+    from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
+
+__all__ = [
+    "Batch",
+    "ChainSampler",
+    "SceneDataset",
+    "ScenePair",
+    "TrainingAreas",
+    "as_paths",
+    "intersection_datasets",
+    "make_loaders",
+    "prepare_pairs",
+    "training_areas",
+]
+
+Batch = dict[str, torch.Tensor]
+"""One sample or batch: ``{"image": float tensor, "mask": long tensor}``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScenePair:
+    """A training or validation image and its class raster."""
+
+    image: Scene
+    labels: Path  # class raster on (or warpable to) the image grid
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingAreas:
+    """Pairs to train and validate on, and the area of each scene each may use."""
+
+    train: list[ScenePair]
+    val: list[ScenePair]  # the same list object as ``train`` when the southern strips are held out
+    train_rois: list[shapely.Polygon | None]
+    val_rois: list[shapely.Polygon]
+
+    @property
+    def held_out_scenes(self) -> bool:
+        """Validation uses separate scenes (not the southern strip of the training images)."""
+        return self.val is not self.train
+
+
+def as_paths(value: PathLike | Sequence[PathLike]) -> list[Path]:
+    """One path or several, as a list of paths."""
+    if isinstance(value, str | os.PathLike):
+        return [Path(value)]
+    return [Path(v) for v in value]
+
+
+def prepare_pairs(
+    images: Sequence[Path], labels: Sequence[Path], layers: Mapping[str, int],
+    bands: Sequence[int], workdir: Path, tag: str, n_classes: int, edge_px: int | None = None,
+) -> list[ScenePair]:
+    """Open images, check bands and labels, rasterize vector labels into ``workdir``."""
+    if len(images) != len(labels):
+        raise ConfigError(
+            f"{len(images)} image(s) but {len(labels)} label file(s); give one label file per "
+            "image, in the same order",
+        )
+    pairs = []
+    for k, (img, lab) in enumerate(zip(images, labels, strict=True)):
+        scene = open_scene(img)
+        if max(bands) > scene.count:
+            raise BandError(
+                f"training reads bands {list(bands)} but image '{img}' has {scene.count} "
+                f"band(s); give an image with {max(bands)}+ bands or choose --bands from "
+                f"1..{scene.count}",
+                path=img,
+                bands=tuple(bands),
+                count=scene.count,
+            )
+        if not lab.exists():
+            raise ConfigError(f"labels '{lab}' do not exist; check the path", path=lab)
+        if lab.suffix.lower() in RASTER_SUFFIXES:
+            lab_scene = open_scene(lab)
+            check_raster_overlap(scene, lab_scene)
+            check_label_values(lab_scene, n_classes)
+            pairs.append(ScenePair(scene, lab))
+        else:
+            target = workdir / f"{tag}{k}.labels.tif"
+            pairs.append(ScenePair(scene, rasterize_labels(
+                lab, scene, target, layers=layers, edge_px=edge_px,
+            )))
+    return pairs
+
+
+def training_areas(
+    images: PathLike | Sequence[PathLike],
+    labels: PathLike | Sequence[PathLike],
+    val_images: PathLike | Sequence[PathLike] | None,
+    val_labels: PathLike | Sequence[PathLike] | None,
+    *,
+    layers: Mapping[str, int],
+    cfg: TrainConfig,
+    n_classes: int,
+    workdir: Path,
+) -> TrainingAreas:
+    """Training pairs and held-out areas: separate validation scenes, or southern strips.
+
+    Vector labels are rasterized into ``workdir``; without validation scenes
+    the southern ``cfg.val_fraction`` of each training image is held out.
+    """
+    edge_px = cfg.edge_px if cfg.task == "boundary" else None
+    pairs = prepare_pairs(
+        as_paths(images), as_paths(labels), layers, cfg.bands, workdir, "train", n_classes,
+        edge_px,
+    )
+    if val_images is not None:
+        if val_labels is None:
+            raise ConfigError("val_image needs val_labels (one label file per image)")
+        val_pairs = prepare_pairs(
+            as_paths(val_images), as_paths(val_labels), layers, cfg.bands, workdir, "val",
+            n_classes, edge_px,
+        )
+        train_rois: list[shapely.Polygon | None] = [None] * len(pairs)
+        val_rois = [_whole_box(p.image, cfg.patch_px) for p in val_pairs]
+        return TrainingAreas(pairs, val_pairs, train_rois, val_rois)
+    split = [_boxes(p.image, cfg.val_fraction, cfg.patch_px) for p in pairs]
+    return TrainingAreas(pairs, pairs, [s[0] for s in split], [s[1] for s in split])
+
+
+def _raster_classes() -> tuple[type[RasterDataset], type[RasterDataset]]:
+    from torchgeo.datasets import RasterDataset
+
+    class ImageRaster(RasterDataset):
+        filename_glob = "*"
+        is_image = True
+
+    class LabelRaster(RasterDataset):
+        filename_glob = "*"
+        is_image = False
+
+    return ImageRaster, LabelRaster
+
+
+def _boxes(
+    scene: Scene, val_fraction: float, patch_px: int
+) -> tuple[shapely.Polygon, shapely.Polygon]:
+    """Training area (north) and held-out validation area (south, whole patches) of a scene."""
+    import shapely
+
+    rows, cols = scene.shape
+    res_x, res_y = scene.res
+    left, bottom, right, top = scene.bounds
+    val_rows = max(patch_px, int(round(rows * val_fraction / patch_px)) * patch_px)
+    val_cols = (cols // patch_px) * patch_px
+    if rows - val_rows < patch_px or val_cols < patch_px:
+        raise ConfigError(
+            f"image '{scene.path}' ({rows}x{cols} px) is too small to hold out "
+            f"{val_rows} rows for validation and train on {patch_px}-px patches; use a larger "
+            "image, a smaller --patch-px, or separate validation scenes",
+            path=scene.path,
+        )
+    split_y = bottom + val_rows * res_y
+    train = shapely.box(left, split_y, right, top)
+    val = shapely.box(left, bottom, left + val_cols * res_x, split_y)
+    return train, val
+
+
+def _whole_box(scene: Scene, patch_px: int) -> shapely.Polygon:
+    import shapely
+
+    rows, cols = scene.shape
+    res_x, res_y = scene.res
+    left, _, _, top = scene.bounds
+    h = (rows // patch_px) * patch_px
+    w = (cols // patch_px) * patch_px
+    if h == 0 or w == 0:
+        raise ConfigError(
+            f"validation image '{scene.path}' ({rows}x{cols} px) is smaller than one "
+            f"{patch_px}-px patch; use a smaller --patch-px",
+            path=scene.path,
+        )
+    return shapely.box(left, top - h * res_y, left + w * res_x, top)
+
+
+class SceneDataset(torch.utils.data.Dataset[Batch]):
+    """Several torchgeo ``IntersectionDataset`` s indexed by ``(scene, query)``.
+
+    Scenes are kept apart (not merged into one index) because independent
+    scenes, synthetic ones in particular, may share coordinates. Samples are
+    band-selected, scaled and (for training) flipped/rotated.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[IntersectionDataset],
+        input_spec: InputSpec,
+        *,
+        augment: bool,
+        seed: int,
+    ) -> None:
+        self.datasets = list(datasets)
+        self.band_index = [b - 1 for b in input_spec.bands]
+        self.input_spec = input_spec
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:  # only reached through the samplers
+        return 0
+
+    def __getitem__(self, item: tuple[int, GeoSlice]) -> Batch:
+        i, query = item
+        sample = self.datasets[i][query]
+        x = sample["image"][self.band_index].float()
+        spec = self.input_spec
+        if spec.normalization == "meanstd" and spec.mean is not None and spec.std is not None:
+            mean = torch.tensor(spec.mean).view(-1, 1, 1)
+            std = torch.tensor(spec.std).view(-1, 1, 1)
+            x = (x - mean) / std
+        else:
+            x = x / float(spec.scale)
+        y = sample["mask"].long()
+        if self.augment:
+            k = int(self.rng.integers(4))
+            x, y = torch.rot90(x, k, (1, 2)), torch.rot90(y, k, (0, 1))
+            if self.rng.random() < 0.5:
+                x, y = torch.flip(x, (2,)), torch.flip(y, (1,))
+            gain = float(self.rng.uniform(0.9, 1.1))
+            x = x * gain
+        return {"image": x.contiguous(), "mask": y.contiguous()}
+
+
+class ChainSampler(torch.utils.data.Sampler[tuple[int, "GeoSlice"]]):
+    """Yields ``(scene, query)`` from one torchgeo sampler per scene, shuffled or in order."""
+
+    def __init__(
+        self,
+        samplers: Sequence[RandomGeoSampler | GridGeoSampler],
+        *,
+        shuffle: bool,
+        seed: int,
+    ) -> None:
+        self.samplers = list(samplers)
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.samplers)
+
+    def __iter__(self) -> Iterator[tuple[int, GeoSlice]]:
+        items = [(i, q) for i, s in enumerate(self.samplers) for q in s]
+        if self.shuffle:
+            order = torch.randperm(len(items), generator=self.generator).tolist()
+            items = [items[j] for j in order]
+        return iter(items)
+
+
+def intersection_datasets(pairs: Sequence[ScenePair]) -> list[IntersectionDataset]:
+    """One torchgeo ``IntersectionDataset`` (image ∩ class raster) per pair."""
+    from torchgeo.datasets import IntersectionDataset
+
+    image_cls, label_cls = _raster_classes()
+    out = []
+    for pair in pairs:
+        img = image_cls(paths=[pair.image.path])
+        lab = label_cls(paths=[str(pair.labels)])
+        out.append(IntersectionDataset(img, lab))
+    return out
+
+
+def make_loaders(
+    train_sets: Sequence[IntersectionDataset],
+    val_sets: Sequence[IntersectionDataset],
+    areas: TrainingAreas,
+    input_spec: InputSpec,
+    cfg: TrainConfig,
+) -> tuple[DataLoader[Batch], DataLoader[Batch]]:
+    """Training loader (random patches, augmented) and validation loader (a patch grid)."""
+    from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
+
+    per_scene = max(1, math.ceil(cfg.steps_per_epoch * cfg.batch_size / len(areas.train)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_samplers = [
+        RandomGeoSampler(ds, size=cfg.patch_px, length=per_scene, roi=roi, generator=gen)
+        for ds, roi in zip(train_sets, areas.train_rois, strict=True)
+    ]
+    val_samplers = [
+        GridGeoSampler(ds, size=cfg.patch_px, stride=cfg.patch_px, roi=roi)
+        for ds, roi in zip(val_sets, areas.val_rois, strict=True)
+    ]
+    train_loader = DataLoader(
+        SceneDataset(train_sets, input_spec, augment=True, seed=cfg.seed),
+        batch_size=cfg.batch_size,
+        sampler=ChainSampler(train_samplers, shuffle=True, seed=cfg.seed),
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+        drop_last=True,
+    )
+    val_loader = DataLoader(
+        SceneDataset(val_sets, input_spec, augment=False, seed=cfg.seed),
+        batch_size=cfg.batch_size,
+        sampler=ChainSampler(val_samplers, shuffle=False, seed=cfg.seed),
+        num_workers=cfg.num_workers,
+    )
+    return train_loader, val_loader

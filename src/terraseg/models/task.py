@@ -1,0 +1,243 @@
+"""The Lightning side of training: torchgeo's task with the card's network, fit and scored.
+
+torchgeo's ``SemanticSegmentationTask`` trains under a Lightning ``Trainer``
+with the card's smp architecture (nothing is downloaded: encoders are built
+with random weights) and a one-cycle AdamW schedule; the trained network is
+then scored by per-class pixel IoU on the held-out patches. The card's
+``training`` section records the hardware and package versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from terraseg.config import TrainConfig
+from terraseg.models.card import Architecture, ModelCard
+from terraseg.models.networks import build_network
+from terraseg.models.spec import ClassInfo
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+    from torchgeo.trainers import SemanticSegmentationTask
+
+    from terraseg.models.datasets import Batch
+
+__all__ = [
+    "FitResult",
+    "confusion_matrix",
+    "fit_network",
+    "hardware",
+    "iou_metrics",
+    "quiet",
+    "versions",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    """The trained network (CPU, eval mode) and how far training went."""
+
+    net: nn.Module
+    steps: int
+    epochs: int
+
+
+class SumLoss(nn.Module):
+    """The sum of several losses over the same logits and targets (cross-entropy + Dice)."""
+
+    def __init__(self, *losses: nn.Module) -> None:
+        super().__init__()
+        self.losses = nn.ModuleList(losses)
+
+    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros((), device=y_hat.device)
+        for loss in self.losses:
+            total = total + loss(y_hat, y)
+        return total
+
+
+def _task_class() -> Callable[..., SemanticSegmentationTask]:
+    from torch.optim import AdamW
+    from torch.optim.lr_scheduler import OneCycleLR
+    from torchgeo.trainers import SemanticSegmentationTask
+
+    if TYPE_CHECKING:
+        from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+
+    class TerrasegSegmentationTask(SemanticSegmentationTask):
+        """torchgeo's task with the card's architecture and a one-cycle schedule."""
+
+        def __init__(
+            self, *, terraseg_card: dict[str, Any], total_steps: int, **kwargs: Any
+        ) -> None:
+            super().__init__(**kwargs)  # saves terraseg_card/total_steps as hyper-parameters
+
+        def configure_losses(self) -> None:
+            """torchgeo's losses, plus smp's multiclass Dice alone or added to cross-entropy."""
+            loss = self.hparams["loss"]
+            if loss not in ("dice", "ce+dice"):
+                super().configure_losses()
+                return
+            import segmentation_models_pytorch as smp
+
+            ignore = self.hparams["ignore_index"]
+            dice = smp.losses.DiceLoss("multiclass", ignore_index=ignore)
+            if loss == "dice":
+                self.criterion = dice
+                return
+            weights = self.hparams["class_weights"]
+            ce = nn.CrossEntropyLoss(
+                ignore_index=-1000 if ignore is None else ignore,
+                weight=None if weights is None else torch.tensor(weights, dtype=torch.float32),
+            )
+            self.criterion = SumLoss(ce, dice)
+
+        def configure_models(self) -> None:
+            arch = Architecture.model_validate(self.hparams["terraseg_card"]["architecture"])
+            self.model = build_network(arch, source="the training architecture")
+
+        def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+            optimizer = AdamW(self.parameters(), lr=self.hparams["lr"], weight_decay=1e-4)
+            total = max(int(self.hparams["total_steps"]), 1)
+            scheduler = OneCycleLR(
+                optimizer, max_lr=self.hparams["lr"], total_steps=total, pct_start=0.15
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
+
+    return TerrasegSegmentationTask
+
+
+def fit_network(
+    card: ModelCard,
+    train_loader: DataLoader[Batch],
+    cfg: TrainConfig,
+    *,
+    total_steps: int,
+    n_epochs: int,
+    workdir: Path,
+) -> FitResult:
+    """Train ``card``'s network on ``train_loader`` for ``total_steps`` (no validation loop)."""
+    import lightning.pytorch as pl
+
+    task = _task_class()(
+        terraseg_card=card.model_dump(mode="json"),
+        total_steps=total_steps,
+        model="unet",
+        backbone=str(card.architecture.kwargs.get("encoder_name", "resnet18")),
+        weights=None,
+        in_channels=card.input.n_bands,
+        num_classes=card.n_classes,
+        loss=cfg.loss,
+        class_weights=list(cfg.class_weights) if cfg.class_weights is not None else None,
+        lr=cfg.lr,
+    )
+    with quiet():
+        trainer = pl.Trainer(
+            accelerator=cfg.accelerator,
+            devices=1,
+            max_epochs=n_epochs,
+            max_steps=total_steps,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=cfg.progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            deterministic=True,
+            default_root_dir=str(workdir),
+        )
+        trainer.fit(task, train_dataloaders=train_loader)  # validated afterwards, once
+    net = task.model.cpu().eval()
+    return FitResult(net, int(trainer.global_step), int(trainer.current_epoch))
+
+
+def confusion_matrix(
+    net: nn.Module, loader: Iterable[Batch], n_classes: int, ignore: int | None
+) -> np.ndarray:
+    """``n_classes²`` counts of (true, predicted) pixels over ``loader``'s batches."""
+    cm = torch.zeros(n_classes, n_classes, dtype=torch.int64)
+    net.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            pred = net(batch["image"]).argmax(1).flatten()
+            true = batch["mask"].flatten()
+            keep = (true >= 0) & (true < n_classes)
+            if ignore is not None:
+                keep &= true != ignore
+            cm += torch.bincount(
+                true[keep] * n_classes + pred[keep], minlength=n_classes * n_classes
+            ).view(n_classes, n_classes)
+    return cm.numpy()
+
+
+def iou_metrics(cm: np.ndarray, classes: Sequence[ClassInfo], prefix: str) -> dict[str, float]:
+    """Per-class IoU, mean IoU and pixel accuracy of a confusion matrix, rounded to 4 digits."""
+    tp = np.diag(cm).astype(np.float64)
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    out: dict[str, float] = {}
+    ious = []
+    for c in classes:
+        denom = tp[c.id] + fp[c.id] + fn[c.id]
+        iou = float(tp[c.id] / denom) if denom > 0 else float("nan")
+        out[f"{prefix}iou_{c.name}"] = round(iou, 4)
+        ious.append(iou)
+    out[f"{prefix}miou"] = round(float(np.nanmean(ious)), 4)
+    out[f"{prefix}pixel_accuracy"] = round(float(tp.sum() / max(cm.sum(), 1)), 4)
+    return out
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Lightning's tips and torchgeo/Lightning deprecation chatter during training."""
+    lightning_loggers = [
+        logging.getLogger(n)
+        for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning")
+    ]
+    levels = [lg.level for lg in lightning_loggers]
+    try:
+        for lg in lightning_loggers:
+            lg.setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*no `val_dataloader`.*")
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+            yield
+    finally:
+        for lg, level in zip(lightning_loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def hardware(accelerator: str) -> str:
+    """One line about the machine that trained (CPU threads or the CUDA device)."""
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return f"cpu x{torch.get_num_threads()} threads ({platform.machine()})"
+    return f"{accelerator}: {torch.cuda.get_device_name(0)}"
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that shape a trained model."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    pkgs = ("terraseg", "torch", "torchgeo", "segmentation-models-pytorch", "timm", "lightning")
+    for pkg in pkgs:
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out

@@ -1,0 +1,1 @@
+"""Reproducible recipes: the commands that train and evaluate the bundled models."""
