@@ -33,6 +33,7 @@ demo: install
 	$(BIN)/terraseg synth $(DEMO_DIR)/city.tif --size-px $(DEMO_SIZE) --seed 7 --overwrite
 	$(BIN)/terraseg run workflows/demo.yaml --overwrite
 	$(BIN)/terraseg evaluate $(DEMO_DIR)/run/city/classes.tif $(DEMO_DIR)/city.truth.tif --task pixels
+	$(BIN)/terraseg evaluate $(DEMO_DIR)/run/city/city.gpkg $(DEMO_DIR)/city.truth.gpkg --task buildings
 	$(BIN)/terraseg evaluate $(DEMO_DIR)/run/city/city.gpkg $(DEMO_DIR)/city.truth.gpkg --task roads
 
 lint: install

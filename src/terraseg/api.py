@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from terraseg.engine.inference import AmpMode, Backend, TilePredictor
 from terraseg.engine.pipeline import PredictResult, Ramp, plan_scene, predict_scene
 from terraseg.io.scene import open_scene
-from terraseg.models.loading import load_model
+from terraseg.models.combine import resolve_models
 from terraseg.progress import progress_callback
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def predict_to_dir(
     scene: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    model: str = "cheap",
+    model: str = "demo-instance",
     tile_px: int = 512,
     overlap_px: int = 64,
     chunk_px: int = 2048,
@@ -121,8 +121,7 @@ def predict_to_dir(
     sc = open_scene(scene, assume_crs=assume_crs)
     grid = plan_scene(sc, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
     warn_if_huge(sc, len(grid))
-    net, card = load_model(model)
-    spec = card.to_spec()
+    net, spec = resolve_models(model, None)
     predictor = TilePredictor(
         net, device=device, batch_size=batch_size, amp=cast(AmpMode, amp),
         activation=spec.activation, backend=cast(Backend, backend),
@@ -187,7 +186,7 @@ def _window_of(window: WindowLike, shape: tuple[int, int]) -> PixelWindow:
 def predict(
     scene: SceneLike,
     *,
-    model: str = "demo-semantic",
+    model: str = "demo-instance",
     window: WindowLike = None,
     tile_px: int = 512,
     overlap_px: int = 64,
@@ -235,8 +234,7 @@ def predict(
     with tempfile.TemporaryDirectory(prefix="terraseg-") as tmp:
         sc = _as_scene(scene, Path(tmp))
         win = _window_of(window, sc.shape)
-        net, card = load_model(model)
-        spec = card.to_spec()
+        net, spec = resolve_models(model, None)
         check_bands(sc, spec)
         predictor = TilePredictor(net, device=device, batch_size=batch_size,
                                   activation=spec.activation)

@@ -124,7 +124,11 @@ class OutputsConfig(_Model):
     crs: str | None = Field(
         default=None, description="Reproject vector outputs to this CRS (default: scene CRS)."
     )
-    probabilities: bool = Field(default=False, description="Also write probabilities.tif.")
+    probabilities: bool = Field(
+        default=True,
+        description="Also write probabilities.tif; each building's score is its mean building "
+        "probability (NaN without it).",
+    )
 
 
 class TLSConfig(_Model):

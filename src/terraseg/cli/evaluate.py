@@ -127,20 +127,27 @@ def render_report(report: EvaluationReport) -> None:
     if report.buildings is not None:
         b = report.buildings
         table = Table(title=f"Buildings (one-to-one at IoU >= {b.iou_threshold:g})")
-        for col in ("truth", "pred", "TP", "FP", "FN", "precision", "recall", "F1", "mean IoU"):
+        cols = ["truth", "pred", "TP", "FP", "FN", "precision", "recall", "F1", "mean IoU"]
+        row = [b.n_truth, b.n_pred, b.tp, b.fp, b.fn, b.precision, b.recall, b.f1, b.mean_iou]
+        if b.ap is not None:
+            cols.append(f"AP@{b.iou_threshold:g}")
+            row.append(b.ap)
+        for col in cols:
             table.add_column(col, justify="right")
-        table.add_row(
-            *map(
-                _fmt,
-                (b.n_truth, b.n_pred, b.tp, b.fp, b.fn, b.precision, b.recall, b.f1, b.mean_iou),
-            )
-        )
+        table.add_row(*map(_fmt, row))
         console.print(table)
+        if b.f1_by_score:
+            best = max(b.f1_by_score, key=lambda sf: sf[1])
+            console.print(
+                "F1 by score threshold: "
+                + ", ".join(f"≥{s:g}: {f:.3f}" for s, f in b.f1_by_score)
+                + f" (best {best[1]:.3f} at ≥{best[0]:g})"
+            )
     if report.roads is not None:
         r = report.roads
         table = Table(title=f"Roads (centerlines within {r.buffer_m:g} m)")
-        cols = ("truth km", "pred km", "precision", "recall", "F1", "APLS", "t→p", "p→t")
-        for col in cols:
+        road_cols = ("truth km", "pred km", "precision", "recall", "F1", "APLS", "t→p", "p→t")
+        for col in road_cols:
             table.add_column(col, justify="right")
         table.add_row(
             *map(

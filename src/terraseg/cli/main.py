@@ -82,7 +82,10 @@ def synth(
 def predict(
     scene: Annotated[Path, typer.Argument(help="Input GeoTIFF/COG (any path GDAL reads).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
-    model: Annotated[str, typer.Option(help="Built-in model name or checkpoint path.")] = "cheap",
+    model: Annotated[
+        str,
+        typer.Option(help="Bundled or built-in model name (`terraseg models`), or a checkpoint path."),
+    ] = "demo-instance",
     tile_px: Annotated[int, typer.Option("--tile-px", help="Model tile size, pixels.")] = 512,
     overlap_px: Annotated[int, typer.Option("--overlap-px", help="Tile overlap, pixels.")] = 64,
     chunk_px: Annotated[
@@ -98,8 +101,9 @@ def predict(
         str, typer.Option(help="Model execution: torch, or onnxruntime (CPU; pip install 'terraseg[onnx]').")
     ] = "torch",
     probabilities: Annotated[
-        bool, typer.Option("--probabilities", help="Also write probabilities.tif.")
-    ] = False,
+        bool,
+        typer.Option("--probabilities/--no-probabilities", help="Also write probabilities.tif (each building's score is its mean building probability)."),
+    ] = True,
     assume_crs: Annotated[
         str | None, typer.Option("--assume-crs", help="CRS for a scene that has none.")
     ] = None,

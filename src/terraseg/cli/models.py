@@ -120,6 +120,17 @@ def train_command(
             "default roads=2 then buildings=1.",
         ),
     ] = None,
+    task: Annotated[
+        str,
+        typer.Option(
+            help="semantic, or boundary: buildings get an edge-ring class so touching "
+            "buildings come out as separate instances.",
+        ),
+    ] = "semantic",
+    edge_px: Annotated[
+        int, typer.Option("--edge-px", help="Edge ring width of --task boundary, pixels.")
+    ] = 2,
+    loss: Annotated[str, typer.Option(help="ce, focal, jaccard, dice or ce+dice.")] = "ce",
     bands: Annotated[str, typer.Option(help="1-based image bands, comma-separated.")] = "1,2,3",
     scale: Annotated[float, typer.Option(help="Divisor that scales pixel values.")] = 255.0,
     epochs: Annotated[int | None, typer.Option(help="Epochs of --steps-per-epoch steps.")] = None,
@@ -135,7 +146,7 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
-    """Train a semantic model (torchgeo + Lightning) and write its weights and card."""
+    """Train a semantic or boundary model (torchgeo + Lightning); write its weights and card."""
     from terraseg.config import TrainConfig
     from terraseg.models.train import train_semantic
 
@@ -148,7 +159,8 @@ def train_command(
         "scale": scale, "epochs": epochs, "max_steps": max_steps, "steps_per_epoch": steps_per_epoch,
         "batch_size": batch_size, "patch_px": patch_px, "lr": lr, "seed": seed, "name": name,
         "description": description, "dtype": "float16" if fp16 else "float32", "progress": progress,
-        "command": "terraseg " + shlex.join(sys.argv[1:]),
+        "command": "terraseg " + shlex.join(sys.argv[1:]), "task": task, "edge_px": edge_px,
+        "loss": loss,
     })
     card = train_semantic(
         [image, *more_images], [labels, *more_labels], out, config,

@@ -146,10 +146,11 @@ def run_workflow(
     # validate every scene and the model before any compute is spent
     scenes = [open_scene(p, assume_crs=wf.inputs.assume_crs) for p in scene_paths]
     stages = list(wf.stages)
-    if "predict" in stages and not wf.models.semantic:
-        raise ConfigError("stage 'predict' needs models.semantic (a bundled name or a path)")
+    if "predict" in stages and not (wf.models.semantic or wf.models.instance):
+        raise ConfigError("stage 'predict' needs models.semantic and/or models.instance (a "
+                          "bundled name such as demo-instance, or a checkpoint path)")
     opts = PredictorOptions(
-        model=wf.models.semantic or "", device=wf.inference.device,
+        model=wf.models.semantic, instance=wf.models.instance, device=wf.inference.device,
         batch_size=wf.inference.batch_size, amp=wf.inference.amp,
         backend=wf.inference.backend,
     )

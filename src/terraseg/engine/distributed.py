@@ -37,15 +37,16 @@ log = logging.getLogger(__name__)
 class PredictorOptions:
     """What a worker needs to build its own model and predictor (cheap to pickle)."""
 
-    model: str
+    model: str | None
     device: str = "auto"
     batch_size: int = 8
     amp: str = "auto"
     backend: str = "torch"
+    instance: str | None = None
 
-    def __dask_tokenize__(self) -> tuple[str, str, str, int, str, str]:
+    def __dask_tokenize__(self) -> tuple[object, ...]:
         return ("PredictorOptions", self.model, self.device, self.batch_size, self.amp,
-                self.backend)
+                self.backend, self.instance)
 
 
 _PREDICTORS: dict[PredictorOptions, Any] = {}
@@ -57,10 +58,9 @@ def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
     with _PREDICTORS_LOCK:
         if opts not in _PREDICTORS:
             from terraseg.engine.inference import TilePredictor
-            from terraseg.models.loading import load_model
+            from terraseg.models.combine import resolve_models
 
-            net, card = load_model(opts.model)
-            spec = card.to_spec()
+            net, spec = resolve_models(opts.model, opts.instance)
             predictor = TilePredictor(
                 net, device=opts.device, batch_size=opts.batch_size, amp=opts.amp,  # type: ignore[arg-type]
                 activation=spec.activation, backend=opts.backend,  # type: ignore[arg-type]

@@ -15,8 +15,10 @@ step holds a scene-sized array:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from scipy import ndimage
 from terraseg.core.grid import ChunkGrid, PixelWindow
 from terraseg.export.layers import SomeCRS
 from terraseg.export.writers import ExportResult, export_run
-from terraseg.instances import InstanceMerger, InstanceTable
+from terraseg.instances import InstanceMerger, InstanceTable, instances_from_boundary
 from terraseg.io.raster_sink import RasterSink, read_class_names
 from terraseg.io.scene import Scene, open_scene
 
@@ -50,10 +52,16 @@ _FOUR = ndimage.generate_binary_structure(2, 1)
 
 def _class_id(classes_path: Path, name: str, default: int) -> int:
     """The id of class ``name`` in a class COG (from its stored class names)."""
+    found = _find_class(classes_path, name)
+    return default if found is None else found
+
+
+def _find_class(classes_path: Path, name: str) -> int | None:
+    """The id of class ``name`` in a class COG, or None when it has no such class."""
     for value, cname in read_class_names(classes_path).items():
         if cname == name:
             return int(value)
-    return default
+    return None
 
 
 def _reader(scene: Scene) -> Callable[[PixelWindow], np.ndarray]:
@@ -73,15 +81,36 @@ def _halo(window: PixelWindow, shape: tuple[int, int], px: int) -> PixelWindow:
     )
 
 
-def _label_window(classes: np.ndarray, building: int) -> np.ndarray:
-    """Local building labels of one window: 4-connected components of the building class.
+def _label_window(classes: np.ndarray, building: int, edge: int | None = None) -> np.ndarray:
+    """Local building labels of one window.
 
-    4-connectivity keeps buildings that only touch at a corner apart; buildings
-    that share a wall in the class mask become one instance (a semantic model
-    cannot tell them apart; an instance model can).
+    Without an edge class: 4-connected components of the building class
+    (4-connectivity keeps buildings that only touch at a corner apart; buildings
+    that share a wall in the class mask become one instance). With the
+    ``building edge`` class of a boundary model: a seeded watershed
+    (:func:`terraseg.instances.instances_from_boundary`), so touching buildings
+    whose interiors the model kept apart come out as separate instances.
     """
-    labels, _ = ndimage.label(classes == building, structure=_FOUR)
-    return np.asarray(labels, dtype=np.int64)
+    if edge is None:
+        labels, _ = ndimage.label(classes == building, structure=_FOUR)
+        return np.asarray(labels, dtype=np.int64)
+    return instances_from_boundary(
+        classes, interior_class=building, edge_class=edge, min_seed_px=BOUNDARY_MIN_SEED_PX
+    ).astype(np.int64)
+
+
+#: Halo of a boundary model's watershed, pixels: wider than the largest building,
+#: so each chunk's watershed agrees with its neighbours' on the face strips.
+BOUNDARY_HALO_PX = 96
+#: Interior components smaller than this seed no instance of their own (noise).
+BOUNDARY_MIN_SEED_PX = 6
+
+
+def _product_classes(classes: np.ndarray, building: int, edge: int | None) -> np.ndarray:
+    """Classes as the analyst reads them: a boundary model's edge ring is building."""
+    if edge is None:
+        return classes
+    return np.where(classes == edge, np.uint8(building), classes)
 
 
 def label_instances(
@@ -92,6 +121,7 @@ def label_instances(
     halo_px: int = 8,
     building_class: int | None = None,
     probabilities_path: str | os.PathLike[str] | None = None,
+    panoptic_path: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
 ) -> InstanceTable:
     """Write ``instances.tif`` (uint32 global building ids, 0 = none) from a class COG.
@@ -115,37 +145,62 @@ def label_instances(
         COG's class names, else 1.
     probabilities_path
         Optional probability COG; each instance's score is its mean building
-        probability. Without it scores are NaN.
+        probability (interior + edge for a boundary model). Without it scores are NaN.
+    panoptic_path
+        Optional 2-band uint32 COG ``(class, instance id)``: band 1 the classes
+        with a boundary model's edge ring folded into ``building`` (255 =
+        nodata), band 2 the global building id (0 = none).
+
+    A class COG with a ``building edge`` class (a boundary model's output) is
+    labelled by seeded watershed with a halo of at least
+    :data:`BOUNDARY_HALO_PX`; otherwise by connected components.
     """
     classes = open_scene(classes_path)
     building = building_class if building_class is not None else _class_id(
         Path(classes_path), "building", 1)
+    edge = _find_class(Path(classes_path), "building edge")
+    halo_px = max(halo_px, BOUNDARY_HALO_PX) if edge is not None else halo_px
     probs = open_scene(probabilities_path) if probabilities_path else None
     grid = ChunkGrid.from_shape(classes.shape, tile_px=chunk_px, overlap_px=0, chunk_px=chunk_px)
     gsd = classes.gsd_xy_m
     merger = InstanceMerger(classes.shape, pixel_area_m2=float(gsd[0] * gsd[1]))
     read = _reader(classes)
+    score_bands = [building + 1] + ([edge + 1] if edge is not None else [])
 
     def local(window: PixelWindow) -> tuple[np.ndarray, np.ndarray | None]:
-        labels = _label_window(read(window), building)
+        labels = _label_window(read(window), building, edge)
         scores = None
         if probs is not None:
-            p, _ = probs.read_window(window, bands=[building + 1], pad="nodata")
-            scores = p[0].astype(np.float32) / 254.0
+            p, _ = probs.read_window(window, bands=score_bands, pad="nodata")
+            scores = p.astype(np.float32).sum(axis=0) / 254.0
         return labels, scores
 
     windows = {c.index: _halo(c.core, classes.shape, halo_px) for c in grid}
-    for chunk in grid:
-        labels, scores = local(windows[chunk.index])
-        merger.add_chunk(chunk.index, chunk.core, labels, window=windows[chunk.index],
-                         scores=scores)
-    table = merger.finalize()
-    with RasterSink(out_path, like=classes, count=1, dtype="uint32", nodata=0,
-                    overwrite=overwrite, band_names=["building_id"]) as sink:
-        for chunk in grid:
-            labels, _ = local(windows[chunk.index])
-            sink.write(chunk.core, merger.relabel(chunk.index, labels,
-                                                  window=windows[chunk.index])[None])
+    with tempfile.TemporaryDirectory(prefix="terraseg-labels-") as tmp:
+        for chunk in grid:  # pass 1: label each chunk, keep its labels on disk for pass 2
+            labels, scores = local(windows[chunk.index])
+            merger.add_chunk(chunk.index, chunk.core, labels, window=windows[chunk.index],
+                             scores=scores)
+            np.save(Path(tmp) / f"{chunk.index[0]}_{chunk.index[1]}.npy", labels.astype(np.int32))
+        table = merger.finalize()
+        with contextlib.ExitStack() as stack:
+            sink = stack.enter_context(RasterSink(
+                out_path, like=classes, count=1, dtype="uint32", nodata=0,
+                overwrite=overwrite, band_names=["building_id"]))
+            panoptic = None if panoptic_path is None else stack.enter_context(RasterSink(
+                panoptic_path, like=classes, count=2, dtype="uint32", nodata=None,
+                overwrite=overwrite, band_names=["class", "building_id"]))
+            for chunk in grid:
+                labels = np.load(Path(tmp) / f"{chunk.index[0]}_{chunk.index[1]}.npy")
+                ids = merger.relabel(chunk.index, labels.astype(np.int64),
+                                     window=windows[chunk.index])
+                sink.write(chunk.core, ids[None])
+                if panoptic is not None:
+                    cls = _product_classes(read(chunk.core), building, edge)
+                    panoptic.write(chunk.core, np.stack([cls.astype(np.uint32), ids]))
+            sink.finish()
+            if panoptic is not None:
+                panoptic.finish()
     return table.table
 
 
@@ -272,14 +327,21 @@ def vectorize_scene(
     With ``label=False`` an existing ``instances_path`` is used as it is.
     """
     n_instances = None
+    scores: dict[int, float] | None = None
+    panoptic_path = Path(instances_path).with_name("panoptic.tif")
     if label:
         table = label_instances(classes_path, instances_path, chunk_px=chunk_px,
-                                probabilities_path=probabilities_path, overwrite=overwrite)
+                                probabilities_path=probabilities_path,
+                                panoptic_path=panoptic_path, overwrite=overwrite)
         n_instances = len(table.ids)
-    layers = vectorize_masks(classes_path, instances_path, chunk_px=chunk_px)
+        if probabilities_path is not None:
+            scores = {int(i): float(s) for i, s in zip(table.ids, table.score, strict=True)}
+    layers = vectorize_masks(classes_path, instances_path, chunk_px=chunk_px, scores=scores)
+    masks = {"classes": classes_path, "instances": instances_path}
+    if panoptic_path.exists():
+        masks["panoptic"] = panoptic_path
     result = export_vectors(
         layers.as_dict(), out_dir, scene_name=scene_name, formats=formats,
-        masks={"classes": classes_path, "instances": instances_path}, run_info=run_info,
-        to_crs=to_crs, overwrite=overwrite,
+        masks=masks, run_info=run_info, to_crs=to_crs, overwrite=overwrite,
     )
     return SceneVectors(n_instances, layers, result)

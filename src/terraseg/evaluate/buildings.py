@@ -27,7 +27,10 @@ from terraseg.core.match import match_polygons
 from terraseg.errors import ConfigError
 from terraseg.evaluate.apls import _prf
 
-__all__ = ["BuildingScores", "score_buildings"]
+__all__ = ["BuildingScores", "rank_buildings", "score_buildings"]
+
+SCORE_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+"""Score thresholds of :attr:`BuildingScores.f1_by_score`."""
 
 Geoms: TypeAlias = "NDArray[np.object_]"
 
@@ -48,6 +51,12 @@ class BuildingScores:
         Mean IoU of the matched pairs (0 when none; 1 when both sides are empty).
     iou_threshold, min_area_m2
         The settings used.
+    ap
+        Average precision at ``iou_threshold`` over the predictions ranked by
+        score (:func:`rank_buildings`); None when the prediction has no scores.
+    f1_by_score
+        ``((threshold, F1), ...)``: F1 of the predictions whose score is at least
+        each threshold; empty without scores.
     """
 
     n_pred: int
@@ -59,6 +68,8 @@ class BuildingScores:
     mean_iou: float
     iou_threshold: float
     min_area_m2: float
+    ap: float | None = None
+    f1_by_score: tuple[tuple[float, float], ...] = ()
 
     @property
     def fp(self) -> int:
@@ -70,7 +81,7 @@ class BuildingScores:
         """Unmatched true buildings."""
         return self.n_truth - self.tp
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> dict[str, float | int | None | dict[str, float]]:
         """A JSON-ready dict."""
         return {
             "n_pred": self.n_pred,
@@ -84,6 +95,8 @@ class BuildingScores:
             "mean_iou": self.mean_iou,
             "iou_threshold": self.iou_threshold,
             "min_area_m2": self.min_area_m2,
+            "ap": self.ap,
+            "f1_by_score": {f"{s:g}": f for s, f in self.f1_by_score},
         }
 
 
@@ -137,3 +150,63 @@ def score_buildings(
     return _building_scores(
         np.asarray(pred, object), np.asarray(truth, object), iou_threshold, min_area_m2
     )[0]
+
+
+def rank_buildings(
+    pred: Geoms,
+    scores: NDArray[np.floating],
+    truth: Geoms,
+    *,
+    iou_threshold: float = 0.5,
+    thresholds: Sequence[float] = SCORE_THRESHOLDS,
+) -> tuple[float, tuple[tuple[float, float], ...]]:
+    """Average precision and F1 per score threshold of scored building predictions.
+
+    AP follows PASCAL VOC / COCO at one IoU threshold: predictions are taken by
+    decreasing score, each matched to the unmatched true building it overlaps
+    most (IoU at least ``iou_threshold``), and AP is the area under the
+    precision-recall curve with precision made monotone (all-point
+    interpolation). F1 at threshold ``s`` scores the predictions with score
+    ``>= s`` by the one-to-one SpaceNet rule of :func:`score_buildings`.
+
+    Examples
+    --------
+    >>> from shapely import box
+    >>> pred = np.array([box(0, 0, 10, 10), box(20, 0, 30, 10)], object)
+    >>> truth = np.array([box(0, 0, 10, 10)], object)
+    >>> ap, f1 = rank_buildings(pred, np.array([0.9, 0.2]), truth, thresholds=(0.0, 0.5))
+    >>> ap, f1
+    (1.0, ((0.0, 0.6666666666666666), (0.5, 1.0)))
+    """
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    pred = pred[order]
+    ranked = np.asarray(scores, np.float64)[order]
+    f1s = tuple(
+        (float(s), _building_scores(pred[ranked >= s], truth, iou_threshold, 0.0)[0].f1)
+        for s in thresholds
+    )
+    if not len(truth):
+        return (1.0 if not len(pred) else 0.0), f1s
+    tp = np.zeros(len(pred), bool)
+    if len(pred):
+        pi, ti = shapely.STRtree(truth).query(pred, predicate="intersects")
+        inter = shapely.area(shapely.intersection(pred[pi], truth[ti]))
+        iou = inter / (shapely.area(pred[pi]) + shapely.area(truth[ti]) - inter)
+        keep = iou >= iou_threshold
+        pi, ti, iou = pi[keep], ti[keep], iou[keep]
+        used: set[int] = set()
+        by_pred = np.argsort(pi, kind="stable")
+        starts = np.searchsorted(pi[by_pred], np.arange(len(pred) + 1))
+        for k in range(len(pred)):  # in score order: the best free truth each
+            cand = by_pred[starts[k] : starts[k + 1]]
+            for j in cand[np.argsort(-iou[cand], kind="stable")]:
+                if int(ti[j]) not in used:
+                    used.add(int(ti[j]))
+                    tp[k] = True
+                    break
+    ctp = np.cumsum(tp)
+    precision = ctp / np.arange(1, len(pred) + 1)
+    recall = ctp / len(truth)
+    precision = np.maximum.accumulate(precision[::-1])[::-1] if len(pred) else precision
+    steps = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(steps * precision)), f1s

@@ -139,6 +139,16 @@ class PixelScores:
         }
 
 
+def _edge_folding(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(edge, building)`` class values when ``path`` has a ``building edge`` class."""
+    from terraseg.io.raster_sink import read_class_names
+
+    names = {v: k for k, v in read_class_names(path).items()}
+    if "building edge" in names and "building" in names:
+        return names["building edge"], names["building"]
+    return None
+
+
 def score_pixels(
     pred: str | os.PathLike[str],
     truth: str | os.PathLike[str],
@@ -150,7 +160,9 @@ def score_pixels(
 
     Reads both files window by window (``window_px`` square windows), so memory does
     not grow with the scene. Pixels equal to ``nodata`` (or to either file's own
-    nodata value) in either raster are ignored.
+    nodata value) in either raster are ignored. A prediction whose stored class
+    names include ``building edge`` (a boundary model's edge ring) is scored with
+    that class as ``building``.
 
     Raises
     ------
@@ -184,6 +196,7 @@ def score_pixels(
             truth_shape=st.shape,
         )
     ignore = [float(v) for v in {nodata, sp.nodata, st.nodata} if v is not None]
+    fold = _edge_folding(pred)
     cm = np.zeros((256, 256), np.int64)
     ignored = 0
     rows, cols = st.shape
@@ -191,6 +204,8 @@ def score_pixels(
         for c0 in range(0, cols, window_px):
             w = PixelWindow(r0, c0, min(window_px, rows - r0), min(window_px, cols - c0))
             p = sp.read_window(w, bands=[1], pad="nodata")[0][0]
+            if fold is not None:  # a boundary model's edge ring is building
+                p = np.where(p == fold[0], p.dtype.type(fold[1]), p)
             t = st.read_window(w, bands=[1], pad="nodata")[0][0]
             keep = ~(np.isin(p, ignore) | np.isin(t, ignore))
             cm += confusion_matrix(p[keep], t[keep], nodata=None)

@@ -40,13 +40,19 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyproj
+import shapely
 from numpy.typing import NDArray
 
 from terraseg.core.match import PolygonMatch, match_polygons
 from terraseg.core.metric import local_metric_crs
 from terraseg.errors import ConfigError, CRSError
 from terraseg.evaluate.apls import RoadScores, _road_scores, score_roads
-from terraseg.evaluate.buildings import BuildingScores, _building_scores, score_buildings
+from terraseg.evaluate.buildings import (
+    BuildingScores,
+    _building_scores,
+    rank_buildings,
+    score_buildings,
+)
 from terraseg.evaluate.layers import RASTER_SUFFIXES as RASTER_SUFFIXES
 from terraseg.evaluate.layers import (
     EvaluationWarning,
@@ -315,6 +321,12 @@ def _evaluate(
             )
         if k == "buildings":
             b, fp, fn = _building_scores(sides["pred"], sides["truth"], iou_threshold, min_area_m2)
+            ranked = _scored_polygons(frames[(k, "pred")].to_crs(metric), min_area_m2)
+            if ranked is not None:
+                truth = sides["truth"]
+                truth = truth[shapely.area(truth) >= min_area_m2] if len(truth) else truth
+                ap, f1s = rank_buildings(*ranked, truth, iou_threshold=iou_threshold)
+                b = replace(b, ap=ap, f1_by_score=f1s)
             report = replace(report, buildings=b)
         else:
             r, fp, fn = _road_scores(sides["pred"], sides["truth"], buffer_m, dict(apls_kw))
@@ -326,6 +338,38 @@ def _evaluate(
             gpd.GeoDataFrame, geometry="geometry", crs=metric
         ),
     )
+
+
+def _scored_polygons(
+    gdf: gpd.GeoDataFrame, min_area_m2: float
+) -> tuple[Geoms, NDArray[np.float64]] | None:
+    """Valid building polygons and their ``score`` column, aligned; None without scores.
+
+    Geometries are repaired as for the unranked scores (make_valid, polygonal
+    parts); features that end up empty or smaller than ``min_area_m2`` are
+    dropped with their score.
+    """
+    if "score" not in gdf.columns or not len(gdf):
+        return None
+    scores = pd.to_numeric(gdf["score"], errors="coerce").to_numpy(np.float64)
+    if not np.isfinite(scores).all():
+        return None
+    geoms = np.asarray(gdf.geometry.array, object)
+    ok = ~shapely.is_missing(geoms)
+    geoms, scores = geoms[ok], scores[ok]
+    bad = ~shapely.is_valid(geoms)
+    if bad.any():
+        geoms = geoms.copy()
+        geoms[bad] = [_polygonal(g) for g in shapely.make_valid(geoms[bad])]
+    keep = ~shapely.is_empty(geoms) & (shapely.area(geoms) >= min_area_m2)
+    return geoms[keep], scores[keep]
+
+
+def _polygonal(geom: shapely.Geometry) -> shapely.Geometry:
+    """The polygonal parts of a geometry (make_valid may return a collection)."""
+    parts = shapely.get_parts(geom)
+    polys = [p for p in parts if shapely.get_type_id(p) in (3, 6)]
+    return shapely.union_all(polys) if polys else shapely.Polygon()
 
 
 def _errors_frame(task: str, fp: Geoms, fn: Geoms, crs: pyproj.CRS) -> gpd.GeoDataFrame:

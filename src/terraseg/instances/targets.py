@@ -4,10 +4,11 @@ Pure numpy/scipy on arrays the caller rasterized (one id per building polygon,
 0 = none), so the same vector labels serve every task:
 
 - :func:`boundary_classes`: dense classes for a *boundary* model — background,
-  building interior, road, building edge. The edge is the ring of each building
-  within ``edge_px`` of its own outline; where two buildings touch, their rings
-  meet, so the interiors of touching buildings never touch and each one seeds
-  its own instance in :func:`terraseg.instances.instances_from_boundary`.
+  building interior, road, building edge. The edge is the band of each building
+  within ``edge_px`` of ANOTHER building (where houses touch or nearly touch), so
+  the interiors of neighbouring buildings never touch and each one seeds its own
+  instance in :func:`terraseg.instances.instances_from_boundary`; an isolated
+  building is all interior, however small.
 - :func:`detection_targets`: per-instance boxes and masks for a Mask R-CNN-style
   *detection* model (torchvision's target format, as numpy).
 """
@@ -49,7 +50,8 @@ def boundary_classes(
         ``(y, x)`` semantic classes (0 background, 1 building, 2 road; ``ignore_value``
         = not labelled). Building pixels are taken from ``instance_ids``.
     edge_px
-        Width of the edge ring inside each building's outline, pixels (Chebyshev).
+        Width of the contact band on each side of where two buildings meet (or come
+        closer than ``edge_px``), pixels (Chebyshev).
     building_class
         Class value of buildings in ``classes`` (and of the interior in the output).
     ignore_value
@@ -63,12 +65,12 @@ def boundary_classes(
 
     Examples
     --------
-    Two 4×3 houses sharing a wall get separate interiors:
+    Two 4×4 houses sharing a wall get separate interiors:
 
     >>> ids = np.zeros((6, 10), np.int32)
     >>> ids[1:5, 1:5], ids[1:5, 5:9] = 1, 2
     >>> boundary_classes(ids, np.zeros_like(ids), edge_px=1)[2].tolist()
-    [0, 3, 1, 1, 3, 3, 1, 1, 3, 0]
+    [0, 1, 1, 1, 3, 3, 1, 1, 1, 0]
     """
     if instance_ids.shape != classes.shape:
         raise ValueError(f"shapes differ: ids {instance_ids.shape}, classes {classes.shape}")
@@ -76,14 +78,17 @@ def boundary_classes(
     out = np.asarray(classes).astype(np.uint8, copy=True)
     out[(out == building_class) & (ids == 0)] = 0  # buildings come from the ids
     size = 2 * edge_px + 1
-    # A pixel is interior when every pixel within edge_px holds the same id: the
-    # min and max filters agree (the raster edge counts as outside the building).
-    lo = ndi.minimum_filter(ids, size=size, mode="constant", cval=0)
-    hi = ndi.maximum_filter(ids, size=size, mode="constant", cval=0)
+    # A building pixel is edge when another building's pixel lies within edge_px
+    # (Chebyshev): the max filter over all ids, or the min filter over building
+    # ids only, differs from its own id. Background does not count, so an
+    # isolated building has no edge at all and small sheds keep their interior.
     building = ids > 0
-    interior = building & (lo == ids) & (hi == ids)
-    out[building] = EDGE_CLASS
-    out[interior] = building_class
+    big = np.iinfo(ids.dtype).max if np.issubdtype(ids.dtype, np.integer) else ids.max() + 1
+    hi = ndi.maximum_filter(ids, size=size, mode="nearest")
+    lo = ndi.minimum_filter(np.where(building, ids, big), size=size, mode="nearest")
+    contact = building & ((hi != ids) | (lo != ids))
+    out[building] = building_class
+    out[contact] = EDGE_CLASS
     return out
 
 

@@ -200,7 +200,13 @@ class ModelCard(ModelSpec):
         ids = [c.id for c in self.classes]
         if len(set(ids)) != len(ids):
             raise ValueError(f"class ids must be unique, got {ids}")
-        if self.task == "semantic" and ids != list(range(len(ids))):
+        names = {c.name for c in self.classes}
+        if self.task == "boundary" and not {"building", "building edge"} <= names:
+            raise ValueError(
+                f"a 'boundary' model needs classes named 'building' and 'building edge', got "
+                f"{sorted(names)}; fix the card's classes or set task: semantic"
+            )
+        if self.task in ("semantic", "boundary") and ids != list(range(len(ids))):
             raise ValueError(
                 f"class ids must be 0..{len(ids) - 1} in order (output channel k is class k), "
                 f"got {ids}"

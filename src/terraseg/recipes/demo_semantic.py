@@ -79,11 +79,17 @@ SETTINGS = TrainConfig(
 )
 
 
-def make_scenes(workdir: Path) -> dict[str, list[Path]]:
-    """Generate (or reuse) the training, validation and evaluation scenes."""
+def make_scenes(
+    workdir: Path, plan: Sequence[tuple[str, int, int]] | None = None
+) -> dict[str, list[Path]]:
+    """Generate (or reuse) the scenes of ``plan``: ``(role, seed, size_px)`` at 0.5 m.
+
+    The default plan is this model's: training, validation and evaluation scenes.
+    """
     out: dict[str, list[Path]] = {"train": [], "val": [], "eval": []}
-    plan = [("train", s, SCENE_PX) for s in TRAIN_SEEDS]
-    plan += [("val", VAL_SEED, VAL_PX), ("eval", EVAL_SEED, SCENE_PX)]
+    if plan is None:
+        plan = [("train", s, SCENE_PX) for s in TRAIN_SEEDS]
+        plan += [("val", VAL_SEED, VAL_PX), ("eval", EVAL_SEED, SCENE_PX)]
     for role, seed, size in plan:
         path = workdir / f"{role}{seed}.tif"
         if not path.with_name(f"{path.stem}.truth.tif").exists():

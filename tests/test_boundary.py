@@ -1,0 +1,233 @@
+"""Buildings as instances through a boundary model: targets, watershed labelling across
+chunks, scores, panoptic output, model pairing and the bad-input lines (issue #16)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from scipy import ndimage as ndi
+
+from terraseg.core.grid import PixelWindow
+from terraseg.engine.postprocess import label_instances
+from terraseg.evaluate.buildings import rank_buildings
+from terraseg.instances.targets import EDGE_CLASS, boundary_classes, detection_targets
+from terraseg.io.raster_sink import RasterSink
+from terraseg.models.spec import BOUNDARY_CLASSES
+from terraseg.synthetic import CityScene
+
+TERRASEG = str(Path(sys.executable).with_name("terraseg"))
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TERRASEG, *args], capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("terraseg: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def test_boundary_targets_separate_touching_houses() -> None:
+    ids = np.zeros((12, 20), np.int32)
+    ids[2:10, 2:9], ids[2:10, 9:17] = 5, 9  # a terrace of two houses sharing a wall
+    classes = np.zeros_like(ids, dtype=np.uint8)
+    classes[11] = 2  # a road row
+    out = boundary_classes(ids, classes, edge_px=2)
+    assert set(np.unique(out)) == {0, 1, 2, EDGE_CLASS}
+    assert (out[11] == 2).all()
+    assert ((out == 1) | (out == EDGE_CLASS)).sum() == (ids > 0).sum()  # buildings unchanged
+    interiors, n = ndi.label(out == 1)
+    assert n == 2  # the shared wall is edge on both sides
+    assert (out[2:10, 7:11] == EDGE_CLASS).all()  # 2 px each side of the shared wall
+    assert (out[2:10, 2:7] == 1).all() and (out[2:10, 11:17] == 1).all()  # no outer ring
+
+
+def test_isolated_small_building_keeps_its_interior() -> None:
+    ids = np.zeros((8, 8), np.int32)
+    ids[3:5, 3:5] = 1
+    out = boundary_classes(ids, np.zeros((8, 8), np.uint8), edge_px=2)
+    assert (out[3:5, 3:5] == 1).all() and not (out == EDGE_CLASS).any()
+
+
+def test_detection_targets_boxes_and_masks() -> None:
+    ids = np.zeros((8, 8), np.int32)
+    ids[1:4, 1:3], ids[5:7, 4:8], ids[0, 7] = 2, 3, 4  # id 4 is a 1-px sliver
+    boxes, masks, kept = detection_targets(ids, min_px=2)
+    assert kept.tolist() == [2, 3]
+    assert boxes.tolist() == [[1, 1, 3, 4], [4, 5, 8, 7]]
+    assert masks.shape == (2, 8, 8) and masks[0].sum() == 6 and masks[1].sum() == 8
+
+
+# --------------------------------------------------------------------------- labelling
+
+
+def _boundary_cog(path: Path, classes: np.ndarray, like: Path) -> Path:
+    names = {c.id: c.name for c in BOUNDARY_CLASSES}
+    colours = {c.id: c.color for c in BOUNDARY_CLASSES}
+    with RasterSink(path, like=open_like(like), class_names=names, colormap=colours) as sink:
+        sink.write(PixelWindow(0, 0, *classes.shape), classes[None])
+    return path
+
+
+def open_like(path: Path) -> object:
+    from terraseg.io.scene import open_scene
+
+    return open_scene(path)
+
+
+def _truth_boundary(city: CityScene) -> np.ndarray:
+    with rasterio.open(city.truth_instances) as ds:
+        ids = ds.read(1)
+    with rasterio.open(city.truth_classes) as ds:
+        classes = ds.read(1)
+    return boundary_classes(ids.astype(np.int64), classes, edge_px=2)
+
+
+def _as_sets(labels: np.ndarray) -> set[frozenset[int]]:
+    """Instances as sets of flat pixel indices: equal partitions whatever the ids."""
+    flat = labels.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.unique(flat[flat > 0]))
+    ends = np.append(bounds[1:], len(flat))
+    return {frozenset(order[a:b].tolist()) for a, b in zip(bounds, ends, strict=True)}
+
+
+def test_label_instances_splits_terraces_and_ignores_chunking(
+    city_scene: CityScene, tmp_path: Path
+) -> None:
+    """An oracle boundary raster (from the truth) gives the truth's buildings back,
+    touching houses apart, identically for any chunk size."""
+    cog = _boundary_cog(tmp_path / "classes.tif", _truth_boundary(city_scene), city_scene.image)
+    results = {}
+    for chunk_px in (256, 1024):
+        out = tmp_path / f"inst{chunk_px}.tif"
+        pan = tmp_path / f"pan{chunk_px}.tif"
+        label_instances(cog, out, chunk_px=chunk_px, panoptic_path=pan)
+        with rasterio.open(out) as ds:
+            results[chunk_px] = ds.read(1)
+        with rasterio.open(pan) as ds:
+            assert ds.count == 2
+            panoptic = ds.read()
+        assert (panoptic[1] == results[chunk_px]).all()
+        assert not (panoptic[0] == EDGE_CLASS).any()  # the edge ring is folded into building
+    assert _as_sets(results[256]) == _as_sets(results[1024])
+    with rasterio.open(city_scene.truth_instances) as ds:
+        truth = ds.read(1)
+    n_truth, n_pred = len(np.unique(truth)) - 1, int(results[256].max())
+    assert abs(n_pred - n_truth) <= 0.03 * n_truth, (n_pred, n_truth)
+    # connected components of the building mask merge terraces: far fewer objects
+    merged = ndi.label(truth > 0, structure=ndi.generate_binary_structure(2, 1))[1]
+    assert merged < 0.9 * n_truth <= n_pred
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def test_rank_buildings_ap_orders_by_score() -> None:
+    from shapely import box
+
+    truth = np.array([box(0, 0, 10, 10), box(20, 0, 30, 10)], object)
+    pred = np.array([box(0, 0, 10, 10), box(50, 50, 60, 60), box(20, 0, 30, 10)], object)
+    good, _ = rank_buildings(pred, np.array([0.9, 0.1, 0.8]), truth)
+    bad, f1s = rank_buildings(pred, np.array([0.2, 0.9, 0.1]), truth)
+    assert good == pytest.approx(1.0)
+    # FP first, then two hits: precision 0, 1/2, 2/3 at recall 0, 0.5, 1; made monotone
+    # (all-point interpolation) both recall steps get 2/3
+    assert bad == pytest.approx(2 / 3)
+    assert dict(f1s)[0.0] == pytest.approx(0.8)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A boundary and a semantic model trained for a few steps (weights barely matter)."""
+    from terraseg.models.train import train_semantic
+    from terraseg.synthetic import make_city
+
+    folder = tmp_path_factory.mktemp("models")
+    city = make_city(folder / "t.tif", size_px=320, seed=5)
+    common = {"max_steps": 2, "patch_px": 64, "batch_size": 2, "architecture": {
+        "library": "smp", "name": "Unet", "kwargs": {
+            "encoder_name": "tu-resnet10t", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}}}
+    out = {}
+    for name, task in (("tiny-boundary", "boundary"), ("tiny-semantic", "semantic")):
+        train_semantic(city.image, city.truth_gpkg, folder / name, task=task,
+                       loss="ce+dice" if task == "boundary" else "ce", **common)
+        out[name] = folder / f"{name}.safetensors"
+    out["scene"] = city.image
+    return out
+
+
+def test_predict_boundary_model_scores_and_panoptic(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    proc = run("predict", str(tiny_models["scene"]), "--out", str(out), "--model",
+               str(tiny_models["tiny-boundary"]), "--tile-px", "128", "--overlap-px", "16",
+               "--chunk-px", "128", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(out / "panoptic.tif") as ds:
+        assert ds.count == 2 and ds.dtypes[0] == "uint32"
+    buildings = gpd.read_file(out / "t.gpkg", layer="buildings")
+    assert len(buildings) > 0
+    assert buildings["score"].notna().all() and buildings["score"].between(0, 1).all()
+
+
+def test_workflow_pairs_semantic_and_instance_models(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    wf = {
+        "version": 1, "name": "pair", "inputs": {"paths": [str(tiny_models["scene"])]},
+        "models": {"semantic": str(tiny_models["tiny-semantic"]),
+                   "instance": str(tiny_models["tiny-boundary"])},
+        "tiling": {"tile_px": 128, "overlap_px": 16, "chunk_px": 256},
+        "inference": {"device": "cpu"}, "stages": ["predict", "vectorize"],
+        "outputs": {"dir": str(tmp_path / "out")}, "cluster": {"type": "synchronous"},
+    }
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump(wf))
+    proc = run("run", str(path))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "out" / "t"
+    from terraseg.io.raster_sink import read_class_names
+
+    assert read_class_names(run_dir / "classes.tif")[3] == "building edge"
+    buildings = gpd.read_file(run_dir / "t.gpkg", layer="buildings")
+    assert buildings["score"].notna().all()
+    # models.instance naming a semantic-only model is refused before any compute
+    wf["models"] = {"semantic": None, "instance": str(tiny_models["tiny-semantic"])}
+    path.write_text(yaml.safe_dump(wf))
+    one_line_error(run("run", str(path), "--overwrite"), "models.instance", "semantic model")
+
+
+def test_card_with_unknown_task_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    weights = tmp_path / "odd.safetensors"
+    shutil.copy(tiny_models["tiny-boundary"], weights)
+    card = yaml.safe_load(
+        (tiny_models["tiny-boundary"].parent / "tiny-boundary.card.yaml").read_text()
+    )
+    card["task"] = "panoptic-magic"
+    card["weights"] = weights.name
+    (tmp_path / "odd.card.yaml").write_text(yaml.safe_dump(card))
+    proc = run("predict", str(tiny_models["scene"]), "--out", str(tmp_path / "o"), "--model",
+               str(weights), "--device", "cpu")
+    one_line_error(proc, "odd", "task")
+    assert not (tmp_path / "o" / "classes.tif").exists()
