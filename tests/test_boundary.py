@@ -187,6 +187,14 @@ def test_predict_boundary_model_scores_and_panoptic(
     buildings = gpd.read_file(out / "t.gpkg", layer="buildings")
     assert len(buildings) > 0
     assert buildings["score"].notna().all() and buildings["score"].between(0, 1).all()
+    # the QGIS project opens the panoptic raster and shows the source scene under the layers
+    import zipfile
+
+    with zipfile.ZipFile(out / "t.qgz") as z:
+        qgs = z.read(next(n for n in z.namelist() if n.endswith(".qgs"))).decode()
+    assert "<layername>panoptic</layername>" in qgs
+    assert "<layername>scene</layername>" in qgs and 'type="multibandcolor"' in qgs
+    assert qgs.rindex("<layername>scene</layername>") > qgs.rindex("<layername>buildings")
 
 
 def test_workflow_pairs_semantic_and_instance_models(
@@ -231,3 +239,30 @@ def test_card_with_unknown_task_is_refused(tiny_models: dict[str, Path], tmp_pat
                str(weights), "--device", "cpu")
     one_line_error(proc, "odd", "task")
     assert not (tmp_path / "o" / "classes.tif").exists()
+
+
+def test_detector_checkpoint_with_a_semantic_card_is_refused(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A torchvision Mask R-CNN state dict behind a card that says semantic U-Net."""
+    from safetensors.torch import save_file
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+
+    backbone = mobilenet_backbone(backbone_name="mobilenet_v3_small", fpn=True, weights=None)
+    net = MaskRCNN(backbone, num_classes=None, box_head=TwoMLPHead(256 * 7 * 7, 32),
+                   box_predictor=FastRCNNPredictor(32, 2),
+                   mask_predictor=MaskRCNNPredictor(256, 64, 2))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()},
+              str(tmp_path / "det.safetensors"))
+    card = yaml.safe_load((tiny_models["tiny-semantic"].parent / "tiny-semantic.card.yaml")
+                          .read_text())
+    card.update(name="det", weights="det.safetensors")
+    card.pop("weights_sha256", None)
+    (tmp_path / "det.card.yaml").write_text(yaml.safe_dump(card))
+    proc = run("predict", str(tiny_models["scene"]), "--out", str(tmp_path / "o"), "--model",
+               str(tmp_path / "det.safetensors"), "--device", "cpu")
+    one_line_error(proc, "det.safetensors", "do not fit", "backbone")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

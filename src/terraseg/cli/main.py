@@ -142,18 +142,19 @@ def predict(
     if vectorize:
         _vectorize_and_report(result.classes_path, out / "instances.tif", out, scene.stem,
                               chunk_px=chunk_px, overwrite=overwrite,
-                              probabilities=result.probabilities_path)
+                              probabilities=result.probabilities_path, imagery=scene)
 
 
 def _vectorize_and_report(
     classes: Path, instances: Path, out_dir: Path, name: str, *, chunk_px: int,
     overwrite: bool, probabilities: Path | None = None, given_instances: bool = False,
+    imagery: Path | None = None,
 ) -> None:
     from terraseg.engine.postprocess import vectorize_scene
 
     res = vectorize_scene(classes, instances, out_dir, scene_name=name, chunk_px=chunk_px,
                           label=not given_instances, probabilities_path=probabilities,
-                          overwrite=overwrite)
+                          overwrite=overwrite, imagery=imagery)
     if res.n_instances is not None:
         typer.echo(f"wrote {instances} ({res.n_instances} building instances)")
     counts = ", ".join(f"{n} {k}" for k, n in res.layers.counts().items())

@@ -234,6 +234,7 @@ def _run_scene(
             export="export" in stages, resume=resume, overwrite=overwrite,
             run_info={"config_hash": wf.config_hash(), "model": spec.name,
                       "seconds": summary.stats.get("seconds", {})},
+            imagery=sc.path if _is_file(sc.path) else None,
         ))
     return summary
 
@@ -289,6 +290,7 @@ def _vector_stages(
     resume: bool,
     overwrite: bool,
     run_info: dict[str, Any],
+    imagery: str | None = None,
 ) -> dict[str, str]:
     """Instances, vectors and export of one scene, from its class COG."""
     from terraseg.engine.postprocess import vectorize_scene
@@ -310,7 +312,7 @@ def _vector_stages(
         label=not (resume and instances_path.exists()),
         probabilities_path=probs if probs.exists() else None, formats=formats,
         to_crs=wf.outputs.crs if export else None, run_info=run_info,
-        overwrite=overwrite or resume,
+        overwrite=overwrite or resume, imagery=imagery,
     )
     return {"instances": str(instances_path)} | {
         Path(p).name: str(p) for p in result.export.paths if Path(p).suffix != ".tif"
@@ -343,3 +345,8 @@ def _write_summary(root: Path, wf: Workflow, result: RunSummary) -> None:
             tmp.write_text(json.dumps(payload, indent=2, default=str))
     except OSError as exc:  # pragma: no cover - reported, outputs already written
         raise TerrasegError(f"cannot write run summary in '{root}': {exc}") from exc
+
+
+def _is_file(path: str) -> bool:
+    """A scene on the local file system (a remote one is not placed in the project)."""
+    return Path(path).is_file()

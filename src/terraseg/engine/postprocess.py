@@ -272,13 +272,14 @@ def export_vectors(
     run_info: Mapping[str, object] | None = None,
     to_crs: SomeCRS | None = None,
     overwrite: bool = False,
+    imagery: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
-    """Write the vector layers (and a QGIS project over them and the masks)."""
+    """Write the vector layers (and a QGIS project over them, the masks and the imagery)."""
 
     return export_run(
         dict(layers), out_dir, scene_name=scene_name, formats=tuple(formats),
         masks={k: Path(v) for k, v in (masks or {}).items()}, run_info=dict(run_info or {}),
-        to_crs=to_crs, overwrite=overwrite,
+        to_crs=to_crs, overwrite=overwrite, imagery=imagery,
     )
 
 
@@ -321,6 +322,7 @@ def vectorize_scene(
     to_crs: SomeCRS | None = None,
     run_info: Mapping[str, object] | None = None,
     overwrite: bool = False,
+    imagery: str | os.PathLike[str] | None = None,
 ) -> SceneVectors:
     """The whole post-prediction chain of one scene: instances, vectors, export.
 
@@ -342,6 +344,6 @@ def vectorize_scene(
         masks["panoptic"] = panoptic_path
     result = export_vectors(
         layers.as_dict(), out_dir, scene_name=scene_name, formats=formats,
-        masks=masks, run_info=run_info, to_crs=to_crs, overwrite=overwrite,
+        masks=masks, run_info=run_info, to_crs=to_crs, overwrite=overwrite, imagery=imagery,
     )
     return SceneVectors(n_instances, layers, result)

@@ -8,13 +8,16 @@ masks) with data sources relative to the project folder, and writes it with
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import pyproj
+import rasterio
 
+from terraseg.errors import ExportError
 from terraseg.export.layers import (
     SomeCRS,
     _geometry_type,
@@ -33,9 +36,9 @@ from terraseg.export.qgis_project import (
     write_qgz,
 )
 from terraseg.export.qgis_renderers import GeometryKind
-from terraseg.export.qgis_styles import VectorStyle
+from terraseg.export.qgis_styles import VectorStyle, num
 
-__all__ = ["write_qgis_project"]
+__all__ = ["imagery_layer", "write_qgis_project"]
 
 _KIND_ORDER: dict[GeometryKind, int] = {"point": 0, "line": 1, "polygon": 2}
 
@@ -48,8 +51,9 @@ def _project_layers(
     gpkg: Path | None,
     vector_files: Mapping[str, Path],
     masks: Mapping[str, tuple[Path, RasterInfo]],
+    imagery: Path | None = None,
 ) -> list[ProjectLayer]:
-    """Layer tree top to bottom: points, lines, polygons, the ``runs`` table, then masks."""
+    """Layer tree top to bottom: points, lines, polygons, the ``runs`` table, masks, imagery."""
 
     def rel(path: Path) -> str:
         relative = Path(os.path.relpath(path, project_dir)).as_posix()
@@ -72,7 +76,55 @@ def _project_layers(
         vectors.append(ProjectLayer("runs", "table", f"{rel(gpkg)}|layername=runs"))
     for i, (name, (path, info)) in enumerate(masks.items()):
         vectors.append(raster_layer(name, rel(path), info, visible=i == 0))
+    if imagery is not None:
+        vectors.append(imagery_layer(imagery, project_dir))
     return vectors
+
+
+def imagery_layer(path: Path, project_dir: Path, *, name: str = "scene") -> ProjectLayer:
+    """The source scene as the bottom layer: bands 1-3 as RGB (or band 1 grey), stretched.
+
+    The source is relative to the project folder when the scene is at most two
+    folders up from it (the project and scene move together), else absolute.
+    """
+    relative = Path(os.path.relpath(path.resolve(), project_dir.resolve())).as_posix()
+    source = (
+        relative if relative.startswith("../") else f"./{relative}"
+    ) if relative.count("../") <= 2 else path.resolve().as_posix()
+    with rasterio.open(path) as ds:
+        if ds.crs is None:
+            raise ExportError(f"scene '{path}' has no CRS; it cannot be placed in the project",
+                              path=path)
+        crs = pyproj.CRS.from_user_input(ds.crs.to_wkt())
+        bounds = (ds.bounds.left, ds.bounds.bottom, ds.bounds.right, ds.bounds.top)
+        count = ds.count
+        scale = max(1, int(np.ceil(max(ds.height, ds.width) / 512)))
+        sample = ds.read(list(range(1, min(count, 3) + 1)), masked=True,
+                         out_shape=(min(count, 3), max(1, ds.height // scale),
+                                    max(1, ds.width // scale)))
+    lo = [float(np.percentile(b.compressed(), 2)) if b.count() else 0.0 for b in sample]
+    hi = [float(np.percentile(b.compressed(), 98)) if b.count() else 255.0 for b in sample]
+    pipe = ET.Element("pipe")
+    if count >= 3:
+        r = ET.SubElement(pipe, "rasterrenderer", type="multibandcolor", opacity="1",
+                          alphaBand="-1", redBand="1", greenBand="2", blueBand="3")
+        enhancements: tuple[str, ...] = (
+            "redContrastEnhancement", "greenContrastEnhancement", "blueContrastEnhancement"
+        )
+    else:
+        r = ET.SubElement(pipe, "rasterrenderer", type="singlebandgray", opacity="1",
+                          alphaBand="-1", grayBand="1", gradient="BlackToWhite")
+        enhancements = ("contrastEnhancement",)
+    ET.SubElement(r, "rasterTransparency")
+    for k, tag in enumerate(enhancements):
+        enh = ET.SubElement(r, tag)
+        ET.SubElement(enh, "minValue").text = num(lo[k])
+        ET.SubElement(enh, "maxValue").text = num(max(hi[k], lo[k] + 1))
+        ET.SubElement(enh, "algorithm").text = "StretchToMinimumMaximum"
+    ET.SubElement(pipe, "brightnesscontrast", brightness="0", contrast="0", gamma="1")
+    ET.SubElement(pipe, "rasterresampler", maxOversampling="2")
+    return ProjectLayer(name=name, kind="raster", source=source, crs=crs, extent=bounds,
+                        style=(pipe,), visible=True)
 
 
 def _write_project_to(

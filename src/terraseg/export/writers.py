@@ -158,6 +158,7 @@ def export_run(
     to_crs: SomeCRS | None = None,
     overwrite: bool = False,
     project: bool = True,
+    imagery: str | os.PathLike[str] | None = None,
     link_masks: bool = False,
 ) -> ExportResult:
     """Export one scene's vectors, masks and a QGIS project into ``out_dir``.
@@ -194,6 +195,10 @@ def export_run(
         FlatGeobuf files).
     link_masks
         Hard-link masks instead of copying them where possible.
+    imagery
+        The source scene, shown under every layer of the ``.qgz`` (RGB from bands
+        1-3, else grey), so polygons are checked against the image. Referenced in
+        place: relative to the project when near it, else by absolute path.
 
     Returns
     -------
@@ -233,7 +238,8 @@ def export_run(
     paths = _plan_paths(out, scene_name, outputs, formats, masks, project=project)
     _refuse_existing(paths.targets, overwrite)
     _write_files(
-        paths, outputs, styles, runs, infos, scene_crs, overwrite=overwrite, link_masks=link_masks
+        paths, outputs, styles, runs, infos, scene_crs, overwrite=overwrite, link_masks=link_masks,
+        imagery=None if imagery is None else Path(imagery),
     )
     _remove_all(paths.stale)
     return _export_result(paths, scene_name, outputs, styles)
@@ -321,6 +327,7 @@ def _write_files(
     *,
     overwrite: bool,
     link_masks: bool,
+    imagery: Path | None = None,
 ) -> None:
     """Write every output under a temporary name; rename them all once all are written."""
     with contextlib.ExitStack() as stack:
@@ -338,7 +345,7 @@ def _write_files(
             masks_at = {k: (paths.mask_targets[k], infos[k]) for k in infos}
             tree = _project_layers(
                 paths.out_dir, outputs, styles, gpkg=paths.gpkg, vector_files=paths.fgb,
-                masks=masks_at,
+                masks=masks_at, imagery=imagery,
             )  # fmt: skip
             _write_project_to(tmp[paths.qgz], paths.qgz, tree, scene_crs)
 
