@@ -247,9 +247,9 @@ def test_detector_checkpoint_with_a_semantic_card_is_refused(
     """A torchvision Mask R-CNN state dict behind a card that says semantic U-Net."""
     from safetensors.torch import save_file
     from torchvision.models.detection import MaskRCNN
-    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
     from torchvision.models.detection.backbone_utils import mobilenet_backbone
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
     backbone = mobilenet_backbone(backbone_name="mobilenet_v3_small", fpn=True, weights=None)
     net = MaskRCNN(backbone, num_classes=None, box_head=TwoMLPHead(256 * 7 * 7, 32),
