@@ -195,6 +195,31 @@ def test_predict_boundary_model_scores_and_panoptic(
     assert "<layername>panoptic</layername>" in qgs
     assert "<layername>scene</layername>" in qgs and 'type="multibandcolor"' in qgs
     assert qgs.rindex("<layername>scene</layername>") > qgs.rindex("<layername>buildings")
+    _check_in_real_qgis(out / "t.gpkg", out / "t.qgz", tmp_path)
+
+
+def _check_in_real_qgis(gpkg: Path, qgz: Path, home: Path) -> None:
+    """Open the project in QGIS 3.22 (where installed): every layer valid, scene drawn RGB."""
+    import json
+    import os
+
+    qgis_python = "/usr/bin/python3"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HOME": str(home)}
+    env.pop("PYTHONPATH", None)
+    if not Path(qgis_python).exists() or subprocess.run(
+        [qgis_python, "-c", "import qgis.core"], env=env, capture_output=True, timeout=60
+    ).returncode:
+        pytest.skip("QGIS not installed (run .ci/install-system-deps.sh)")
+    check = Path(__file__).with_name("qgis_check.py")
+    proc = subprocess.run(
+        [qgis_python, str(check), "--gpkg", str(gpkg), "--layers", "buildings",
+         "--project", str(qgz)], env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    layers = {la["name"]: la for la in json.loads(proc.stdout)["project"]["layers"]}
+    assert all(la["valid"] for la in layers.values()), layers
+    assert layers["scene"]["renderer"]["type"] == "multibandcolor"
+    assert "panoptic" in layers and "instances" in layers
 
 
 def test_workflow_pairs_semantic_and_instance_models(
