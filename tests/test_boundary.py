@@ -193,6 +193,8 @@ def test_predict_boundary_model_scores_and_panoptic(
     with zipfile.ZipFile(out / "t.qgz") as z:
         qgs = z.read(next(n for n in z.namelist() if n.endswith(".qgs"))).decode()
     assert "<layername>panoptic</layername>" in qgs
+    panoptic_xml = qgs[qgs.index("<layername>panoptic</layername>"):]
+    assert 'band="2"' in panoptic_xml[: panoptic_xml.index("</maplayer>")]  # ids drawn
     assert "<layername>scene</layername>" in qgs and 'type="multibandcolor"' in qgs
     assert qgs.rindex("<layername>scene</layername>") > qgs.rindex("<layername>buildings")
     _check_in_real_qgis(out / "t.gpkg", out / "t.qgz", tmp_path)

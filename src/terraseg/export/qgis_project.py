@@ -331,6 +331,7 @@ def raster_renderer_xml(
     kind: Literal["paletted", "instances", "continuous"],
     palette: Mapping[int, tuple[RGBA, str]] | None = None,
     value_range: tuple[float, float] = (0.0, 255.0),
+    band: int = 1,
 ) -> ET.Element:
     """The ``<pipe>`` of a QGIS raster layer.
 
@@ -346,6 +347,8 @@ def raster_renderer_xml(
         Class colours and labels for ``"paletted"``.
     value_range
         ``(min, max)`` pixel values for ``"instances"`` and ``"continuous"``.
+    band
+        The band drawn by ``"instances"`` and ``"continuous"``.
     """
     pipe = ET.Element("pipe")
     if kind == "paletted":
@@ -370,7 +373,7 @@ def raster_renderer_xml(
             pipe,
             "rasterrenderer",
             type="singlebandpseudocolor",
-            band="1",
+            band=str(band),
             opacity="1",
             alphaBand="-1",
             classificationMin=num(lo),
@@ -444,7 +447,11 @@ class RasterInfo:
     class_names
         ``{value: name}`` written by :class:`~terraseg.io.raster_sink.RasterSink`.
     value_max
-        Largest value seen on an overview-sized read (for instance id colours).
+        Largest value seen on an overview-sized read of the shown band (for
+        instance id colours).
+    band
+        The band a project shows: 1, or 2 for a 2-band ``(class, instance id)``
+        panoptic raster (its ids).
     """
 
     crs: pyproj.CRS
@@ -453,6 +460,7 @@ class RasterInfo:
     colormap: dict[int, RGBA]
     class_names: dict[int, str]
     value_max: float
+    band: int = 1
 
 
 def inspect_raster(path: str | os.PathLike[str], *, sample_px: int = 1024) -> RasterInfo:
@@ -470,7 +478,8 @@ def inspect_raster(path: str | os.PathLike[str], *, sample_px: int = 1024) -> Ra
             colormap = {}
         scale = max(1, int(np.ceil(max(ds.height, ds.width) / sample_px)))
         shape = (max(1, ds.height // scale), max(1, ds.width // scale))
-        sample = ds.read(1, out_shape=shape, resampling=Resampling.nearest, masked=True)
+        band = 2 if ds.count == 2 and ds.descriptions[1] == "building_id" else 1
+        sample = ds.read(band, out_shape=shape, resampling=Resampling.nearest, masked=True)
         value_max = float(sample.max()) if sample.count() else 0.0
         return RasterInfo(
             crs=pyproj.CRS.from_user_input(ds.crs.to_wkt()),
@@ -479,6 +488,7 @@ def inspect_raster(path: str | os.PathLike[str], *, sample_px: int = 1024) -> Ra
             colormap=colormap,
             class_names=read_class_names(path),
             value_max=value_max,
+            band=band,
         )
 
 
@@ -508,7 +518,9 @@ def raster_layer(name: str, source: str, info: RasterInfo, *, visible: bool = Tr
             palette[value] = ((r, g, b, a), label)
         pipe = raster_renderer_xml(kind="paletted", palette=palette)
     elif np.issubdtype(np.dtype(info.dtype), np.integer):
-        pipe = raster_renderer_xml(kind="instances", value_range=(1.0, max(info.value_max, 1.0)))
+        pipe = raster_renderer_xml(
+            kind="instances", value_range=(1.0, max(info.value_max, 1.0)), band=info.band
+        )
     else:
         pipe = raster_renderer_xml(kind="continuous", value_range=(0.0, info.value_max or 1.0))
     return ProjectLayer(
