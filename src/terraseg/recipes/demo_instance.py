@@ -16,8 +16,8 @@ What it does, all with this project's own code and nothing downloaded:
    neither for training nor for validation;
 2. trains a *boundary* model with :func:`terraseg.models.train.train_semantic`
    (``task="boundary"``: classes background, building, road, building edge; the
-   edge is a 2-px ring inside each building's outline, so touching buildings
-   have separate interiors), loss cross-entropy + Dice, the equivalent of::
+   edge is the 2-px band of each building next to another building, so touching
+   buildings have separate interiors), loss cross-entropy + Dice, the equivalent of::
 
        terraseg train train11.tif train11.truth.gpkg --extra ... --val val14.tif,val14.truth.gpkg \\
            --task boundary --loss ce+dice --out demo-instance --max-steps 900 \\
@@ -59,7 +59,7 @@ SETTINGS = TrainConfig(
     seed=0,
     num_workers=1,
     name=NAME,
-    description="demo: buildings as instances (interior + edge ring) and roads at 0.5 m, "
+    description="demo: buildings as instances (interior + contact band) and roads at 0.5 m, "
     "trained on synthetic cities only",
     dtype="float16",
     data_notes=[
