@@ -142,7 +142,8 @@ def predict(
     if vectorize:
         _vectorize_and_report(result.classes_path, out / "instances.tif", out, scene.stem,
                               chunk_px=chunk_px, overwrite=overwrite,
-                              probabilities=result.probabilities_path, imagery=scene)
+                              probabilities=result.probabilities_path,
+                              imagery=scene if assume_crs is None else None)
 
 
 def _vectorize_and_report(

@@ -234,7 +234,7 @@ def _run_scene(
             export="export" in stages, resume=resume, overwrite=overwrite,
             run_info={"config_hash": wf.config_hash(), "model": spec.name,
                       "seconds": summary.stats.get("seconds", {})},
-            imagery=sc.path if _is_file(sc.path) else None,
+            imagery=sc.path if _is_file(sc.path) and wf.inputs.assume_crs is None else None,
         ))
     return summary
 

@@ -320,13 +320,9 @@ def _evaluate(
                 "empty too (then 1.0)"
             )
         if k == "buildings":
-            b, fp, fn = _building_scores(sides["pred"], sides["truth"], iou_threshold, min_area_m2)
-            ranked = _scored_polygons(frames[(k, "pred")].to_crs(metric), min_area_m2)
-            if ranked is not None:
-                truth = sides["truth"]
-                truth = truth[shapely.area(truth) >= min_area_m2] if len(truth) else truth
-                ap, f1s = rank_buildings(*ranked, truth, iou_threshold=iou_threshold)
-                b = replace(b, ap=ap, f1_by_score=f1s)
+            b, fp, fn = _scored_buildings(
+                sides, frames[(k, "pred")].to_crs(metric), iou_threshold, min_area_m2
+            )
             report = replace(report, buildings=b)
         else:
             r, fp, fn = _road_scores(sides["pred"], sides["truth"], buffer_m, dict(apls_kw))
@@ -338,6 +334,20 @@ def _evaluate(
             gpd.GeoDataFrame, geometry="geometry", crs=metric
         ),
     )
+
+
+def _scored_buildings(
+    sides: dict[str, Geoms], pred: gpd.GeoDataFrame, iou_threshold: float, min_area_m2: float
+) -> tuple[BuildingScores, Geoms, Geoms]:
+    """Building scores, with AP and F1 by score threshold when ``pred`` has a score column."""
+    b, fp, fn = _building_scores(sides["pred"], sides["truth"], iou_threshold, min_area_m2)
+    ranked = _scored_polygons(pred, min_area_m2)
+    if ranked is not None:
+        truth = sides["truth"]
+        truth = truth[shapely.area(truth) >= min_area_m2] if len(truth) else truth
+        ap, f1s = rank_buildings(*ranked, truth, iou_threshold=iou_threshold)
+        b = replace(b, ap=ap, f1_by_score=f1s)
+    return b, fp, fn
 
 
 def _scored_polygons(
