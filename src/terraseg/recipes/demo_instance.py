@@ -38,8 +38,8 @@ from pathlib import Path
 
 from terraseg.config import TrainConfig
 from terraseg.models.card import load_card, save_card
-from terraseg.models.train import DEMO_ARCHITECTURE, train_semantic
-from terraseg.recipes.demo_semantic import BUNDLED, make_scenes
+from terraseg.models.train import DEMO_ARCHITECTURE
+from terraseg.recipes.demo_semantic import BUNDLED, make_scenes, train_on_scenes
 
 NAME = "demo-instance"
 TRAIN_SEEDS = (11, 12, 13, 15)
@@ -87,20 +87,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         scenes = make_scenes(workdir, plan)
         stem = args.out / NAME
         if not args.eval_only:
-            command = "python -m terraseg.recipes.demo_instance"
-            if args.max_steps != SETTINGS.max_steps:
-                command += f" --max-steps {args.max_steps}"
-            train_semantic(
-                scenes["train"],
-                [p.with_name(f"{p.stem}.truth.gpkg") for p in scenes["train"]],
-                stem,
-                SETTINGS,
-                val_image=scenes["val"],
-                val_labels=[p.with_name(f"{p.stem}.truth.gpkg") for p in scenes["val"]],
-                overwrite=True,
-                max_steps=args.max_steps,
-                command=command,
-            )
+            train_on_scenes(scenes, stem, SETTINGS, "terraseg.recipes.demo_instance",
+                            max_steps=args.max_steps)
         from terraseg.recipes.evaluation import evaluate_buildings
 
         metrics, note = evaluate_buildings(stem.with_suffix(".safetensors"), scenes["eval"][0],

@@ -98,6 +98,30 @@ def make_scenes(
     return out
 
 
+def train_on_scenes(
+    scenes: dict[str, list[Path]], stem: Path, settings: TrainConfig, module: str, *,
+    max_steps: int | None,
+) -> None:
+    """Train ``stem`` on the ``train`` scenes, validated on the ``val`` scenes (truth GeoPackages).
+
+    The card records ``python -m <module>`` (plus ``--max-steps`` when it differs).
+    """
+    command = f"python -m {module}"
+    if max_steps != settings.max_steps:
+        command += f" --max-steps {max_steps}"
+    train_semantic(
+        scenes["train"],
+        [p.with_name(f"{p.stem}.truth.gpkg") for p in scenes["train"]],
+        stem,
+        settings,
+        val_image=scenes["val"],
+        val_labels=[p.with_name(f"{p.stem}.truth.gpkg") for p in scenes["val"]],
+        overwrite=True,
+        max_steps=max_steps,
+        command=command,
+    )
+
+
 def pixel_iou(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> list[float]:
     """IoU per class of two label arrays (255 in ``pred`` = nodata, never a match).
 
@@ -152,20 +176,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         scenes = make_scenes(workdir)
         stem = args.out / NAME
         if not args.eval_only:
-            command = "python -m terraseg.recipes.demo_semantic"
-            if args.max_steps != SETTINGS.max_steps:
-                command += f" --max-steps {args.max_steps}"
-            train_semantic(
-                scenes["train"],
-                [p.with_name(f"{p.stem}.truth.gpkg") for p in scenes["train"]],
-                stem,
-                SETTINGS,
-                val_image=scenes["val"],
-                val_labels=[p.with_name(f"{p.stem}.truth.gpkg") for p in scenes["val"]],
-                overwrite=True,
-                max_steps=args.max_steps,
-                command=command,
-            )
+            train_on_scenes(scenes, stem, SETTINGS, "terraseg.recipes.demo_semantic",
+                            max_steps=args.max_steps)
         metrics, seconds = evaluate(stem.with_suffix(".safetensors"), scenes["eval"][0], workdir)
         card_path = stem.with_name(f"{NAME}.card.yaml")
         card = load_card(card_path)
