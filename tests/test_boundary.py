@@ -293,3 +293,30 @@ def test_detector_checkpoint_with_a_semantic_card_is_refused(
                str(tmp_path / "det.safetensors"), "--device", "cpu")
     one_line_error(proc, "det.safetensors", "do not fit", "backbone")
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_fine_tune_from_a_model(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """--init-from starts from a model's weights (same task/bands/classes) and says so."""
+    from safetensors.torch import load_file
+
+    from terraseg.models.card import load_card
+
+    start = tiny_models["tiny-boundary"]
+    out = tmp_path / "tuned"
+    args = ["train", str(tiny_models["scene"]), str(tiny_models["scene"].with_name(
+        "t.truth.gpkg")), "--out", str(out), "--task", "boundary", "--loss", "ce+dice",
+        "--max-steps", "1", "--batch-size", "2", "--patch-px", "64", "--lr", "1e-9"]
+    proc = run(*args, "--init-from", str(start), "--class-weights", "1,1,1,2")
+    assert proc.returncode == 0, proc.stderr
+    card = load_card(f"{out}.card.yaml")
+    assert card.training is not None and card.training.init_from is not None
+    assert card.training.init_from.startswith("tiny-boundary")
+    assert card.architecture.kwargs["encoder_depth"] == 3  # the start model's architecture
+    before, after = load_file(str(start)), load_file(f"{out}.safetensors")
+    conv = next(k for k in before if k.endswith("conv1.weight"))
+    diff = (before[conv].float() - after[conv].float()).abs().max().item()
+    assert diff < 1e-3  # lr 1e-9: one step leaves the start weights (up to fp rounding)
+    # a semantic start model for a boundary task, or too few class weights: one line, exit 2
+    one_line_error(run(*args, "--init-from", str(tiny_models["tiny-semantic"]), "--overwrite"),
+                   "cannot fine-tune", "its task is semantic")
+    one_line_error(run(*args, "--class-weights", "1,2", "--overwrite"), "class_weights has 2")

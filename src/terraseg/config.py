@@ -236,6 +236,12 @@ class TrainConfig(_Model):
     class_weights: list[float] | None = Field(
         default=None, description="Per-class loss weights for 'ce', one per class."
     )
+    init_from: str | None = Field(
+        default=None,
+        description="Start from this model's weights (a bundled name such as 'demo-instance', or "
+        "a checkpoint path): fine-tuning. Its task, bands and classes must be the ones trained; "
+        "its architecture is used.",
+    )
     seed: int = Field(default=0, description="Seeds Lightning, the samplers and augmentations.")
     name: str | None = Field(
         default=None, description="Model name in the card (default: the output stem)."

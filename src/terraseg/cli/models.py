@@ -65,6 +65,15 @@ def _parse_bands(text: str) -> tuple[int, ...]:
     return bands
 
 
+def _parse_floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated numbers, got '{text}'") from None
+
+
 def _parse_layers(items: list[str] | None) -> dict[str, int] | None:
     if not items:
         return None
@@ -131,6 +140,18 @@ def train_command(
         int, typer.Option("--edge-px", help="Edge ring width of --task boundary, pixels.")
     ] = 2,
     loss: Annotated[str, typer.Option(help="ce, focal, jaccard, dice or ce+dice.")] = "ce",
+    class_weights: Annotated[
+        str | None,
+        typer.Option("--class-weights", help="Per-class loss weights of ce, comma-separated."),
+    ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Fine-tune: start from this model (bundled name or checkpoint); same task, "
+            "bands and classes.",
+        ),
+    ] = None,
     bands: Annotated[str, typer.Option(help="1-based image bands, comma-separated.")] = "1,2,3",
     scale: Annotated[float, typer.Option(help="Divisor that scales pixel values.")] = 255.0,
     epochs: Annotated[int | None, typer.Option(help="Epochs of --steps-per-epoch steps.")] = None,
@@ -160,7 +181,8 @@ def train_command(
         "batch_size": batch_size, "patch_px": patch_px, "lr": lr, "seed": seed, "name": name,
         "description": description, "dtype": "float16" if fp16 else "float32", "progress": progress,
         "command": "terraseg " + shlex.join(sys.argv[1:]), "task": task, "edge_px": edge_px,
-        "loss": loss,
+        "loss": loss, "init_from": init_from,
+        "class_weights": _parse_floats(class_weights, "--class-weights"),
     })
     card = train_semantic(
         [image, *more_images], [labels, *more_labels], out, config,

@@ -140,6 +140,10 @@ class TrainingInfo(BaseModel):
         description="Training (and validation) data: files or how to make them.",
     )
     command: str | None = Field(default=None, description="The command that trained the model.")
+    init_from: str | None = Field(
+        default=None,
+        description="The model whose weights training started from (name and weights sha256).",
+    )
     seed: int | None = Field(default=None, description="Random seed of the run.")
     epochs: int | None = Field(default=None, description="Epochs run.")
     steps: int | None = Field(default=None, description="Optimiser steps run.")

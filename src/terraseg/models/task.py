@@ -129,8 +129,13 @@ def fit_network(
     total_steps: int,
     n_epochs: int,
     workdir: Path,
+    init_state: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train ``card``'s network on ``train_loader`` for ``total_steps`` (no validation loop)."""
+    """Train ``card``'s network on ``train_loader`` for ``total_steps`` (no validation loop).
+
+    ``init_state`` (a state dict of the same architecture) replaces the random
+    initial weights: fine-tuning.
+    """
     import lightning.pytorch as pl
 
     task = _task_class()(
@@ -145,6 +150,8 @@ def fit_network(
         class_weights=list(cfg.class_weights) if cfg.class_weights is not None else None,
         lr=cfg.lr,
     )
+    if init_state is not None:
+        task.model.load_state_dict(init_state)
     with quiet():
         trainer = pl.Trainer(
             accelerator=cfg.accelerator,

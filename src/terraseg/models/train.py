@@ -90,6 +90,15 @@ class _Setup:
     cfg: TrainConfig
     card: ModelCard
     layers: dict[str, int]
+    init: _Init | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Init:
+    """Weights to start from (``init_from``): the state dict and how the card names them."""
+
+    state: dict[str, Any]
+    note: str
 
 
 def train_semantic(
@@ -195,7 +204,8 @@ def _setup(cfg: TrainConfig, *, stem: str) -> _Setup:
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid classes: {_one_line(exc)}") from None
-    arch_data = dict(cfg.architecture or DEMO_ARCHITECTURE)
+    init = _load_init(cfg, classes)
+    arch_data = dict(cfg.architecture or (init.architecture if init else DEMO_ARCHITECTURE))
     kwargs = dict(arch_data.get("kwargs") or {})
     kwargs.update(in_channels=len(cfg.bands), classes=len(classes))
     try:
@@ -207,6 +217,11 @@ def _setup(cfg: TrainConfig, *, stem: str) -> _Setup:
         raise ConfigError(
             f"patch_px={cfg.patch_px} must be ≥ 32 and a multiple of {2**depth} "
             f"(encoder depth {depth}); e.g. 256",
+        )
+    if cfg.class_weights is not None and len(cfg.class_weights) != len(classes):
+        raise ConfigError(
+            f"class_weights has {len(cfg.class_weights)} values for {len(classes)} classes "
+            f"({', '.join(c.name for c in classes)}); give one weight per class"
         )
     layers = dict(cfg.layers or DEFAULT_LAYERS)
     if any(v >= len(classes) or v < 0 for v in layers.values()):
@@ -229,7 +244,51 @@ def _setup(cfg: TrainConfig, *, stem: str) -> _Setup:
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid model settings: {_one_line(exc)}") from None
-    return _Setup(cfg, card, layers)
+    if init is not None and arch != init.architecture:
+        raise ConfigError(
+            f"init_from '{cfg.init_from}' has the architecture {init.architecture.name} "
+            f"{init.architecture.kwargs}, not the one given; leave architecture unset to "
+            "fine-tune it"
+        )
+    return _Setup(cfg, card, layers, _Init(init.state, init.note) if init else None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Start:
+    state: dict[str, Any]
+    architecture: Architecture
+    note: str
+
+
+def _load_init(cfg: TrainConfig, classes: tuple[ClassInfo, ...]) -> _Start | None:
+    """The weights of ``cfg.init_from``, checked against the task, bands and classes trained."""
+    if cfg.init_from is None:
+        return None
+    from terraseg.models.card import file_sha256
+    from terraseg.models.loading import load_model
+
+    net, card = load_model(cfg.init_from)
+    problems = []
+    if card.task != cfg.task:
+        problems.append(f"its task is {card.task}, not {cfg.task}")
+    if tuple(card.input.bands) != tuple(cfg.bands):
+        problems.append(f"it reads bands {list(card.input.bands)}, not {list(cfg.bands)}")
+    if [c.name for c in card.classes] != [c.name for c in classes]:
+        problems.append(
+            f"its classes are {[c.name for c in card.classes]}, not {[c.name for c in classes]}"
+        )
+    if card.architecture.library not in ("smp", "torchvision"):
+        problems.append(f"its architecture is {card.architecture.library}, not a trainable one")
+    if problems:
+        raise ConfigError(
+            f"cannot fine-tune from '{cfg.init_from}': {'; '.join(problems)}; pick a model "
+            "trained for the same task, bands and classes",
+            init_from=cfg.init_from,
+        )
+    given = Path(cfg.init_from)
+    sha = card.weights_sha256 or (file_sha256(given) if given.is_file() else None)
+    note = card.name + (f" (weights sha256 {sha[:12]}…)" if sha else "")
+    return _Start(dict(net.state_dict()), card.architecture, note)
 
 
 def _schedule(cfg: TrainConfig) -> tuple[int, int]:
@@ -256,7 +315,7 @@ def _fit_and_score(
     train_loader, val_loader = make_loaders(train_sets, val_sets, areas, setup.card.input, cfg)
     fit = fit_network(
         setup.card, train_loader, cfg, total_steps=total_steps, n_epochs=n_epochs,
-        workdir=workdir,
+        workdir=workdir, init_state=setup.init.state if setup.init else None,
     )
     cm = confusion_matrix(fit.net, val_loader, setup.card.n_classes, None)
     return fit, iou_metrics(cm, setup.card.classes, "val_")
@@ -282,6 +341,7 @@ def _final_card(
             "training": TrainingInfo(
                 data=list(cfg.data_notes) or [Path(p.image.path).name for p in areas.train],
                 command=cfg.command,
+                init_from=setup.init.note if setup.init else None,
                 seed=cfg.seed,
                 epochs=fit.epochs,
                 steps=fit.steps,
