@@ -43,6 +43,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
+from terraseg.core.metric import MetricFrame
 from terraseg.errors import ConfigError
 from terraseg.vector.orthogonal import _envelope_angle, _fit, _mean_angle, _samples
 from terraseg.vector.polygonize import cpu_threads
@@ -255,7 +256,9 @@ def regularize_buildings(
 ) -> gpd.GeoDataFrame:
     """Regularize the polygons of a GeoDataFrame, in metres whatever its CRS.
 
-    A geographic CRS is regularized in its local UTM zone and projected back; a
+    Measured as :class:`terraseg.core.metric.MetricFrame` does: a geographic CRS,
+    or a projected one whose scale is off by more than 0.5 % (Web Mercator away
+    from the equator), is regularized in its local UTM zone and projected back; a
     projected CRS whose unit is not the metre is scaled to metres. An ``area_m2``
     column, when present, is recomputed (m²). Returns a new GeoDataFrame in the
     input's CRS; the input is not modified.
@@ -271,21 +274,13 @@ def regularize_buildings(
             "tolerance_m can be read in metres",
         )
     geoms = np.asarray(gdf.geometry.array, object)
-    if gdf.crs.is_geographic:
-        utm = gdf.estimate_utm_crs()
-        metric = np.asarray(gdf.geometry.to_crs(utm).array, object)
-    else:
-        unit = float(gdf.crs.axis_info[0].unit_conversion_factor) if gdf.crs.axis_info else 1.0
-        metric = np.asarray(shapely.transform(geoms, lambda c: c * unit), object)
+    bounds = tuple(float(b) for b in gdf.total_bounds)
+    frame = MetricFrame.from_bounds(gdf.crs, bounds)  # type: ignore[arg-type]
     reg = regularize_polygons(
-        metric, tolerance_m=tolerance_m, min_iou=min_iou, allow_diagonal=allow_diagonal
+        frame.crs_to_metric(geoms), tolerance_m=tolerance_m, min_iou=min_iou,
+        allow_diagonal=allow_diagonal,
     )
-    if gdf.crs.is_geographic:
-        back = gpd.GeoSeries(reg, crs=utm, index=gdf.index).to_crs(gdf.crs)
-    else:
-        back = gpd.GeoSeries(
-            shapely.transform(reg, lambda c: c / unit), crs=gdf.crs, index=gdf.index
-        )
+    back = gpd.GeoSeries(frame.metric_to_crs(reg), crs=gdf.crs, index=gdf.index)
     out = gdf.copy()
     out = out.set_geometry(back)
     if "area_m2" in out.columns:
