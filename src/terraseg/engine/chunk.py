@@ -139,6 +139,10 @@ def predict_chunk(
     entirely nodata runs no model at all. With ``workspace`` (a dict the caller
     keeps between chunks) the accumulator is a reused buffer, so the result's
     ``interior`` is only valid until the next call with the same workspace.
+
+    Thread-safe: several threads may predict different chunks through one
+    ``predictor`` at once (its kept batch buffers are per thread); a
+    ``workspace`` belongs to one thread.
     """
     chunk = inp.chunk
     seconds = dict(inp.seconds)

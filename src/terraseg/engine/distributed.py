@@ -54,7 +54,12 @@ _PREDICTORS_LOCK = threading.Lock()
 
 
 def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
-    """``(TilePredictor, ModelSpec)`` for ``opts``, built once per worker process."""
+    """``(TilePredictor, ModelSpec)`` for ``opts``, built once per worker process.
+
+    Every thread of the worker (``--nthreads``, ``threads_per_worker``) shares the
+    one predictor, hence one copy of the weights; that is safe because the
+    predictor keeps its batch buffers per thread.
+    """
     with _PREDICTORS_LOCK:
         if opts not in _PREDICTORS:
             from terraseg.engine.inference import TilePredictor

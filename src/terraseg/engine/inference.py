@@ -4,12 +4,18 @@ Any :class:`torch.nn.Module` mapping ``(B, C, H, W)`` float tensors to
 ``(B, K, H, W)`` logits can be used. :class:`TilePredictor` owns device
 placement, batching, mixed precision (on CUDA only), ``channels_last`` and
 pinned host buffers; it knows nothing about files or geometry.
+
+Thread safety: one predictor may be called from many threads at once (a Dask
+worker with ``--nthreads 2`` shares one per process). The model weights are
+shared; everything a call writes to (the kept batch buffers, the cached
+normalisation tensors) is per thread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
@@ -176,8 +182,9 @@ class TilePredictor:
             module = module.to(memory_format=torch.channels_last)
         self.model = module
         self._pin = self.device.type == "cuda"
-        self._buffers: dict[str, torch.Tensor] = {}
-        self._norm: tuple[tuple[bytes, bytes], _NormTensors] | None = None
+        # what predict_stream writes to is per thread: `_buffers` (kept batch tensors,
+        # name -> tensor) and `norm` (the last normalisation's device tensors)
+        self._local = threading.local()
         self.backend: Backend = backend
         self._onnx = None
         if backend == "onnxruntime":
@@ -197,33 +204,47 @@ class TilePredictor:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    @property
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        """The calling thread's kept batch tensors (created on first use)."""
+        try:
+            buffers: dict[str, torch.Tensor] = self._local.buffers
+        except AttributeError:
+            buffers = self._local.buffers = {}
+        return buffers
+
     def _buffer(self, name: str, shape: tuple[int, ...], *, channels_last: bool) -> torch.Tensor:
         """A float32 host tensor of ``shape`` kept between batches (``[:b]`` of a bigger one).
 
         Reusing the batch-sized tensors instead of allocating each batch anew
         avoids a page fault per 4 KiB each time and the heap fragmentation that
-        made peak RSS creep up with scene size.
+        made peak RSS creep up with scene size. The tensors belong to the
+        calling thread: two threads predicting at once never share one.
         """
-        buf = self._buffers.get(name)
+        buffers = self._buffers
+        buf = buffers.get(name)
         if buf is None or buf.shape[1:] != shape[1:] or buf.shape[0] < shape[0]:
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             buf = torch.empty(shape, dtype=torch.float32).contiguous(memory_format=fmt)
-            self._buffers[name] = buf
+            buffers[name] = buf
         return buf[: shape[0]]
 
     def _norm_tensors(self, normalize: Normalize) -> _NormTensors:
         """``(sub, div)`` as ``(1, C, 1, 1)`` device tensors (``sub`` ``None`` when all zero).
 
-        Built once per normalisation and kept, not once per batch.
+        Built once per normalisation (and thread) and kept, not once per batch.
         """
         key = (normalize[0].tobytes(), normalize[1].tobytes())
-        if self._norm is None or self._norm[0] != key:
+        cached: tuple[tuple[bytes, bytes], _NormTensors] | None = getattr(
+            self._local, "norm", None
+        )
+        if cached is None or cached[0] != key:
             sub, div = (
                 torch.as_tensor(v, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
                 for v in normalize
             )
-            self._norm = (key, (sub if bool(sub.any()) else None, div))
-        return self._norm[1]
+            cached = self._local.norm = (key, (sub if bool(sub.any()) else None, div))
+        return cached[1]
 
     def _to_device(
         self, batch: np.ndarray, normalize: Normalize | None = None, *, reuse: bool = False
@@ -305,7 +326,8 @@ class TilePredictor:
         values, normalised on the device as ``(x - sub) / div``. With
         ``reuse_buffers`` the host-side batch tensors are kept and refilled, so
         each yielded array is valid only until the next one is requested:
-        consume it (blend it) first, as the engine does.
+        consume it (blend it) first, as the engine does. The kept tensors are
+        per thread, so several threads may stream through one predictor at once.
 
         On CUDA the next batch is queued on the device before the previous
         result is copied back, so host-side work on batch *n* (blending)

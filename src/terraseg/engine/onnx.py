@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 from typing import Any
 
@@ -61,7 +62,9 @@ class OnnxRunner:
 
     Calling it returns the logits as a CPU tensor, or ``None`` when the model
     could not be exported or disagreed with torch (the caller then runs torch,
-    which it always does for that first batch anyway).
+    which it always does for that first batch anyway). Safe to call from several
+    threads: the export happens once, under a lock, and ONNX Runtime sessions
+    may run concurrently.
     """
 
     def __init__(self, model: nn.Module, threads: int) -> None:
@@ -70,6 +73,7 @@ class OnnxRunner:
         self.threads = max(1, threads)
         self.session: Any = None
         self.failed = False
+        self._export_lock = threading.Lock()
 
     def _export(self, x: torch.Tensor) -> Any:
         buf = io.BytesIO()
@@ -94,23 +98,31 @@ class OnnxRunner:
             return None
         arr = np.ascontiguousarray(x.detach().float().cpu().numpy())  # NCHW for ONNX
         if self.session is None:
-            try:
-                session = self._export(x)
-                got = session.run(["logits"], {"x": arr[:1]})[0]
-                with torch.inference_mode():
-                    want = _Logits(self.model)(x[:1]).float().cpu().numpy()
-                diff = float(np.abs(got - want).max()) if got.shape == want.shape else np.inf
-            except Exception as exc:  # noqa: BLE001 - any export problem: stay on torch
-                log.warning("onnxruntime backend unavailable for this model (%s); using torch",
-                            str(exc).splitlines()[0][:200])
-                self.failed = True
+            with self._export_lock:
+                if self.session is None and not self.failed:
+                    self._start(x, arr)
+            if self.session is None:
                 return None
-            if not diff <= TOLERANCE:
-                log.warning("onnxruntime output differs from torch by %.3g (> %g); using torch",
-                            diff, TOLERANCE)
-                self.failed = True
-                return None
-            log.info("onnxruntime backend: logits within %.2g of torch", diff)
-            self.session = session
         out = self.session.run(["logits"], {"x": arr})[0]
         return torch.from_numpy(out)
+
+    def _start(self, x: torch.Tensor, arr: np.ndarray) -> None:
+        """Export the model and keep the session if it agrees with torch (else ``failed``)."""
+        try:
+            session = self._export(x)
+            got = session.run(["logits"], {"x": arr[:1]})[0]
+            with torch.inference_mode():
+                want = _Logits(self.model)(x[:1]).float().cpu().numpy()
+            diff = float(np.abs(got - want).max()) if got.shape == want.shape else np.inf
+        except Exception as exc:  # noqa: BLE001 - any export problem: stay on torch
+            log.warning("onnxruntime backend unavailable for this model (%s); using torch",
+                        str(exc).splitlines()[0][:200])
+            self.failed = True
+            return
+        if not diff <= TOLERANCE:
+            log.warning("onnxruntime output differs from torch by %.3g (> %g); using torch",
+                        diff, TOLERANCE)
+            self.failed = True
+            return
+        log.info("onnxruntime backend: logits within %.2g of torch", diff)
+        self.session = session
