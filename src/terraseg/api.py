@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from terraseg.engine.inference import AmpMode, Backend, TilePredictor
 from terraseg.engine.pipeline import PredictResult, Ramp, plan_scene, predict_scene
-from terraseg.io.scene import open_scene
+from terraseg.io.inputs import SceneInput, open_input, resolve_input
+from terraseg.io.remote import is_remote
+from terraseg.io.stac import DEFAULT_ASSET
 from terraseg.models.combine import resolve_models
 from terraseg.progress import progress_callback
 
@@ -25,7 +27,8 @@ if TYPE_CHECKING:
     from terraseg.io.scene import Scene
 
 SceneLike: TypeAlias = "str | os.PathLike[str] | Scene | xr.DataArray"
-"""A path GDAL reads, an open :class:`~terraseg.io.scene.Scene`, or a ``(band, y, x)`` DataArray."""
+"""A path or URL GDAL reads or a STAC item, an open :class:`~terraseg.io.scene.Scene`, or a
+``(band, y, x)`` DataArray (in memory, or Dask-backed and then predicted lazily)."""
 WindowLike: TypeAlias = "PixelWindow | Sequence[int] | None"
 """``(row_off, col_off, height, width)`` in scene pixels, a PixelWindow, or None (all)."""
 RasterLike: TypeAlias = "str | os.PathLike[str] | xr.DataArray"
@@ -39,8 +42,42 @@ __all__ = [
     "predict",
     "predict_to_dir",
     "run",
+    "scene_input",
     "vectorize",
 ]
+
+
+def scene_input(scene: str | os.PathLike[str], *, asset: str = DEFAULT_ASSET) -> SceneInput:
+    """The one scene ``scene`` names: a path, an ``http(s)://`` / ``s3://`` URL, or a STAC item.
+
+    ``asset`` is the STAC asset key or role to read (``"visual"`` by default).
+
+    Raises
+    ------
+    ConfigError
+        A STAC item without that asset, or an item collection of several items
+        (those run as a workflow).
+    SceneReadError
+        An unreadable STAC document.
+    """
+    from terraseg.errors import ConfigError
+
+    found = resolve_input(scene, asset=asset)
+    if len(found) != 1:
+        raise ConfigError(
+            f"'{os.fspath(scene)}' holds {len(found)} STAC items and predict takes one scene; "
+            "pass one item's JSON, or list the collection in a workflow's inputs.paths and "
+            "run it with `terraseg run`",
+            path=os.fspath(scene),
+        )
+    return found[0]
+
+
+def _scene_label(inp: SceneInput) -> str:
+    """How run.json names the scene: the STAC document, the URL, or the normalised path."""
+    if inp.stac_source is not None:
+        return inp.stac_source
+    return inp.href if is_remote(inp.href) else str(Path(inp.href))
 
 
 def plan_summary(
@@ -50,12 +87,15 @@ def plan_summary(
     overlap_px: int = 64,
     chunk_px: int = 2048,
     assume_crs: str | None = None,
+    asset: str = DEFAULT_ASSET,
 ) -> dict[str, Any]:
-    """Describe the chunk plan of a scene without reading pixels."""
-    sc = open_scene(scene, assume_crs=assume_crs)
+    """Describe the chunk plan of a scene (path, URL or STAC item) without reading pixels."""
+    inp = scene_input(scene, asset=asset)
+    sc = open_input(inp, assume_crs=assume_crs)
     grid = plan_scene(sc, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
     return {
         "scene": str(sc.path),
+        **inp.run_info(),
         "shape": list(sc.shape),
         "crs": sc.crs.to_string(),
         "gsd_m": sc.gsd_m,
@@ -87,7 +127,7 @@ def warn_if_huge(scene: Scene, n_chunks: int) -> None:
 
 
 def predict_to_dir(
-    scene: str | os.PathLike[str],
+    scene: str | os.PathLike[str] | SceneInput,
     out: str | os.PathLike[str],
     *,
     model: str = "demo-instance",
@@ -103,8 +143,14 @@ def predict_to_dir(
     overwrite: bool = False,
     show_progress: bool | None = None,
     backend: str = "torch",
+    asset: str = DEFAULT_ASSET,
 ) -> PredictResult:
     """Open a scene, build the model and predictor, and run :func:`predict_scene`.
+
+    ``scene`` is a path, an ``http(s)://`` or ``s3://`` URL (read with range
+    requests), a STAC item JSON (``asset`` picks its raster by key or role), or
+    a :class:`~terraseg.io.inputs.SceneInput` from :func:`scene_input`. A STAC
+    item's id and asset are recorded in ``run.json``.
 
     Everything is validated (scene, CRS, sizes, device, model, outputs) before
     the model sees a pixel.
@@ -118,7 +164,8 @@ def predict_to_dir(
     if backend not in ("torch", "onnxruntime"):
         raise ConfigError(f"unknown backend '{backend}'; use torch or onnxruntime",
                           backend=backend)
-    sc = open_scene(scene, assume_crs=assume_crs)
+    inp = scene if isinstance(scene, SceneInput) else scene_input(scene, asset=asset)
+    sc = open_input(inp, assume_crs=assume_crs)
     grid = plan_scene(sc, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
     warn_if_huge(sc, len(grid))
     net, spec = resolve_models(model, None)
@@ -127,7 +174,8 @@ def predict_to_dir(
         activation=spec.activation, backend=cast(Backend, backend),
     )
     config = {
-        "scene": str(Path(scene)), "model": model, "tile_px": tile_px, "overlap_px": overlap_px,
+        "scene": _scene_label(inp), **inp.run_info(), "crs_assumed": sc.crs_assumed,
+        "model": model, "tile_px": tile_px, "overlap_px": overlap_px,
         "chunk_px": chunk_px, "batch_size": batch_size, "device": device, "amp": amp,
         "backend": backend,
         "ramp": ramp, "write_probabilities": write_probabilities, "assume_crs": assume_crs,
@@ -153,7 +201,7 @@ def _as_scene(source: SceneLike, tmpdir: Path) -> Scene:
     if isinstance(source, Scene):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return open_scene(source)
+        return open_input(scene_input(source))
     import xarray as xr
 
     if isinstance(source, xr.DataArray):
@@ -168,6 +216,8 @@ def _as_scene(source: SceneLike, tmpdir: Path) -> Scene:
             )
         path = tmpdir / "input.tif"
         da.rio.to_raster(path, tiled=True, blockxsize=256, blockysize=256)
+        from terraseg.io.scene import open_scene
+
         return open_scene(path)
     raise TypeError(f"expected a path, a Scene or an xarray.DataArray, got {type(source).__name__}")
 

@@ -62,14 +62,19 @@ class InputsConfig(_Model):
 
     paths: list[str] = Field(
         default_factory=list,
-        description="Scene paths or glob patterns (relative to the workflow file), "
-        "or any path GDAL reads (/vsicurl/..., s3://...).",
+        description="Scene paths or glob patterns (relative to the workflow file), URLs "
+        "read with range requests (https://..., s3://...), any path GDAL reads "
+        "(/vsicurl/...), or STAC item / item collection JSON files (one scene per item).",
     )
     list_file: str | None = Field(
         default=None, description="A text file with one scene path per line ('#' comments)."
     )
     assume_crs: str | None = Field(
         default=None, description="CRS for scenes that have none, e.g. 'EPSG:32633'."
+    )
+    asset: str = Field(
+        default="visual",
+        description="STAC inputs: the key or role of the asset to read (e.g. visual, image).",
     )
 
 

@@ -80,7 +80,8 @@ def synth(
 
 @app.command()
 def predict(
-    scene: Annotated[Path, typer.Argument(help="Input GeoTIFF/COG (any path GDAL reads).")],
+    scene: Annotated[str, typer.Argument(
+        help="Input GeoTIFF/COG: a path, an http(s):// or s3:// URL, or a STAC item JSON.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     model: Annotated[
         str,
@@ -111,12 +112,17 @@ def predict(
         bool, typer.Option("--vectorize/--no-vectorize", help="Also write instances.tif and <scene>.gpkg (+ .qgz).")
     ] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    asset: Annotated[
+        str, typer.Option("--asset", help="STAC item: the asset key or role to read.")
+    ] = "visual",
 ) -> None:
     """Predict class masks for a scene chunk by chunk into a COG, then vectorize them."""
-    from terraseg.api import predict_to_dir
+    from terraseg.api import predict_to_dir, scene_input
+    from terraseg.io.remote import is_remote
 
+    inp = scene_input(scene, asset=asset)
     result = predict_to_dir(
-        scene,
+        inp,
         out,
         model=model,
         tile_px=tile_px,
@@ -140,22 +146,25 @@ def predict(
         f"peak RSS {st['peak_rss_mb']:.0f} MB; details in {result.run_json}"
     )
     if vectorize:
-        _vectorize_and_report(result.classes_path, out / "instances.tif", out, scene.stem,
+        # the imagery layer of the QGIS project: a local scene with its own CRS only
+        own_crs = not result.stats["config"].get("crs_assumed")
+        _vectorize_and_report(result.classes_path, out / "instances.tif", out, inp.name,
                               chunk_px=chunk_px, overwrite=overwrite,
                               probabilities=result.probabilities_path,
-                              imagery=scene if assume_crs is None else None)
+                              imagery=Path(inp.href) if own_crs and not is_remote(inp.href)
+                              else None, run_info=inp.run_info())
 
 
 def _vectorize_and_report(
     classes: Path, instances: Path, out_dir: Path, name: str, *, chunk_px: int,
     overwrite: bool, probabilities: Path | None = None, given_instances: bool = False,
-    imagery: Path | None = None,
+    imagery: Path | None = None, run_info: dict[str, object] | None = None,
 ) -> None:
     from terraseg.engine.postprocess import vectorize_scene
 
     res = vectorize_scene(classes, instances, out_dir, scene_name=name, chunk_px=chunk_px,
                           label=not given_instances, probabilities_path=probabilities,
-                          overwrite=overwrite, imagery=imagery)
+                          overwrite=overwrite, imagery=imagery, run_info=run_info)
     if res.n_instances is not None:
         typer.echo(f"wrote {instances} ({res.n_instances} building instances)")
     counts = ", ".join(f"{n} {k}" for k, n in res.layers.counts().items())
@@ -214,11 +223,12 @@ def export_cmd(
 
 @app.command()
 def plan(
-    scene: Annotated[Path, typer.Argument(help="Input GeoTIFF/COG.")],
+    scene: Annotated[str, typer.Argument(help="Input GeoTIFF/COG: path, URL or STAC item.")],
     tile_px: Annotated[int, typer.Option("--tile-px")] = 512,
     overlap_px: Annotated[int, typer.Option("--overlap-px")] = 64,
     chunk_px: Annotated[int, typer.Option("--chunk-px")] = 2048,
     assume_crs: Annotated[str | None, typer.Option("--assume-crs")] = None,
+    asset: Annotated[str, typer.Option("--asset", help="STAC asset key or role.")] = "visual",
 ) -> None:
     """Dry run: print the chunk grid and tile lattice for a scene (reads no pixels)."""
     import json
@@ -233,6 +243,7 @@ def plan(
                 overlap_px=overlap_px,
                 chunk_px=chunk_px,
                 assume_crs=assume_crs,
+                asset=asset,
             ),
             indent=2,
         )

@@ -20,7 +20,9 @@ from terraseg._version import __version__
 from terraseg.config import Workflow
 from terraseg.errors import ConfigError, TerrasegError
 from terraseg.io.atomic import atomic_output
-from terraseg.io.scene import Scene, open_scene
+from terraseg.io.inputs import SceneInput, open_input, resolve_inputs
+from terraseg.io.remote import is_remote
+from terraseg.io.scene import Scene
 from terraseg.models.spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -61,8 +63,7 @@ class RunSummary:
         }
 
 
-def _scene_out(root: Path, scene_path: str, taken: set[str]) -> Path:
-    stem = Path(scene_path.rstrip("/")).stem or "scene"
+def _scene_out(root: Path, stem: str, taken: set[str]) -> Path:
     name, n = stem, 1
     while name in taken:  # two inputs with the same stem get distinct folders
         n += 1
@@ -80,14 +81,15 @@ def plan_workflow(wf: Workflow, *, out: str | os.PathLike[str] | None = None) ->
     total_mpx = 0.0
     root = wf.output_dir(out)
     taken: set[str] = set()
-    for path in wf.scene_paths():
-        sc = open_scene(path, assume_crs=wf.inputs.assume_crs)
+    for inp in resolve_inputs(wf.scene_paths(), asset=wf.inputs.asset):
+        sc = open_input(inp, assume_crs=wf.inputs.assume_crs)
         grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
                           chunk_px=wf.tiling.chunk_px)
         summary = grid.summary()
         total_tasks += summary["n_chunks"]
         total_mpx += sc.shape[0] * sc.shape[1] / 1e6
-        scenes.append({"scene": path, "out_dir": str(_scene_out(root, path, taken)),
+        scenes.append({"scene": inp.href, **inp.run_info(),
+                       "out_dir": str(_scene_out(root, inp.name, taken)),
                        "crs": sc.crs.to_string(), "gsd_m": round(sc.gsd_m, 4), **summary})
     return {
         "workflow": wf.name,
@@ -142,9 +144,9 @@ def run_workflow(
     if "train" in wf.stages:
         raise ConfigError("stage 'train' runs alone; put it in its own workflow (see "
                           "workflows/train_demo.yaml)")
-    scene_paths = wf.scene_paths()
-    # validate every scene and the model before any compute is spent
-    scenes = [open_scene(p, assume_crs=wf.inputs.assume_crs) for p in scene_paths]
+    # validate every scene (STAC items: one per item) and the model before any compute
+    inputs = resolve_inputs(wf.scene_paths(), asset=wf.inputs.asset)
+    scenes = [open_input(i, assume_crs=wf.inputs.assume_crs) for i in inputs]
     stages = list(wf.stages)
     if "predict" in stages and not (wf.models.semantic or wf.models.instance):
         raise ConfigError("stage 'predict' needs models.semantic and/or models.instance (a "
@@ -170,10 +172,10 @@ def run_workflow(
     config = wf.model_dump(mode="json") | {"config_hash": wf.config_hash()}
     ctx = contextlib.nullcontext(client) if client is not None else connect(**kwargs)
     with ctx as client:
-        for sc in scenes:
-            scene_dir = _scene_out(root, sc.path, taken)
+        for inp, sc in zip(inputs, scenes, strict=True):
+            scene_dir = _scene_out(root, inp.name, taken)
             summaries.append(_run_scene(
-                wf, sc, scene_dir, client=client, opts=opts, local_predictor=local_predictor,
+                wf, sc, inp, scene_dir, client=client, opts=opts, local_predictor=local_predictor,
                 spec=spec, config=config, resume=resume, overwrite=overwrite, progress=progress,
             ))
     result = RunSummary(wf.name, str(root), summaries, time.perf_counter() - t0)
@@ -184,6 +186,7 @@ def run_workflow(
 def _run_scene(
     wf: Workflow,
     sc: Scene,
+    inp: SceneInput,
     scene_dir: Path,
     *,
     client: Any,
@@ -216,7 +219,8 @@ def _run_scene(
             sc, spec, scene_dir, runner, tile_px=wf.tiling.tile_px,
             overlap_px=wf.tiling.overlap_px, chunk_px=wf.tiling.chunk_px,
             write_probabilities=wf.outputs.probabilities, resume=resume,
-            overwrite=overwrite, config=config, device=str(local_predictor.device),
+            overwrite=overwrite, config=config | inp.run_info(),
+            device=str(local_predictor.device),
             progress=_scene_progress(progress, sc.path),
         )
         summary.stats = {k: res.stats[k] for k in (
@@ -230,11 +234,11 @@ def _run_scene(
         summary.outputs["probabilities"] = str(scene_dir / "probabilities.tif")
     if "vectorize" in stages or "export" in stages:
         summary.outputs.update(_vector_stages(
-            wf, scene_dir, Path(sc.path).stem, classes_path,
+            wf, scene_dir, inp.name, classes_path,
             export="export" in stages, resume=resume, overwrite=overwrite,
             run_info={"config_hash": wf.config_hash(), "model": spec.name,
-                      "seconds": summary.stats.get("seconds", {})},
-            imagery=sc.path if _is_file(sc.path) and wf.inputs.assume_crs is None else None,
+                      "seconds": summary.stats.get("seconds", {}), **inp.run_info()},
+            imagery=sc.path if _is_file(sc.path) and not sc.crs_assumed else None,
         ))
     return summary
 
@@ -349,4 +353,4 @@ def _write_summary(root: Path, wf: Workflow, result: RunSummary) -> None:
 
 def _is_file(path: str) -> bool:
     """A scene on the local file system (a remote one is not placed in the project)."""
-    return Path(path).is_file()
+    return not is_remote(path) and Path(path).is_file()

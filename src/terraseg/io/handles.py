@@ -21,6 +21,8 @@ import rasterio
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.windows import Window
 
+from terraseg.io.remote import to_gdal_path
+
 if TYPE_CHECKING:
     from rasterio.io import DatasetReader
 
@@ -65,7 +67,7 @@ class HandleCache:
         handles = self._handles()
         ds = handles.pop(key, None)
         if ds is None or ds.closed:
-            ds = rasterio.open(key[0])
+            ds = rasterio.open(to_gdal_path(key[0]))  # URLs through /vsicurl/, /vsis3/
         handles[key] = ds
         while len(handles) > self.maxsize:
             _, old = handles.popitem(last=False)

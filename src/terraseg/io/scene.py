@@ -32,6 +32,7 @@ from rasterio.windows import Window
 
 from terraseg.core.grid import PixelWindow
 from terraseg.errors import BandError, CRSError, GridError, SceneReadError
+from terraseg.io.boundless import PadMode, fill_window, plan_read
 from terraseg.io.georef import SomeCRS, check_georeferencing, gsd_xy_m, norm_crs
 from terraseg.io.handles import (
     FILE_FIX,
@@ -39,6 +40,15 @@ from terraseg.io.handles import (
     clear_handle_cache,
     failure_reason,
     valid_mask,
+)
+from terraseg.io.remote import (
+    RemoteLayoutWarning,
+    is_remote,
+    remote_env,
+    remote_failure,
+    source_stem,
+    striped_read_factor,
+    to_gdal_path,
 )
 
 if TYPE_CHECKING:
@@ -48,13 +58,13 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "PadMode",
     "Scene",
     "SomeCRS",
     "clear_handle_cache",
     "open_scene",
 ]
 
-PadMode: TypeAlias = Literal["reflect", "nodata"]
 RioChunks: TypeAlias = int | tuple[int, ...] | dict[str, Any] | None
 """Dask chunks as :func:`rioxarray.open_rasterio` takes them."""
 XarrayChunks: TypeAlias = Literal["blocks"] | RioChunks
@@ -194,16 +204,17 @@ class Scene:
         """
         unique = list(dict.fromkeys(self.check_bands(bands)))
         try:
-            ds = HANDLES.get(self._key())
-            data = ds.read(
-                indexes=unique, out_shape=(len(unique), *out_shape), resampling=Resampling.nearest
-            )
-            valid = valid_mask(ds, unique, data, out_shape=out_shape)
+            with remote_env(self.path):
+                ds = HANDLES.get(self._key())
+                data = ds.read(
+                    indexes=unique, out_shape=(len(unique), *out_shape),
+                    resampling=Resampling.nearest,
+                )
+                valid = valid_mask(ds, unique, data, out_shape=out_shape)
         except (RasterioError, OSError) as exc:
             HANDLES.discard(self._key())
             raise SceneReadError(
-                f"cannot read scene '{self.path}' for {purpose}: {failure_reason(exc)}; "
-                f"{FILE_FIX}",
+                f"cannot read scene '{self.path}' for {purpose}: {_reason(self.path, exc)}",
                 path=self.path,
             ) from exc
         return data, valid
@@ -276,60 +287,35 @@ class Scene:
     ) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None, Affine]:
         if window.height <= 0 or window.width <= 0:
             raise GridError(f"window {window} is empty; height and width must be positive")
-        if pad not in ("reflect", "nodata"):
-            raise ValueError(f"pad must be 'reflect' or 'nodata', not {pad!r}")
+        plan = plan_read(window, self.shape, pad)
         selected = self.check_bands(bands)
         unique = list(dict.fromkeys(selected))
         take = [unique.index(b) for b in selected]
-        rows_n, cols_n = self.shape
         out_t = rasterio.windows.transform(
             Window(window.col_off, window.row_off, window.width, window.height), self.transform
         )
-        r = np.arange(window.row_off, window.row_stop)
-        c = np.arange(window.col_off, window.col_stop)
-        inside_r = (r >= 0) & (r < rows_n)
-        inside_c = (c >= 0) & (c < cols_n)
-        if pad == "reflect":
-            src_r, src_c = _reflect_index(r, rows_n), _reflect_index(c, cols_n)
-        else:
-            src_r, src_c = r[inside_r], c[inside_c]
+        src = plan.source
         try:
-            if src_r.size and src_c.size:
-                r0, r1 = int(src_r.min()), int(src_r.max()) + 1
-                c0, c1 = int(src_c.min()), int(src_c.max()) + 1
-                ds = HANDLES.get(self._key())
-                win = Window(c0, r0, c1 - c0, r1 - r0)
-                block = ds.read(indexes=unique, window=win)
-                valid = valid_mask(ds, unique, block, window=win) if with_mask else None
+            if src is not None:
+                win = Window(src.col_off, src.row_off, src.width, src.height)
+                with remote_env(self.path):
+                    ds = HANDLES.get(self._key())
+                    block = ds.read(indexes=unique, window=win)
+                    valid = valid_mask(ds, unique, block, window=win) if with_mask else None
             else:
-                r0 = c0 = 0
                 block = np.empty((len(unique), 0, 0), dtype=self.dtype)
-                valid = np.empty((0, 0), dtype=bool)
+                valid = np.empty((0, 0), dtype=bool) if with_mask else None
         except (RasterioError, OSError) as exc:
             HANDLES.discard(self._key())
             raise SceneReadError(
-                f"cannot read window {window} of scene '{self.path}': {failure_reason(exc)}; "
-                f"{FILE_FIX}",
+                f"cannot read window {window} of scene '{self.path}': "
+                f"{_reason(self.path, exc)}",
                 path=self.path,
                 window=window,
             ) from exc
-        block = block[take]
-        if pad == "reflect":
-            fully_inside = bool(inside_r.all() and inside_c.all())
-            data = block if fully_inside else block[:, src_r - r0][:, :, src_c - c0]
-            if valid is not None and not fully_inside:
-                valid = valid[src_r - r0][:, src_c - c0] & inside_r[:, None] & inside_c[None, :]
-            return data, valid, out_t
         fill = 0 if self.nodata is None else self.nodata
-        data = np.full((len(selected), *window.shape), fill, dtype=block.dtype)
-        full_valid = np.zeros(window.shape, dtype=bool) if valid is not None else None
-        rs, cs = np.flatnonzero(inside_r), np.flatnonzero(inside_c)
-        if rs.size and cs.size:
-            ys, xs = slice(rs[0], rs[-1] + 1), slice(cs[0], cs[-1] + 1)
-            data[:, ys, xs] = block
-            if full_valid is not None and valid is not None:
-                full_valid[ys, xs] = valid
-        return data, full_valid, out_t
+        data, valid = fill_window(plan, block[take], valid, fill=fill)
+        return data, valid, out_t
 
     def plot(
         self,
@@ -379,9 +365,11 @@ class Scene:
                 "y": _aligned(self.block_shape[0], self.shape[0], target_px),
                 "x": _aligned(self.block_shape[1], self.shape[1], target_px),
             }
-        da = cast(
-            "xarray.DataArray", rioxarray.open_rasterio(self.path, chunks=chunks, masked=False)
-        )
+        with remote_env(self.path):
+            da = cast(
+                "xarray.DataArray",
+                rioxarray.open_rasterio(to_gdal_path(self.path), chunks=chunks, masked=False),
+            )
         if self.crs_assumed:
             da = da.rio.write_crs(self.crs)
         return da
@@ -392,21 +380,6 @@ def _aligned(block: int, size: int, target: int) -> int:
     return min(size, max(1, target // max(block, 1)) * max(block, 1))
 
 
-def _reflect_index(idx: npt.NDArray[np.intp], n: int) -> npt.NDArray[np.intp]:
-    """Map indices onto ``[0, n)`` by reflection about the edges (``np.pad`` "reflect").
-
-    Examples
-    --------
-    >>> _reflect_index(np.arange(-3, 7), 4).tolist()
-    [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]
-    """
-    if n == 1:
-        return np.zeros_like(idx)
-    period = 2 * (n - 1)
-    m = np.mod(idx, period)
-    return np.where(m >= n, period - m, m)
-
-
 # --------------------------------------------------------------------------- open
 
 
@@ -414,29 +387,53 @@ def _is_local(path: str) -> bool:
     return not path.startswith("/vsi") and "://" not in path
 
 
-def open_scene(path_or_url: str | os.PathLike[str], *, assume_crs: SomeCRS | None = None) -> Scene:
+def _reason(path: str, exc: BaseException) -> str:
+    """``"reason; fix"`` for a failed open or read of ``path`` (local or remote)."""
+    if is_remote(path):
+        return remote_failure(path, exc)
+    return f"{failure_reason(exc)}; {FILE_FIX}"
+
+
+def open_scene(
+    path_or_url: str | os.PathLike[str],
+    *,
+    assume_crs: SomeCRS | None = None,
+    assume_transform: Affine | None = None,
+) -> Scene:
     """Open a raster lazily and validate it.
 
     Parameters
     ----------
     path_or_url
-        A local path, a GDAL virtual path (``/vsicurl/...``, ``/vsis3/...``) or
-        a URL that rasterio accepts.
+        A local path; an ``http(s)://``, ``s3://`` or ``gs://`` URL, read with
+        range requests (see :mod:`terraseg.io.remote` for the settings and the
+        AWS environment variables); or a GDAL virtual path (``/vsicurl/...``).
     assume_crs
         CRS to use when the file has none (``"EPSG:32633"``, ``32633``, WKT).
         Ignored when the file has a CRS.
+    assume_transform
+        Geotransform to use when the file has none (e.g. a STAC item's
+        ``proj:transform``). Ignored when the file has one.
 
     Returns
     -------
     Scene
-        Metadata only; no handle is kept in the object.
+        Metadata only; no handle is kept in the object. A remote scene keeps its
+        URL as :attr:`Scene.path` and pickles like a local one.
+
+    Warns
+    -----
+    RemoteLayoutWarning
+        A remote raster stored in whole-width strips, not tiles: the warning
+        gives how many times its size a chunked run downloads.
 
     Raises
     ------
     SceneReadError
         Missing file, not a raster, truncated/corrupt TIFF (a first and a last
         block are read as a sanity check), zero size, no geotransform, or a
-        rotated/sheared (not north-up) geotransform.
+        rotated/sheared (not north-up) geotransform; for a URL also HTTP 403/404
+        and a server without range requests.
     CRSError
         The file has no CRS and ``assume_crs`` is not given, or ``assume_crs``
         is unknown.
@@ -447,24 +444,17 @@ def open_scene(path_or_url: str | os.PathLike[str], *, assume_crs: SomeCRS | Non
     if _is_local(path) and not os.path.exists(path):
         raise SceneReadError(f"cannot read scene '{name}': file not found; {FILE_FIX}", path=path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), remote_env(path):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as ds:
-                if ds.width == 0 or ds.height == 0 or ds.count == 0:
-                    raise SceneReadError(
-                        f"cannot read scene '{name}': the raster has zero size "
-                        f"({ds.height}x{ds.width} px, {ds.count} bands); {FILE_FIX}",
-                        path=path,
-                    )
-                check_georeferencing(ds, name)
-                _sanity_read(ds)
-                meta = _scene_fields(ds)
+            with rasterio.open(to_gdal_path(path)) as ds:
+                meta = _checked_fields(ds, name, assume_transform)
     except SceneReadError:
         raise
     except (RasterioError, OSError) as exc:
-        raise SceneReadError(
-            f"cannot read scene '{name}': {failure_reason(exc)}; {FILE_FIX}", path=path
-        ) from exc
+        raise SceneReadError(f"cannot read scene '{name}': {_reason(path, exc)}",
+                             path=path) from exc
+    if is_remote(path):
+        _warn_remote_layout(path, meta)
     crs = meta.pop("crs")
     if crs is None:
         if assumed is None:
@@ -482,6 +472,51 @@ def open_scene(path_or_url: str | os.PathLike[str], *, assume_crs: SomeCRS | Non
         mtime_ns=mtime,
         gsd_xy_m=gsd_xy_m(crs, meta["transform"], meta["shape"]),
         **meta,
+    )
+
+
+def _checked_fields(
+    ds: DatasetReader, name: str, assume_transform: Affine | None
+) -> dict[str, Any]:
+    """The Scene fields of an open dataset, after checking its size and georeferencing."""
+    if ds.width == 0 or ds.height == 0 or ds.count == 0:
+        raise SceneReadError(
+            f"cannot read scene '{name}': the raster has zero size "
+            f"({ds.height}x{ds.width} px, {ds.count} bands); {FILE_FIX}",
+            path=name,
+        )
+    meta = _scene_fields(ds)
+    if assume_transform is not None and ds.transform == Affine.identity() and not ds.gcps[0]:
+        meta["transform"] = assume_transform
+        if assume_transform.b != 0 or assume_transform.d != 0:
+            raise SceneReadError(
+                f"scene '{name}': the assumed geotransform {tuple(assume_transform)[:6]} is "
+                "rotated or sheared; terraseg needs a north-up raster", path=name,
+            )
+    else:
+        check_georeferencing(ds, name)
+    bh, bw = meta["block_shape"]
+    if not is_remote(name) or bw < ds.width:
+        _sanity_read(ds)  # a remote strip can be the whole file: not read twice at open
+    return meta
+
+
+def _warn_remote_layout(path: str, meta: dict[str, Any]) -> None:
+    """Warn when a remote raster's strips make chunked reads download it many times over."""
+    chunk_px = 2048
+    factor = striped_read_factor(meta["shape"], meta["block_shape"], chunk_px=chunk_px)
+    if factor < 1.5:
+        return
+    rows, cols = meta["shape"]
+    nbytes = rows * cols * sum(np.dtype(d).itemsize for d in meta["dtypes"])
+    warnings.warn(
+        f"scene '{path}' is not cloud-optimized: it is stored in {meta['block_shape'][0]}-row "
+        f"strips across its full {cols}-px width, so every window read downloads whole rows; "
+        f"predicting it in {chunk_px}-px chunks downloads about {factor:.0f}x its "
+        f"{nbytes / 2**20:.0f} MB of pixels ({factor * nbytes / 2**20:.0f} MB); convert it "
+        f"once with `gdal_translate -of COG <in> {source_stem(path)}_cog.tif`, or download it",
+        RemoteLayoutWarning,
+        stacklevel=3,
     )
 
 
