@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from terraseg.engine.inference import AmpMode, Backend, TilePredictor
 from terraseg.engine.pipeline import PredictResult, Ramp, plan_scene, predict_scene
-from terraseg.io.inputs import SceneInput, open_input, resolve_input
+from terraseg.io.inputs import SceneInput, open_input, scene_input
 from terraseg.io.remote import is_remote
 from terraseg.io.stac import DEFAULT_ASSET
 from terraseg.models.combine import resolve_models
@@ -45,32 +45,6 @@ __all__ = [
     "scene_input",
     "vectorize",
 ]
-
-
-def scene_input(scene: str | os.PathLike[str], *, asset: str = DEFAULT_ASSET) -> SceneInput:
-    """The one scene ``scene`` names: a path, an ``http(s)://`` / ``s3://`` URL, or a STAC item.
-
-    ``asset`` is the STAC asset key or role to read (``"visual"`` by default).
-
-    Raises
-    ------
-    ConfigError
-        A STAC item without that asset, or an item collection of several items
-        (those run as a workflow).
-    SceneReadError
-        An unreadable STAC document.
-    """
-    from terraseg.errors import ConfigError
-
-    found = resolve_input(scene, asset=asset)
-    if len(found) != 1:
-        raise ConfigError(
-            f"'{os.fspath(scene)}' holds {len(found)} STAC items and predict takes one scene; "
-            "pass one item's JSON, or list the collection in a workflow's inputs.paths and "
-            "run it with `terraseg run`",
-            path=os.fspath(scene),
-        )
-    return found[0]
 
 
 def _scene_label(inp: SceneInput) -> str:

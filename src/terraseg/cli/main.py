@@ -117,10 +117,12 @@ def predict(
     ] = "visual",
 ) -> None:
     """Predict class masks for a scene chunk by chunk into a COG, then vectorize them."""
-    from terraseg.api import predict_to_dir, scene_input
+    from terraseg.io.inputs import scene_input
     from terraseg.io.remote import is_remote
 
-    inp = scene_input(scene, asset=asset)
+    inp = scene_input(scene, asset=asset)  # a bad STAC item fails here, before torch loads
+    from terraseg.api import predict_to_dir
+
     result = predict_to_dir(
         inp,
         out,

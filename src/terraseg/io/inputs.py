@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from affine import Affine
 
+from terraseg.errors import ConfigError
 from terraseg.io.georef import SomeCRS, norm_crs
 from terraseg.io.remote import source_stem
 from terraseg.io.scene import Scene, open_scene
@@ -42,6 +43,7 @@ __all__ = [
     "resolve_input",
     "resolve_inputs",
     "safe_stem",
+    "scene_input",
     "stac_scene_input",
 ]
 
@@ -134,6 +136,30 @@ def resolve_input(path: str | os.PathLike[str], *, asset: str = DEFAULT_ASSET) -
     if not is_stac_path(text):
         return [SceneInput(href=text, name=source_stem(text))]
     return [stac_scene_input(item, asset=asset, source=text) for item in read_stac_items(text)]
+
+
+def scene_input(scene: str | os.PathLike[str], *, asset: str = DEFAULT_ASSET) -> SceneInput:
+    """The one scene ``scene`` names: a path, an ``http(s)://`` / ``s3://`` URL, or a STAC item.
+
+    ``asset`` is the STAC asset key or role to read (``"visual"`` by default).
+
+    Raises
+    ------
+    ConfigError
+        A STAC item without that asset, or an item collection of several items
+        (those run as a workflow).
+    SceneReadError
+        An unreadable STAC document.
+    """
+    found = resolve_input(scene, asset=asset)
+    if len(found) != 1:
+        raise ConfigError(
+            f"'{os.fspath(scene)}' holds {len(found)} STAC items and predict takes one scene; "
+            "pass one item's JSON, or list the collection in a workflow's inputs.paths and "
+            "run it with `terraseg run`",
+            path=os.fspath(scene),
+        )
+    return found[0]
 
 
 def resolve_inputs(

@@ -98,7 +98,7 @@ def read_stac_items(href: str | os.PathLike[str]) -> list[pystac.Item]:
                 if item.get_self_href() is None:
                     item.set_self_href(_absolute(text_href))  # relative assets: next to the file
             return items
-    except (pystac.STACError, KeyError, TypeError, ValueError) as exc:
+    except (pystac.STACError, pystac.STACTypeError, KeyError, TypeError, ValueError) as exc:
         raise SceneReadError(
             f"'{text_href}' is not a valid STAC item: {exc}; check the document",
             path=text_href,
