@@ -1,8 +1,12 @@
 """Command-line interface (typer). Thin: parse options, call one library function.
 
 Any :class:`~terraseg.errors.TerrasegError` is printed as one line,
-``terraseg: error: <message>``, on stderr, with exit status 2; ``--debug``
-shows the traceback instead.
+``terraseg: error: <message>``, on stderr, with exit status 2; any other
+exception as one line too (``terraseg: error: internal error: ...``), with exit
+status 1. Warnings and log records become one line each
+(:mod:`terraseg.cli.output`). ``--debug`` shows tracebacks and warnings with
+their file and line instead; ``-q``/``-v`` set the verbosity. Help texts are
+rich markup: write a literal ``[`` as ``\\[`` (``terraseg\\[onnx]``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Annotated, cast
 import typer
 
 from terraseg._version import __version__
+from terraseg.cli.output import OutputSettings, install_output
 from terraseg.errors import TerrasegError
 from terraseg.progress import progress_bars
 
@@ -25,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_state = {"debug": False}
+_state = {"debug": False, "progress": True}
 
 
 def _version(value: bool) -> None:
@@ -36,12 +41,29 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Show tracebacks on errors, and warnings with their source."),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="Print only results and errors: no progress, no warnings.")
+    ] = False,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="More messages (-v info, -vv debug).")
+    ] = 0,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     _state["debug"] = debug
+    if quiet and verbose:
+        from terraseg.errors import ConfigError
+
+        raise ConfigError("-q/--quiet and -v/--verbose contradict each other; pass one of them")
+    settings = OutputSettings(verbosity=-1 if quiet else min(verbose, 2), debug=debug)
+    _state["progress"] = settings.progress
+    ctx.call_on_close(install_output(settings))
 
 
 @app.command()
@@ -64,7 +86,7 @@ def synth(
     from terraseg.progress import progress_callback
     from terraseg.synthetic import make_city
 
-    with progress_callback("synth", unit="window") as cb:
+    with progress_callback("synth", unit="window", enabled=bool(_state["progress"])) as cb:
         city = make_city(
             out,
             size_px=size_px,
@@ -99,7 +121,7 @@ def predict(
     ] = "auto",
     ramp: Annotated[str, typer.Option(help="Blending window: cosine, linear or none.")] = "cosine",
     backend: Annotated[
-        str, typer.Option(help="Model execution: torch, or onnxruntime (CPU; pip install 'terraseg[onnx]').")
+        str, typer.Option(help="Model execution: torch, or onnxruntime (CPU; pip install 'terraseg\\[onnx]').")
     ] = "torch",
     probabilities: Annotated[
         bool,
@@ -138,7 +160,7 @@ def predict(
         write_probabilities=probabilities,
         assume_crs=assume_crs,
         overwrite=overwrite,
-        show_progress=None,
+        show_progress=bool(_state["progress"]),
     )
     st = result.stats
     typer.echo(
@@ -176,10 +198,22 @@ def _vectorize_and_report(
 
 @app.command("vectorize")
 def vectorize_cmd(
-    mask: Annotated[Path, typer.Argument(help="Class COG (classes.tif) written by predict.")],
+    mask: Annotated[
+        Path,
+        typer.Argument(
+            help="Class mask: classes.tif from predict, or any one-band integer raster GDAL "
+            "reads (striped or tiled, int8 to uint32; building = 1, road = 2 unless it names "
+            "its classes)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output GeoPackage, e.g. city.gpkg.")],
     instances: Annotated[
-        Path | None, typer.Option("--instances", help="Instance COG; computed from MASK if omitted.")
+        Path | None,
+        typer.Option(
+            "--instances",
+            help="Instance mask (building ids, 0 = none; any integer raster on MASK's grid); "
+            "computed from MASK if omitted.",
+        ),
     ] = None,
     chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size, pixels.")] = 2048,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
@@ -279,7 +313,7 @@ def run(
     if dry_run:
         typer.echo(json.dumps(plan_workflow(wf, out=out), indent=2))
         return
-    with progress_bars() as bar:
+    with progress_bars(enabled=bool(_state["progress"])) as bar:
         result = run_workflow(
             wf, out=out, scheduler=scheduler, resume=resume, overwrite=overwrite, progress=bar
         )
@@ -324,6 +358,7 @@ def main() -> None:
     from terraseg.cli.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # once, before any work: huge pages for big CPU tensors
+    _state.update(debug=False, progress=True)  # the root callback sets them from the options
     try:
         app(standalone_mode=False)
     except TerrasegError as exc:
@@ -336,13 +371,27 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        if _state["debug"]:
+            raise
+        typer.echo("terraseg: interrupted", err=True)
+        sys.exit(130)
     except Exception as exc:  # click usage errors carry their own exit code
         import click
 
         if isinstance(exc, click.ClickException):
             exc.show()
             sys.exit(2)
-        raise
+        if _state["debug"]:
+            raise
+        from terraseg.cli.output import one_line
+
+        typer.echo(
+            f"terraseg: error: internal error: {type(exc).__name__}: {one_line(str(exc))}; "
+            "rerun with --debug for the traceback and report it",
+            err=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -152,6 +153,9 @@ def fit_network(
     )
     if init_state is not None:
         task.model.load_state_dict(init_state)
+    # --progress: Lightning's bar on a terminal, plain lines in a log (its bar would not show)
+    bar = cfg.progress and sys.stderr.isatty()
+    callbacks = [_plain_progress(total_steps)] if cfg.progress and not bar else []
     with quiet():
         trainer = pl.Trainer(
             accelerator=cfg.accelerator,
@@ -160,7 +164,8 @@ def fit_network(
             max_steps=total_steps,
             logger=False,
             enable_checkpointing=False,
-            enable_progress_bar=cfg.progress,
+            enable_progress_bar=bar,
+            callbacks=callbacks,
             enable_model_summary=False,
             num_sanity_val_steps=0,
             limit_val_batches=0,
@@ -170,6 +175,22 @@ def fit_network(
         trainer.fit(task, train_dataloaders=train_loader)  # validated afterwards, once
     net = task.model.cpu().eval()
     return FitResult(net, int(trainer.global_step), int(trainer.current_epoch))
+
+
+def _plain_progress(total_steps: int) -> Any:
+    """A Lightning callback writing :class:`~terraseg.progress.PlainProgress` lines of steps."""
+    from lightning.pytorch.callbacks import Callback
+
+    from terraseg.progress import PlainProgress
+
+    class PlainProgressCallback(Callback):
+        def __init__(self) -> None:
+            self.lines = PlainProgress("train", unit="step")
+
+        def on_train_batch_end(self, trainer: Any, *args: Any, **kwargs: Any) -> None:
+            self.lines.update(int(trainer.global_step), total_steps)
+
+    return PlainProgressCallback()
 
 
 def confusion_matrix(
