@@ -352,20 +352,25 @@ def test_masks_are_valid_cogs_with_their_metadata(
     assert (exported.out_dir / "classes.tif.aux.xml").is_file()
 
 
-def test_invalid_mask_is_refused_before_writing(
+def test_mask_that_is_no_cog_is_rewritten_as_one(
     layers: dict[str, gpd.GeoDataFrame], tmp_path: Path
 ) -> None:
-    striped = tmp_path / "striped.tif"  # a plain GeoTIFF: no tiles, no overviews
+    striped = tmp_path / "striped.tif"  # a plain GeoTIFF from another tool: no tiles, no overviews
     profile = {"driver": "GTiff", "width": 600, "height": 600, "count": 1, "dtype": "uint8",
                "crs": SCENE_CRS, "transform": from_origin(500000, 5000000, 1, 1)}  # fmt: skip
+    pixels = np.arange(600 * 600, dtype=np.uint32).reshape(1, 600, 600) % 3
     with rasterio.open(striped, "w", **profile) as ds:
-        ds.write(np.zeros((1, 600, 600), np.uint8))
+        ds.write(pixels.astype(np.uint8))
+    assert validate_cog(striped) != []
     out = tmp_path / "out"
-    with pytest.raises(ExportError, match=r"mask 'classes' .* not a valid Cloud-Optimized"):
-        export_run(layers, out, scene_name="city", masks={"classes": striped})
     with pytest.raises(ExportError, match="does not exist"):
         export_masks({"classes": tmp_path / "missing.tif"}, out)
     assert not out.exists() or not list(out.iterdir())
+    result = export_run(layers, out, scene_name="city", masks={"classes": striped})
+    assert result.masks["classes"] == out / "striped.tif"
+    assert validate_cog(out / "striped.tif") == []
+    with rasterio.open(out / "striped.tif") as ds:
+        assert np.array_equal(ds.read(), pixels)
 
 
 def test_export_masks_alone_and_in_place(masks: dict[str, Path], tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from terraseg.core.stitch import NODATA
 from terraseg.export.layers import SomeCRS
 from terraseg.export.writers import ExportResult, export_run
 from terraseg.instances import InstanceMerger, InstanceTable, instances_from_boundary
+from terraseg.io.masks import ids_without_nodata, open_mask
 from terraseg.io.raster_sink import RasterSink, read_class_names
 from terraseg.io.scene import Scene, open_scene
 
@@ -65,12 +66,15 @@ def _find_class(classes_path: Path, name: str) -> int | None:
     return None
 
 
-def _reader(scene: Scene) -> Callable[[PixelWindow], np.ndarray]:
-    """``read(window) -> (h, w)`` band 1 of ``scene``; outside the raster reads nodata."""
+def _reader(scene: Scene, *, ids: bool = False) -> Callable[[PixelWindow], np.ndarray]:
+    """``read(window) -> (h, w)`` band 1 of ``scene``; outside the raster reads nodata.
+
+    With ``ids=True`` (an instance mask) nodata pixels read as 0, "no building".
+    """
 
     def read(window: PixelWindow) -> np.ndarray:
         arr, _ = scene.read_window(window, bands=[1], pad="nodata")
-        return np.asarray(arr[0])
+        return ids_without_nodata(scene, arr[0]) if ids else np.asarray(arr[0])
 
     return read
 
@@ -127,11 +131,20 @@ BOUNDARY_MIN_SEED_PX = 6
 BOUNDARY_SEED_P = 0.6
 
 
-def _product_classes(classes: np.ndarray, building: int, edge: int | None) -> np.ndarray:
-    """Classes as the analyst reads them: a boundary model's edge ring is building."""
-    if edge is None:
-        return classes
-    return np.where(classes == edge, np.uint8(building), classes)
+def _product_classes(
+    classes: np.ndarray, building: int, edge: int | None, nodata: float | None = None
+) -> np.ndarray:
+    """Classes as the analyst reads them (uint32): a boundary model's edge ring is building.
+
+    The mask's own ``nodata`` and negative values (a signed mask from another
+    tool) become :data:`~terraseg.core.stitch.NODATA`.
+    """
+    if edge is not None:
+        classes = np.where(classes == edge, classes.dtype.type(building), classes)
+    bad = classes < 0
+    if nodata is not None and np.isfinite(nodata):
+        bad |= classes == nodata
+    return np.where(bad, NODATA, classes).astype(np.uint32)
 
 
 def label_instances(
@@ -178,7 +191,7 @@ def label_instances(
     interior seeds, flooding through the edge probability), else from the
     classes; otherwise buildings are connected components of the class.
     """
-    classes = open_scene(classes_path)
+    classes = open_mask(classes_path)
     building = building_class if building_class is not None else _class_id(
         Path(classes_path), "building", 1)
     edge = _find_class(Path(classes_path), "building edge")
@@ -221,8 +234,8 @@ def label_instances(
                                      window=windows[chunk.index])
                 sink.write(chunk.core, ids[None])
                 if panoptic is not None:
-                    cls = _product_classes(read(chunk.core), building, edge)
-                    panoptic.write(chunk.core, np.stack([cls.astype(np.uint32), ids]))
+                    cls = _product_classes(read(chunk.core), building, edge, classes.nodata)
+                    panoptic.write(chunk.core, np.stack([cls, ids]))
             sink.finish()
             if panoptic is not None:
                 panoptic.finish()
@@ -250,6 +263,31 @@ class VectorLayers:
         return {k: len(v) for k, v in self.as_dict().items()}
 
 
+def _open_masks(
+    classes_path: str | os.PathLike[str], instances_path: str | os.PathLike[str]
+) -> tuple[Scene, Scene]:
+    """Open a class mask and an instance mask (any tool's, :func:`open_mask`) on one grid.
+
+    Raises
+    ------
+    ConfigError
+        The two masks are not on the same grid.
+    """
+    from terraseg.errors import ConfigError
+
+    classes = open_mask(classes_path)
+    instances = open_mask(instances_path, what="instance mask")
+    same = classes.shape == instances.shape and classes.crs == instances.crs
+    if not (same and classes.transform.almost_equals(instances.transform, precision=1e-9)):
+        raise ConfigError(
+            f"instance mask '{instances_path}' ({instances.shape[0]}x{instances.shape[1]} px) "
+            f"is not on the grid of class mask '{classes_path}' ({classes.shape[0]}x"
+            f"{classes.shape[1]} px); resample it onto that grid (gdalwarp -te/-tr, -r near)",
+            classes=str(classes_path), instances=str(instances_path),
+        )
+    return classes, instances
+
+
 def vectorize_masks(
     classes_path: str | os.PathLike[str],
     instances_path: str | os.PathLike[str],
@@ -270,13 +308,12 @@ def vectorize_masks(
     from terraseg.vector.centerlines import extract_centerlines
     from terraseg.vector.vectorization import vectorize_buildings, vectorize_roads
 
-    classes = open_scene(classes_path)
-    instances = open_scene(instances_path)
+    classes, instances = _open_masks(classes_path, instances_path)
     road = road_class if road_class is not None else _class_id(Path(classes_path), "road", 2)
     grid = ChunkGrid.from_shape(classes.shape, tile_px=chunk_px, overlap_px=0, chunk_px=chunk_px)
     windows: Sequence[PixelWindow] = [c.core for c in grid]
     buildings = vectorize_buildings(
-        _reader(instances), windows, classes.transform, classes.crs,
+        _reader(instances, ids=True), windows, classes.transform, classes.crs,
         scores=dict(scores) if scores is not None else None, min_area_m2=min_area_m2,
         simplify_m=simplify_m, regularize=regularize,
     )
@@ -353,6 +390,10 @@ def vectorize_scene(
 
     With ``label=False`` an existing ``instances_path`` is used as it is.
     """
+    if label:
+        open_mask(classes_path)  # a bad mask fails here, before any output is written
+    else:
+        _open_masks(classes_path, instances_path)
     n_instances = None
     scores: dict[int, float] | None = None
     panoptic_path = Path(instances_path).with_name("panoptic.tif")

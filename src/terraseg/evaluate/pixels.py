@@ -164,20 +164,27 @@ def score_pixels(
     names include ``building edge`` (a boundary model's edge ring) is scored with
     that class as ``building``.
 
+    Either raster may come from any tool: striped, tiled or COG, any integer type
+    (:func:`terraseg.io.masks.open_mask`).
+
     Raises
     ------
     SceneReadError
         A file is missing or not a readable raster.
+    CRSError
+        A file has no CRS.
+    BandError
+        A file has more than one band or non-integer values.
     ConfigError
         The rasters differ in size or transform (not the same grid).
     CRSMismatchError
         The rasters are in different CRSs.
     """
-    from terraseg.io.scene import open_scene
+    from terraseg.io.masks import open_mask
 
     if window_px < 1:
         raise ConfigError(f"window_px must be >= 1, got {window_px}", window_px=window_px)
-    sp, st = open_scene(pred), open_scene(truth)
+    sp, st = open_mask(pred), open_mask(truth)
     if sp.crs != st.crs:
         raise CRSMismatchError(
             f"'{pred}' is in {sp.crs} but '{truth}' is in {st.crs}; resample the prediction "

@@ -1,8 +1,11 @@
-"""The engine's COG masks in an export folder: checked, then copied or hard-linked.
+"""Masks in an export folder: checked, then copied, hard-linked or rewritten as COGs.
 
-Each mask must be a valid Cloud-Optimized GeoTIFF
-(:func:`~terraseg.io.raster_sink.validate_cog`); its GDAL ``.aux.xml`` sidecar
-(category names) travels with it.
+A mask that is a valid Cloud-Optimized GeoTIFF
+(:func:`~terraseg.io.raster_sink.validate_cog`), as the engine writes them, is
+copied or hard-linked. Any other raster GDAL reads (a striped or untiled
+GeoTIFF from another tool, a VRT...) is rewritten as a COG named ``<stem>.tif``,
+streamed block by block (:func:`~terraseg.io.masks.copy_as_cog`). A GDAL
+``.aux.xml`` sidecar (category names) travels with its mask.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from terraseg.errors import ConfigError, ExportError
 from terraseg.export.layers import _check_name
 from terraseg.export.output_files import _atomic, _refuse_existing, _remove_all
 from terraseg.export.qgis_project import RasterInfo, inspect_raster
+from terraseg.io.masks import copy_as_cog
 from terraseg.io.raster_sink import validate_cog
 
 __all__ = ["export_masks"]
 
 
 def _inspect_masks(masks: Mapping[str, str | os.PathLike[str]]) -> dict[str, RasterInfo]:
-    """Check every mask exists and is a valid COG; read what the project needs."""
+    """Check every mask exists and is a readable raster; read what the project needs."""
     infos: dict[str, RasterInfo] = {}
     for name, value in masks.items():
         _check_name(name, what="mask")
@@ -34,14 +38,6 @@ def _inspect_masks(masks: Mapping[str, str | os.PathLike[str]]) -> dict[str, Ras
             raise ExportError(
                 f"mask '{name}' file '{path}' does not exist; pass the COGs the run wrote",
                 path=path,
-            )
-        problems = validate_cog(path)
-        if problems:
-            raise ExportError(
-                f"mask '{name}' file '{path}' is not a valid Cloud-Optimized GeoTIFF: "
-                f"{'; '.join(problems)}; rewrite it with terraseg.io.raster_sink.RasterSink",
-                path=path,
-                problems=problems,
             )
         try:
             infos[name] = inspect_raster(path)
@@ -55,7 +51,9 @@ def _mask_targets(masks: Mapping[str, str | os.PathLike[str]], out_dir: Path) ->
     targets: dict[str, Path] = {}
     for name, value in masks.items():
         source = Path(value)
-        target = out_dir / source.name
+        # a raster that is not a GeoTIFF is rewritten as a COG (see _copy_file)
+        tiff = source.suffix.lower() in (".tif", ".tiff")
+        target = out_dir / (source.name if tiff else f"{source.stem}.tif")
         clash = [other for other, path in targets.items() if path == target]
         if clash:
             raise ConfigError(
@@ -70,7 +68,15 @@ def _already_there(source: Path, target: Path) -> bool:
     return target.exists() and source.resolve() == target.resolve()
 
 
+def _is_sidecar(path: Path) -> bool:
+    return path.name.lower().endswith(".aux.xml")
+
+
 def _copy_file(source: Path, tmp: Path, link: bool) -> None:
+    """Copy (or hard-link) ``source`` to ``tmp``; a mask that is not a COG is rewritten as one."""
+    if not _is_sidecar(source) and validate_cog(source):
+        copy_as_cog(source, tmp)
+        return
     if link:
         try:
             os.link(source, tmp)
@@ -87,15 +93,17 @@ def export_masks(
     overwrite: bool = False,
     link: bool = False,
 ) -> dict[str, Path]:
-    """Check COG masks and copy (or hard-link) them into ``out_dir``.
+    """Check masks and copy (or hard-link) them into ``out_dir`` as COGs.
 
     Parameters
     ----------
     masks
-        ``{layer name: COG path}``, e.g. ``{"classes": run/"classes.tif"}``.
-        A GDAL ``.aux.xml`` sidecar (category names) travels with its raster.
+        ``{layer name: raster path}``, e.g. ``{"classes": run/"classes.tif"}``.
+        A valid COG is copied as it is; any other raster GDAL reads is
+        rewritten as a COG named ``<stem>.tif``, streamed block by block. A GDAL
+        ``.aux.xml`` sidecar (category names) travels with its raster.
     out_dir
-        Destination folder; a mask already in it is only checked.
+        Destination folder; a mask already in it is only checked (and kept as it is).
     overwrite
         Replace existing files of the same names.
     link
@@ -109,7 +117,7 @@ def export_masks(
     Raises
     ------
     ExportError
-        A mask is missing or not a valid COG (the problems are listed).
+        A mask is missing or not a readable raster.
     """
     _inspect_masks(masks)
     targets = _mask_targets(masks, Path(out_dir))
