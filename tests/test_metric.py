@@ -6,11 +6,14 @@ which no projection distorts; UTM is within 0.1 % of it near its central meridia
 
 from __future__ import annotations
 
+from typing import Any
+
 import geopandas as gpd
 import numpy as np
 import pyproj
 import pytest
 import shapely
+import shapely.affinity
 from affine import Affine
 
 from terraseg.core.metric import (
@@ -130,3 +133,40 @@ def test_regularize_buildings_area_in_web_mercator_is_true_m2() -> None:
     truth = _geodesic(out.geometry.iloc[0], "EPSG:3857")
     assert out["area_m2"].iloc[0] == pytest.approx(truth, rel=5e-3)
     assert 230 < out["area_m2"].iloc[0] < 250  # about 20 x 12 m, not 4 times that
+
+
+# --------------------------------------------------------------------------- callers
+
+
+def test_evaluate_buffers_and_min_area_are_true_metres_in_web_mercator(tmp_path: Any) -> None:
+    """At 60°N one Web Mercator unit is 0.5 m: a 2 m buffer is 4 units, 5 m² is 20 units²."""
+    from terraseg.evaluate.scores import evaluate
+
+    x, y = pyproj.Transformer.from_crs(4326, 3857, always_xy=True).transform(10.75, 60.0)
+    road = shapely.LineString([(x, y), (x + 400, y)])  # 200 m
+    moved = shapely.affinity.translate(road, 0, 3.0)  # 1.5 m on the ground: inside 2 m
+    house = shapely.box(x, y + 50, x + 20, y + 70)  # 10 x 10 m = 100 m²
+    shed = shapely.box(x + 100, y + 50, x + 104, y + 53)  # 2 x 1.5 m = 3 m² (12 units²)
+    for name, line, houses in (("t", road, [house, shed]), ("p", moved, [house])):
+        gpd.GeoDataFrame(geometry=[line], crs=3857).to_file(tmp_path / f"{name}.gpkg",
+                                                            layer="road_centerlines")
+        gpd.GeoDataFrame(geometry=houses, crs=3857).to_file(tmp_path / f"{name}.gpkg",
+                                                            layer="buildings")
+    report = evaluate(tmp_path / "p.gpkg", tmp_path / "t.gpkg", buffer_m=2.0, min_area_m2=5.0)
+    assert report.metric_crs is not None and report.metric_crs.to_epsg() == 32632
+    assert report.roads is not None and report.roads.f1 == pytest.approx(1.0)
+    assert report.roads.truth_length_m == pytest.approx(200.0, rel=0.01)
+    assert report.buildings is not None and (report.buildings.n_truth, report.buildings.f1) == (1, 1.0)
+
+
+def test_scene_gsd_in_web_mercator_is_ground_metres(tmp_path: Any) -> None:
+    import rasterio
+
+    from terraseg.io.scene import open_scene
+
+    for lat in (0.0, 60.0):
+        path = tmp_path / f"m{lat:g}.tif"
+        with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=1, dtype="uint8",
+                           crs="EPSG:3857", transform=_mercator_scene(lat)) as ds:  # fmt: skip
+            ds.write(np.zeros((1, 64, 64), np.uint8))
+        assert open_scene(path).gsd_m == pytest.approx(0.5, rel=0.01)
