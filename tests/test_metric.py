@@ -26,8 +26,9 @@ from terraseg.vector.regularize import regularize_buildings
 
 GEOD = pyproj.Geod(ellps="WGS84")
 LATITUDES = {0.0: {32633, 32733}, 37.0: {32633}, 60.0: {32633}, -45.0: {32733}}
-"""Latitude -> the UTM zone the frame must measure in at 15°E (N or S on the equator). Even at the equator Web
-Mercator is 0.67 % off north-south on the WGS 84 ellipsoid (it is a spherical projection)."""
+"""Latitude -> the UTM zone the frame must measure in at 15°E (N or S on the equator).
+Even at the equator Web Mercator is 0.67 % off north-south on the WGS 84 ellipsoid
+(it is a spherical projection)."""
 
 
 def _geodesic(geom: shapely.Geometry, crs: str) -> float:
