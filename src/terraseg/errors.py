@@ -26,6 +26,7 @@ __all__ = [
     "OutputExistsError",
     "ChunkFailedError",
     "EmptySceneError",
+    "ResumeMismatchError",
 ]
 
 
@@ -94,3 +95,7 @@ class ChunkFailedError(TerrasegError, RuntimeError):
 
 class EmptySceneError(SceneReadError):
     """A scene holds no valid pixel (all nodata / alpha 0): nothing to predict."""
+
+
+class ResumeMismatchError(TerrasegError, ValueError):
+    """``--resume`` of a run whose stored chunks were made by another model, tiling or scene."""

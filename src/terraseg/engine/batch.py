@@ -21,11 +21,13 @@ from terraseg.config import Workflow
 from terraseg.errors import ConfigError, TerrasegError
 from terraseg.io.atomic import atomic_output
 from terraseg.io.inputs import SceneInput, open_input, resolve_inputs
+from terraseg.io.manifest import manifest_token
 from terraseg.io.remote import is_remote
 from terraseg.io.scene import Scene
 from terraseg.models.spec import ModelSpec
 
 if TYPE_CHECKING:
+    from terraseg.core.grid import ChunkGrid
     from terraseg.engine.distributed import PredictorOptions
     from terraseg.engine.inference import TilePredictor
 
@@ -201,26 +203,32 @@ def _run_scene(
     """Run the workflow's stages on one scene into ``scene_dir``."""
     from terraseg.engine.distributed import DaskRunner
     from terraseg.engine.pipeline import local_runner, plan_scene, predict_scene_resumable
+    from terraseg.engine.resume import check_finished
 
     stages = list(wf.stages)
     summary = SceneSummary(scene=sc.path, out_dir=str(scene_dir))
     classes_path = scene_dir / "classes.tif"
-    if "predict" in stages and not (resume and _finished(classes_path)):
+    if "predict" in stages:
         grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
                           chunk_px=wf.tiling.chunk_px)
+        manifest = _manifest(wf, sc, spec, grid, opts)
+        if resume and _finished(classes_path):  # refuse to keep another configuration's output
+            check_finished(scene_dir, scene_dir / "run.json", manifest)
+    if "predict" in stages and not (resume and _finished(classes_path)):
         if client is None:
             runner = local_runner(sc, grid, local_predictor, spec, ramp=wf.tiling.ramp,
                                   pad=wf.tiling.pad,
                                   with_probs=wf.outputs.probabilities)
         else:
             runner = DaskRunner(client, sc, grid, opts, ramp=wf.tiling.ramp,
-                                pad=wf.tiling.pad, with_probs=wf.outputs.probabilities)
+                                pad=wf.tiling.pad, with_probs=wf.outputs.probabilities,
+                                token=manifest_token(manifest))
         res = predict_scene_resumable(
             sc, spec, scene_dir, runner, tile_px=wf.tiling.tile_px,
             overlap_px=wf.tiling.overlap_px, chunk_px=wf.tiling.chunk_px,
             write_probabilities=wf.outputs.probabilities, resume=resume,
             overwrite=overwrite, config=config | inp.run_info(),
-            device=str(local_predictor.device),
+            device=str(local_predictor.device), manifest=manifest,
             progress=_scene_progress(progress, sc.path),
         )
         summary.stats = {k: res.stats[k] for k in (
@@ -241,6 +249,19 @@ def _run_scene(
             imagery=sc.path if _is_file(sc.path) and not sc.crs_assumed else None,
         ))
     return summary
+
+
+def _manifest(
+    wf: Workflow, sc: Scene, spec: ModelSpec, grid: ChunkGrid, opts: PredictorOptions
+) -> dict[str, Any]:
+    """What makes this scene's chunks (model weights, card, tiling, grid, scene file)."""
+    from terraseg.engine.resume import build_manifest
+    from terraseg.models.identity import run_model_fingerprint
+
+    return build_manifest(
+        sc, spec, grid, model=run_model_fingerprint(opts.model, opts.instance),
+        ramp=wf.tiling.ramp, pad=wf.tiling.pad, probabilities=wf.outputs.probabilities,
+    )
 
 
 def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:

@@ -109,6 +109,13 @@ class DaskRunner:
     retries
         How many times Dask retries a chunk whose task raised (a worker that
         dies is handled by Dask itself, without counting as a retry).
+    token
+        Goes into every task key, ``terraseg-chunk-{scene}-{token}-{index}``: the
+        run's :func:`~terraseg.io.manifest.manifest_token` (model weights, card,
+        tiling, grid and scene file), so a scheduler that still holds a chunk of
+        another configuration never hands it back for this one. ``None``: a
+        token of the scene path, grid, predictor options, ramp, padding and
+        probabilities.
     """
 
     def __init__(
@@ -123,6 +130,7 @@ class DaskRunner:
         with_probs: bool = False,
         resources: dict[str, float] | None = None,
         retries: int = 1,
+        token: str | None = None,
     ) -> None:
         self.client = client
         self.scene = scene
@@ -133,6 +141,11 @@ class DaskRunner:
         self.with_probs = with_probs
         self.resources = resources
         self.retries = retries
+        if token is None:
+            from dask.base import tokenize
+
+            token = tokenize(scene.path, grid, opts, ramp, pad, with_probs)[:16]
+        self.token = token
 
     def __call__(self, chunks: Sequence[Chunk]) -> Iterator[Any]:
         from distributed import as_completed
@@ -147,7 +160,7 @@ class DaskRunner:
         for chunk in chunks:
             fut = self.client.submit(
                 _chunk_task, scene_f, grid_f, chunk.index, self.opts, self.ramp, self.pad,
-                self.with_probs, key=f"terraseg-chunk-{self.scene.path}-{chunk.index}",
+                self.with_probs, key=f"terraseg-chunk-{self.scene.path}-{self.token}-{chunk.index}",
                 resources=self.resources, retries=self.retries, pure=False,
             )
             futures[fut] = chunk

@@ -20,8 +20,9 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -51,8 +52,16 @@ from terraseg.engine.outputs import (
     run_stats,
     stage_run_json,
 )
-from terraseg.errors import BandError, ChunkFailedError, EmptySceneError, OutputExistsError
+from terraseg.engine.resume import build_manifest, check_resume
+from terraseg.errors import (
+    BandError,
+    ChunkFailedError,
+    EmptySceneError,
+    OutputExistsError,
+    ResumeMismatchError,
+)
 from terraseg.io.chunkstore import ChunkOutput, DirStore, write_from_store
+from terraseg.io.manifest import write_manifest
 from terraseg.io.scene import Scene, open_scene
 from terraseg.models.spec import ModelSpec
 
@@ -361,6 +370,42 @@ def _check_store_not_empty(scene: Scene, store: DirStore, grid: ChunkGrid) -> No
         check_not_empty(scene, RunStats())
 
 
+def _record_failure(path: Path, item: ChunkFailure) -> None:
+    """Append one failed chunk (index, window, error, traceback) to ``failures.jsonl``."""
+    w = item.window
+    with open(path, "a") as fh:
+        fh.write(json.dumps({
+            "chunk": list(item.index), "window": [w.row_off, w.col_off, w.height, w.width],
+            "error": item.error, "traceback": item.traceback,
+        }) + "\n")
+
+
+def _resumable_chunks(
+    out: Path, store: DirStore, manifest: Mapping[str, Any], *, resume: bool, overwrite: bool
+) -> set[tuple[int, int]]:
+    """The stored chunks this run may keep; writes the manifest before any chunk is stored."""
+    done = store.done()
+    if done and resume:
+        try:
+            check_resume(out, store.root, manifest)
+        except ResumeMismatchError as exc:
+            if not overwrite:
+                raise
+            log.warning("discarding %d stored chunks: %s", len(done), exc)
+            resume = False
+    if done and not resume:
+        if not overwrite:
+            raise OutputExistsError(
+                f"'{out}' holds {len(done)} chunks of an unfinished run; pass --resume to "
+                "continue it or --overwrite to start again",
+                path=out,
+            )
+        store.clear()
+        done = set()
+    write_manifest(store.root, manifest)
+    return done
+
+
 def predict_scene_resumable(
     scene: Scene,
     spec: ModelSpec,
@@ -377,6 +422,7 @@ def predict_scene_resumable(
     progress: Callable[[int, int], None] | None = None,
     config: dict[str, Any] | None = None,
     device: str = "",
+    manifest: Mapping[str, Any] | None = None,
 ) -> PredictResult:
     """Predict a scene through a chunk store: parallel, resumable, failure-tolerant.
 
@@ -387,6 +433,15 @@ def predict_scene_resumable(
     (window and traceback); the others still finish, and the run then raises
     :class:`~terraseg.errors.ChunkFailedError`. When every chunk is stored the
     COGs are streamed from the store, and the store is removed.
+
+    ``manifest`` (:func:`terraseg.engine.resume.build_manifest`) says what makes
+    the chunks: the model's weights hash, the card, the tiling, the grid and the
+    scene file. It is written to ``.chunks/manifest.json`` before the first
+    chunk and into ``run.json``; ``resume=True`` with a different one raises
+    :class:`~terraseg.errors.ResumeMismatchError` naming the change (with
+    ``overwrite`` too, the stored chunks are discarded instead). Without it one
+    is built from the arguments, the spec and the default ramp and padding,
+    which cannot tell changed weights under the same card.
     """
     t_start = time.perf_counter()
     check_bands(scene, spec)
@@ -394,17 +449,10 @@ def predict_scene_resumable(
     out, classes_path, probs_path, run_json = output_paths(
         out_dir, write_probabilities=write_probabilities, overwrite=overwrite
     )
+    if manifest is None:
+        manifest = build_manifest(scene, spec, grid, probabilities=write_probabilities)
     store = DirStore(out / ".chunks")
-    done = store.done()
-    if done and not resume:
-        if not overwrite:
-            raise OutputExistsError(
-                f"'{out}' holds {len(done)} chunks of an unfinished run; pass --resume to "
-                "continue it or --overwrite to start again",
-                path=out,
-            )
-        store.clear()
-        done = set()
+    done = _resumable_chunks(out, store, manifest, resume=resume, overwrite=overwrite)
     todo = [c for c in grid if c.index not in done]
     failures_path = out / "failures.jsonl"
     failures_path.unlink(missing_ok=True)
@@ -416,13 +464,7 @@ def predict_scene_resumable(
     for item in runner(todo):
         if isinstance(item, ChunkFailure):
             failures.append(item)
-            with open(failures_path, "a") as fh:
-                fh.write(json.dumps({
-                    "chunk": list(item.index),
-                    "window": [item.window.row_off, item.window.col_off,
-                               item.window.height, item.window.width],
-                    "error": item.error, "traceback": item.traceback,
-                }) + "\n")
+            _record_failure(failures_path, item)
             continue
         store.put(item)
         for key, value in item.stats.get("seconds", {}).items():
@@ -455,7 +497,8 @@ def predict_scene_resumable(
         stats = run_stats(
             scene, spec, grid, run, wall=time.perf_counter() - t_start, device=device,
             predictor=device, config=config,
-            extra={"chunks_computed": len(todo), "chunks_resumed": len(done)},
+            extra={"chunks_computed": len(todo), "chunks_resumed": len(done),
+                   "manifest": dict(manifest)},
         )
         stage_run_json(stack, run_json, stats)
     if not keep_chunks:
