@@ -222,11 +222,12 @@ class TrainConfig(_Model):
         description="Training patch size, pixels: >= 32 and a multiple of 2^encoder depth.",
     )
     lr: float = Field(default=2e-3, description="AdamW peak learning rate (one-cycle schedule).")
-    task: Literal["semantic", "boundary"] = Field(
+    task: Literal["semantic", "boundary", "detection"] = Field(
         default="semantic",
         description="'semantic': classes as labelled; 'boundary': buildings split into interior "
         "and an edge ring (class 'building edge'), so touching buildings become separate "
-        "instances (seeded watershed at predict time).",
+        "instances (seeded watershed at predict time); 'detection': a Mask R-CNN building "
+        "detector (boxes, masks, scores).",
     )
     edge_px: int = Field(
         default=2,

@@ -132,8 +132,9 @@ def train_command(
     task: Annotated[
         str,
         typer.Option(
-            help="semantic, or boundary: buildings get an edge-ring class so touching "
-            "buildings come out as separate instances.",
+            help="semantic; boundary: buildings get an edge-ring class so touching "
+            "buildings come out as separate instances; detection: a Mask R-CNN building "
+            "detector.",
         ),
     ] = "semantic",
     edge_px: Annotated[
@@ -191,6 +192,6 @@ def train_command(
     stem = out.with_suffix("") if out.suffix == ".safetensors" else out
     metrics = ", ".join(f"{k}={v:.3f}" for k, v in card.metrics.items() if "iou" in k)
     seconds = card.training.seconds if card.training else float("nan")
-    typer.echo(
-        f"wrote {stem}.safetensors and {stem}.card.yaml in {seconds:.0f} s; held-out {metrics}"
-    )
+    what = f"held-out {metrics}" if metrics else ", ".join(
+        f"{k}={v:.3f}" for k, v in card.metrics.items())
+    typer.echo(f"wrote {stem}.safetensors and {stem}.card.yaml in {seconds:.0f} s; {what}")

@@ -79,14 +79,16 @@ class Architecture(BaseModel):
     ``library="smp"`` builds ``segmentation_models_pytorch.<name>(**kwargs)``
     (always with ``encoder_weights=None``: the weights file supplies every
     parameter, nothing is downloaded); ``library="torchgeo"`` builds a
-    ``torchgeo.models.<name>`` (``FCN``); ``library="torchscript"`` means the
+    ``torchgeo.models.<name>`` (``FCN``); ``library="torchvision"`` builds the
+    Mask R-CNN of :func:`terraseg.models.detector.build_maskrcnn` (task
+    ``detection``); ``library="torchscript"`` means the
     weights file is a TorchScript archive that carries its own graph;
     ``library="builtin"`` is one of terraseg's built-in models.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    library: Literal["smp", "torchgeo", "torchscript", "builtin"] = Field(
+    library: Literal["smp", "torchgeo", "torchvision", "torchscript", "builtin"] = Field(
         description="Where the network class comes from."
     )
     name: str | None = Field(
@@ -113,6 +115,9 @@ class Architecture(BaseModel):
         elif self.library == "torchgeo":
             if self.name != "FCN":
                 raise ValueError(f"unknown torchgeo architecture {self.name!r}; use 'FCN'")
+        elif self.library == "torchvision":
+            if self.name != "MaskRCNN":
+                raise ValueError(f"unknown torchvision architecture {self.name!r}; use 'MaskRCNN'")
         elif self.library == "builtin" and not self.name:
             raise ValueError("a builtin architecture needs a name (e.g. 'cheap')")
         return self
@@ -216,6 +221,20 @@ class ModelCard(ModelSpec):
                 f"got {ids}"
             )
         arch = self.architecture
+        if (self.task == "detection") != (arch.library == "torchvision"):
+            raise ValueError(
+                f"task '{self.task}' with architecture library '{arch.library}': detection "
+                "models are torchvision MaskRCNN and MaskRCNN is a detection model; fix task or "
+                "architecture"
+            )
+        if self.task == "detection" and (
+            "building" not in names or int(arch.kwargs.get("num_classes", 2)) != self.n_classes
+        ):
+            raise ValueError(
+                f"a 'detection' model needs a class named 'building' and num_classes = "
+                f"{self.n_classes} (its classes, background included), got {sorted(names)} and "
+                f"num_classes={arch.kwargs.get('num_classes', 2)}"
+            )
         if arch.in_channels is not None and arch.in_channels != self.input.n_bands:
             raise ValueError(
                 f"architecture in_channels={arch.in_channels} but input.bands has "

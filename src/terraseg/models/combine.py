@@ -18,15 +18,16 @@ import torch
 from torch import nn
 
 from terraseg.errors import ConfigError
-from terraseg.models.card import ModelCard
+from terraseg.models.card import Architecture, ModelCard
 from terraseg.models.loading import load_model
 from terraseg.models.spec import BOUNDARY_CLASSES, ModelSpec
 
 __all__ = ["PairedNet", "resolve_models"]
 
-RUNNABLE_TASKS = ("semantic", "boundary")
+RUNNABLE_TASKS = ("semantic", "boundary", "detection")
 """Tasks the engine runs: class scores (``semantic``), class scores with an edge ring
-(``boundary``). Detection models (per-tile boxes and masks) are not run yet."""
+(``boundary``), per-tile boxes, masks and scores (``detection``, run as boundary-layout
+probabilities through :class:`~terraseg.models.detector.DenseDetections`)."""
 
 
 def _activate(logits: torch.Tensor, activation: str) -> torch.Tensor:
@@ -88,6 +89,24 @@ def _check_runnable(card: ModelCard, role: str) -> None:
         )
 
 
+def _instance_model(name: str) -> tuple[nn.Module, ModelCard]:
+    """Load an instance model; a detector comes back as boundary-layout probabilities."""
+    net, card = load_model(name)
+    _check_runnable(card, "instance")
+    if card.task != "detection":
+        return net, card
+    from terraseg.models.detector import DenseDetections
+
+    label = card.class_id("building")
+    assert label is not None  # the card validator requires it
+    dense = DenseDetections(net, building_label=label).eval()
+    as_boundary = card.model_copy(
+        update={"task": "boundary", "classes": BOUNDARY_CLASSES, "activation": "identity",
+                "architecture": Architecture(library="builtin", name=f"dense-{card.name}")}
+    )
+    return dense, as_boundary
+
+
 def resolve_models(
     semantic: str | None, instance: str | None
 ) -> tuple[nn.Module, ModelSpec]:
@@ -106,8 +125,7 @@ def resolve_models(
         raise ConfigError("give a model: models.semantic and/or models.instance (e.g. "
                           "demo-instance)")
     if instance:
-        inst_net, inst_card = load_model(instance)
-        _check_runnable(inst_card, "instance")
+        inst_net, inst_card = _instance_model(instance)
         if inst_card.task != "boundary":
             raise ConfigError(
                 f"models.instance '{instance}' is a {inst_card.task} model (no building edge "
@@ -119,6 +137,13 @@ def resolve_models(
     assert semantic is not None
     sem_net, sem_card = load_model(semantic)
     _check_runnable(sem_card, "semantic")
+    if sem_card.task == "detection":
+        if instance:
+            raise ConfigError(
+                f"models.semantic '{semantic}' is a detection model; name it under "
+                "models.instance and a semantic model (for roads) under models.semantic"
+            )
+        sem_net, sem_card = _instance_model(semantic)
     if not instance:
         return sem_net, sem_card.to_spec()
     if sem_card.input != inst_card.input:

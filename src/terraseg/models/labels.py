@@ -48,7 +48,7 @@ class LabelWarning(UserWarning):
     """Label geometries were repaired or skipped (the message gives the count)."""
 
 
-def _read_layers(
+def read_layers(
     labels: Path, layers: Mapping[str, int], scene: Scene
 ) -> list[tuple[shapely.Geometry, int]]:
     """Label geometries in the scene CRS, in burn order, repaired where invalid."""
@@ -165,7 +165,7 @@ def rasterize_labels(
 
     scene = image if isinstance(image, Scene) else open_scene(image)
     src = Path(labels)
-    shapes = _read_layers(src, layers or DEFAULT_LAYERS, scene)
+    shapes = read_layers(src, layers or DEFAULT_LAYERS, scene)
     geoms = np.asarray([g for g, _ in shapes], dtype=object)
     values = np.asarray([v for _, v in shapes], dtype=np.uint8)
     left, bottom, right, top = scene.bounds

@@ -41,6 +41,10 @@ def build_network(arch: Architecture, *, source: str = "card") -> nn.Module:
             kwargs["encoder_weights"] = None
             cls = getattr(smp, str(arch.name))
             net: nn.Module = cls(**kwargs)
+        elif arch.library == "torchvision":
+            from terraseg.models.detector import build_maskrcnn
+
+            net = build_maskrcnn(**kwargs)
         else:
             from torchgeo.models import FCN
 

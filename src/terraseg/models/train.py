@@ -43,6 +43,7 @@ from terraseg.models.card import (
 )
 from terraseg.models.datasets import (
     TrainingAreas,
+    as_paths,
     intersection_datasets,
     make_loaders,
     training_areas,
@@ -162,6 +163,13 @@ def train_semantic(
     t0 = time.perf_counter()
     weights_path, card_path = _out_paths(out, overwrite=overwrite)
     cfg = (config if config is not None else TrainConfig()).with_overrides(overrides)
+    if cfg.task == "detection":
+        if cfg.epochs is None and cfg.max_steps is None:
+            raise ConfigError("give epochs or max_steps (e.g. --epochs 10)")
+        from terraseg.models.train_detection import train_detection
+
+        return train_detection(as_paths(image), as_paths(labels), weights_path.with_suffix(""),
+                               cfg, overwrite=overwrite)
     setup = _setup(cfg, stem=weights_path.name[: -len(".safetensors")])
     with tempfile.TemporaryDirectory(prefix="terraseg-train-") as tmp:
         workdir = Path(tmp)

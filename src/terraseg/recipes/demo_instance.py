@@ -14,7 +14,7 @@ What it does, all with this project's own code and nothing downloaded:
    with seeds 11, 12, 13, 15 (2048² px each), a validation scene with seed 14
    (1024² px) and an evaluation scene with seed 21 (2048² px), which is used
    neither for training nor for validation;
-2. trains a *boundary* model with :func:`terraseg.models.train.train_semantic`
+2. stage 1 trains a *boundary* model with :func:`terraseg.models.train.train_semantic`
    (``task="boundary"``: classes background, building, road, building edge; the
    edge is the 3-px band of each building next to another building, so touching
    buildings have separate interiors), loss cross-entropy (edge weighted 2x) + Dice,
@@ -24,7 +24,9 @@ What it does, all with this project's own code and nothing downloaded:
            --task boundary --edge-px 3 --loss ce+dice --out demo-instance --max-steps 1200 \\
            --batch-size 8 --patch-px 256 --lr 0.002 --seed 0 --fp16   # + class weights 1,1,1,2
 
-3. predicts the evaluation scene through the engine (tile 512, overlap 64,
+3. stage 2 fine-tunes stage 1's weights (``init_from``) for 900 more steps at
+   lr 0.001 on the training cities plus seeds 16, 17, 18 (``--init-from``);
+4. predicts the evaluation scene through the engine (tile 512, overlap 64,
    chunk 2048), labels instances by seeded watershed, vectorizes, and stores
    building F1@0.5, mean IoU, count ratio and pixel IoU in the card.
 """
@@ -43,6 +45,8 @@ from terraseg.recipes.demo_semantic import BUNDLED, make_scenes, train_on_scenes
 
 NAME = "demo-instance"
 TRAIN_SEEDS = (11, 12, 13, 15)
+#: Stage 2 (fine-tuning) adds these cities to the stage-1 ones.
+MORE_SEEDS = (16, 17, 18)
 VAL_SEED = 14
 EVAL_SEED = 21
 SCENE_PX = 2048
@@ -72,11 +76,32 @@ SETTINGS = TrainConfig(
 )
 
 
+#: Stage 2: fine-tune stage 1's weights on more cities at a lower rate.
+FINETUNE = SETTINGS.model_copy(
+    update={
+        "max_steps": 900,
+        "lr": 1e-3,
+        "seed": 1,
+        "data_notes": [
+            f"terraseg.synthetic.make_city(size_px={SCENE_PX}, seed={s}, gsd_m=0.5) (training)"
+            for s in (*TRAIN_SEEDS, *MORE_SEEDS)
+        ]
+        + [f"terraseg.synthetic.make_city(size_px={VAL_PX}, seed={VAL_SEED}, gsd_m=0.5) "
+           "(validation)"],
+    }
+)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--workdir", type=Path, default=None, help="Keep scenes here.")
     parser.add_argument("--out", type=Path, default=BUNDLED, help="Folder for weights and card.")
-    parser.add_argument("--max-steps", type=int, default=SETTINGS.max_steps)
+    parser.add_argument("--max-steps", type=int, default=SETTINGS.max_steps,
+                        help="Steps of stage 1 (from random weights).")
+    parser.add_argument("--finetune-steps", type=int, default=FINETUNE.max_steps,
+                        help="Steps of stage 2 (fine-tuning on more cities); 0 skips it.")
+    parser.add_argument("--stage1", type=Path, default=None,
+                        help="Use this model as stage 1's result instead of training it.")
     parser.add_argument("--eval-only", action="store_true", help="Only re-measure eval_*.")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="terraseg-demo-") as tmp:
@@ -87,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         scenes = make_scenes(workdir, plan)
         stem = args.out / NAME
         if not args.eval_only:
-            train_on_scenes(scenes, stem, SETTINGS, "terraseg.recipes.demo_instance",
-                            max_steps=args.max_steps)
+            _train(args, scenes, stem, workdir)
         from terraseg.recipes.evaluation import evaluate_buildings
 
         metrics, note = evaluate_buildings(stem.with_suffix(".safetensors"), scenes["eval"][0],
@@ -101,6 +125,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         save_card(card, card_path, overwrite=True)
         print(f"{card_path}: {card.metrics}")
+
+
+def _train(args: argparse.Namespace, scenes: dict[str, list[Path]], stem: Path,
+           workdir: Path) -> None:
+    """Stage 1 (from random weights on TRAIN_SEEDS), then stage 2 (fine-tuning, + MORE_SEEDS)."""
+    module = "terraseg.recipes.demo_instance"
+    if args.finetune_steps == 0:
+        train_on_scenes(scenes, stem, SETTINGS, module, max_steps=args.max_steps)
+        return
+    stage1 = args.stage1
+    if stage1 is None:
+        stage1 = workdir / f"{NAME}-stage1"
+        train_on_scenes(scenes, stage1, SETTINGS, module, max_steps=args.max_steps)
+        stage1 = stage1.with_suffix(".safetensors")
+    more = make_scenes(workdir, [("train", s, SCENE_PX) for s in MORE_SEEDS])
+    both = {**scenes, "train": [*scenes["train"], *more["train"]]}
+    settings = FINETUNE.model_copy(update={"init_from": str(stage1)})
+    train_on_scenes(both, stem, settings, module, max_steps=args.finetune_steps)
 
 
 if __name__ == "__main__":
