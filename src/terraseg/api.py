@@ -196,6 +196,31 @@ def _as_scene(source: SceneLike, tmpdir: Path) -> Scene:
     raise TypeError(f"expected a path, a Scene or an xarray.DataArray, got {type(source).__name__}")
 
 
+def _is_dask(da: xr.DataArray) -> bool:
+    from dask.base import is_dask_collection
+
+    return bool(is_dask_collection(da.data))
+
+
+def _predict_lazy(
+    da: xr.DataArray, window: WindowLike, *, model: str, tile_px: int, overlap_px: int,
+    chunk_px: int | None, device: str, batch_size: int, probabilities: bool,
+) -> xr.DataArray:
+    """:func:`predict` of a Dask-backed DataArray: the lazy result, or a lazy window of it."""
+    from terraseg.engine.lazy import predict_dataarray
+
+    lazy = predict_dataarray(
+        da, model=model, tile_px=tile_px, overlap_px=overlap_px,
+        chunk_px=2048 if chunk_px is None else chunk_px, device=device,
+        batch_size=batch_size, probabilities=probabilities,
+    )
+    if window is None:
+        return lazy
+    win = _window_of(window, (lazy.sizes["y"], lazy.sizes["x"]))
+    rows, cols = win.to_slices()
+    return lazy.isel(y=rows, x=cols)
+
+
 def _window_of(window: WindowLike, shape: tuple[int, int]) -> PixelWindow:
     from terraseg.core.grid import PixelWindow
 
@@ -217,6 +242,7 @@ def predict(
     device: str = "auto",
     batch_size: int = 8,
     probabilities: bool = False,
+    chunk_px: int | None = None,
 ) -> xr.DataArray:
     """Predict classes for a scene or a window of it, as an ``xarray.DataArray`` with CRS.
 
@@ -224,11 +250,19 @@ def predict(
     full-scene run's away from the window's edge (at the edge, tiles outside
     the window's chunks are not run and the blend uses the tiles that are).
 
+    A Dask-backed DataArray (``rioxarray.open_rasterio(path, chunks=...)``,
+    odc-stac) is predicted lazily (:mod:`terraseg.engine.lazy`): the input is
+    read window by window, per engine chunk, never whole, and the result is a
+    Dask-backed DataArray chunked by the engine's chunk cores, equal to the
+    path-based run everywhere (a ``window`` is a lazy selection of it).
+    ``.compute()`` runs it; ``.rio.to_raster(path, lock=True)`` streams it to a file.
+
     Parameters
     ----------
     scene
-        A path GDAL reads, a :class:`~terraseg.io.scene.Scene`, or an in-memory
-        ``(band, y, x)`` DataArray with a CRS (rioxarray).
+        A path or URL GDAL reads, a STAC item JSON, a
+        :class:`~terraseg.io.scene.Scene`, or a ``(band, y, x)`` DataArray with a
+        CRS (rioxarray), in memory or Dask-backed.
     model
         Bundled model name or checkpoint path.
     window
@@ -237,24 +271,31 @@ def predict(
         (only sensible for small scenes: the result is in memory).
     probabilities
         Return per-class probabilities ``(class, y, x)`` float32 instead of labels.
+    chunk_px
+        Chunk size in pixels: the Dask chunks of a lazy result (default 2048);
+        for the other inputs, default: the window's size, at most 2048.
 
     Returns
     -------
     xarray.DataArray
         ``(y, x)`` uint8 labels (255 = nodata) or ``(class, y, x)`` probabilities,
         with ``x``/``y`` pixel-centre coordinates, the scene CRS (``.rio.crs``),
-        and ``attrs["classes"]`` / ``attrs["colors"]``.
+        and ``attrs["classes"]`` / ``attrs["colors"]``; Dask-backed (nothing
+        computed yet) for a Dask-backed input, in memory otherwise.
     """
     import tempfile
 
     import numpy as np
-    import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
     from terraseg.core.grid import ChunkGrid
     from terraseg.core.stitch import labels_from_acc, normalize
     from terraseg.engine.pipeline import check_bands, iter_predictions
 
+    if isinstance(scene, xr.DataArray) and _is_dask(scene):
+        return _predict_lazy(scene, window, model=model, tile_px=tile_px,
+                             overlap_px=overlap_px, chunk_px=chunk_px, device=device,
+                             batch_size=batch_size, probabilities=probabilities)
     with tempfile.TemporaryDirectory(prefix="terraseg-") as tmp:
         sc = _as_scene(scene, Path(tmp))
         win = _window_of(window, sc.shape)
@@ -262,7 +303,8 @@ def predict(
         check_bands(sc, spec)
         predictor = TilePredictor(net, device=device, batch_size=batch_size,
                                   activation=spec.activation)
-        chunk_px = max(tile_px, min(2048, max(win.height, win.width)))
+        if chunk_px is None:
+            chunk_px = max(tile_px, min(2048, max(win.height, win.width)))
         grid = ChunkGrid.from_shape(sc.shape, tile_px=tile_px, overlap_px=overlap_px,
                                     chunk_px=chunk_px)
         chunks = [c for c in grid if not c.core.intersection(win).is_empty]
@@ -281,20 +323,30 @@ def predict(
             else:
                 labels, _ = labels_from_acc(acc[(slice(None), *src)], valid[src])
                 out[dst] = labels
-        transform = sc.transform * sc.transform.translation(win.col_off, win.row_off)
-        xs = transform.c + transform.a * (np.arange(win.width) + 0.5)
-        ys = transform.f + transform.e * (np.arange(win.height) + 0.5)
-        dims = ("class", "y", "x") if probabilities else ("y", "x")
-        coords: dict[str, Any] = {"y": ys, "x": xs}
-        if probabilities:
-            coords["class"] = [c.name for c in spec.classes]
-        da = xr.DataArray(out, dims=dims, coords=coords, name="probabilities" if probabilities
-                          else "classes")
-        da = cast("xr.DataArray", da.rio.write_crs(sc.crs).rio.write_transform(transform))
-        if not probabilities:
-            da = da.rio.write_nodata(255)
-        da.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name)
-        return da
+        return _result_dataarray(out, sc, win, spec)
+
+
+def _result_dataarray(out: Any, sc: Scene, win: PixelWindow, spec: Any) -> xr.DataArray:
+    """``out`` (labels ``(y, x)`` or probabilities ``(class, y, x)``) over ``win`` of ``sc``."""
+    import numpy as np
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    probabilities = out.ndim == 3
+    transform = sc.transform * sc.transform.translation(win.col_off, win.row_off)
+    xs = transform.c + transform.a * (np.arange(win.width) + 0.5)
+    ys = transform.f + transform.e * (np.arange(win.height) + 0.5)
+    dims = ("class", "y", "x") if probabilities else ("y", "x")
+    coords: dict[str, Any] = {"y": ys, "x": xs}
+    if probabilities:
+        coords["class"] = [c.name for c in spec.classes]
+    da = xr.DataArray(out, dims=dims, coords=coords, name="probabilities" if probabilities
+                      else "classes")
+    da = cast("xr.DataArray", da.rio.write_crs(sc.crs).rio.write_transform(transform))
+    if not probabilities:
+        da = da.rio.write_nodata(255)
+    da.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name)
+    return da
 
 
 def vectorize(
