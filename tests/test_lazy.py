@@ -213,4 +213,5 @@ def test_lazy_peak_rss_within_the_path_run_bound_at_8192(tmp_path: Path) -> None
         for _, window in want.block_windows(1):
             np.testing.assert_array_equal(got.read(1, window=window),
                                           want.read(1, window=window))
+    print(f"8192² peak RSS: path-based {path_mb:.0f} MB, lazy {lazy_mb:.0f} MB")
     assert lazy_mb <= 1.2 * path_mb, (lazy_mb, path_mb)

@@ -356,6 +356,13 @@ class Scene:
         xarray.DataArray
             With ``x``/``y`` coordinates of pixel centres, ``spatial_ref`` and
             CRS attached (also when the CRS was assumed), nodata not masked.
+
+        Notes
+        -----
+        rioxarray reads the blocks later, outside :func:`~terraseg.io.remote.remote_env`:
+        for an S3-compatible server set GDAL's own ``AWS_S3_ENDPOINT`` (and
+        ``AWS_HTTPS``/``AWS_VIRTUAL_HOSTING``) in the environment, or compute inside
+        ``rasterio.Env(**gdal_options(scene.path))``.
         """
         import rioxarray
 
