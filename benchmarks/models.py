@@ -1,6 +1,6 @@
 """Bundled models side by side: speed and building scores, measured in one run.
 
-For each model (default: demo-semantic and demo-instance) on the same unseen
+For each model (default: demo-semantic, demo-instance and demo-maskrcnn) on the same unseen
 synthetic scene (``make_city`` seed 21, 2048² at 0.5 m; seed 7 is the demo
 scene, 11-15 trained the models): ``terraseg predict`` (class raster and
 probabilities) → instances → vectors → ``terraseg evaluate``, timed, then the
@@ -8,7 +8,8 @@ same with a second chunk size to show that chunking does not change the
 polygons (count, and the largest Hausdorff distance between matched polygons,
 in pixels).
 
-Prints one human line per model, the speed ratio, and one JSON line.
+Prints one human line per model, the speed ratios against the first model, and one JSON
+line.
 
 Usage::
 
@@ -49,7 +50,9 @@ def compare_polygons(a: Path, b: Path, gsd_m: float) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=["demo-semantic", "demo-instance"])
+    ap.add_argument("--models", nargs="+",
+                    default=["demo-semantic", "demo-instance", "demo-maskrcnn"],
+                    help="Bundled names or checkpoints; speed ratios are against the first.")
     ap.add_argument("--seed", type=int, default=21)
     ap.add_argument("--size-px", type=int, default=2048)
     ap.add_argument("--chunks", type=int, nargs=2, default=[2048, 512],
@@ -88,14 +91,16 @@ def main() -> None:
                 f"chunk {first} vs {second}: {same}",
                 file=sys.stderr,
             )
-        if len(args.models) == 2:
-            a, b = (out["models"][m] for m in args.models)
-            out["speed_ratio"] = {
-                f"{args.models[1]}/{args.models[0]}_end_to_end": round(
-                    b["eval_mpx_s"] / a["eval_mpx_s"], 3),
-                f"{args.models[1]}/{args.models[0]}_predict": round(
-                    b["eval_predict_mpx_s"] / a["eval_predict_mpx_s"], 3),
-            }
+        base = args.models[0]
+        a = out["models"][base]
+        out["speed_ratio"] = {}
+        for other in args.models[1:]:
+            b = out["models"][other]
+            out["speed_ratio"][f"{other}/{base}_end_to_end"] = round(
+                b["eval_mpx_s"] / a["eval_mpx_s"], 3)
+            out["speed_ratio"][f"{other}/{base}_predict"] = round(
+                b["eval_predict_mpx_s"] / a["eval_predict_mpx_s"], 3)
+        if out["speed_ratio"]:
             print(f"speed ratio: {out['speed_ratio']}", file=sys.stderr)
         print(json.dumps(out))
 

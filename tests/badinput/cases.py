@@ -117,7 +117,8 @@ class Outcome:
 
     @property
     def lines(self) -> list[str]:
-        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+        """Non-empty stderr lines, without plain progress lines (not a terminal)."""
+        return [ln for ln in self.stderr.splitlines() if ln.strip() and not _PROGRESS.match(ln)]
 
     @property
     def line(self) -> str:
@@ -209,12 +210,15 @@ def run_case(case: Case, folder: Path) -> tuple[Setup, Outcome]:
     return setup, outcome
 
 
-_WARNING_LINE = re.compile(r"^\S.*?\b\w*Warning: ")
+_WARNING_LINE = re.compile(r"^(\S.*?\b\w*Warning: |terraseg: warning: )")
+#: What the CLI prints for progress when stderr is no terminal, e.g.
+#: ``predict: 3/9 chunks (33 %), 0:00:02 elapsed``: neither an error nor a warning.
+_PROGRESS = re.compile(r"^[\w .-]+: \d+(/\d+)? \w+( \(\d+ %\))?, \d+:\d\d:\d\d elapsed$")
 
 
 def only_warnings(stderr: str) -> bool:
     """Every stderr line is a Python warning (``file:line: XWarning: msg``) or its source line."""
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and not _PROGRESS.match(ln)]
     return all(_WARNING_LINE.match(ln) or ln.startswith((" ", "\t")) for ln in lines)
 
 

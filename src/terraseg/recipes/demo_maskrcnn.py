@@ -16,7 +16,7 @@ What it does, all with this project's own code and nothing downloaded:
    :func:`terraseg.models.train_detection.train_detection`, the equivalent of::
 
        terraseg train train11.tif train11.truth.gpkg --extra ... --task detection \\
-           --max-steps 1000 --batch-size 2 --patch-px 256 --lr 0.002 --seed 0 --fp16
+           --max-steps 1200 --batch-size 2 --patch-px 256 --lr 0.002 --seed 0 --fp16
 
 3. predicts the evaluation scene through the engine (tile 512, overlap 64, chunk
    2048: detections rendered as boundary-layout probabilities, blended, labelled,
@@ -47,7 +47,7 @@ NAME = "demo-maskrcnn"
 SEEDS = (*TRAIN_SEEDS, *MORE_SEEDS)
 SETTINGS = TrainConfig(
     task="detection",
-    max_steps=1000,
+    max_steps=1200,
     steps_per_epoch=100,
     batch_size=2,
     patch_px=256,
