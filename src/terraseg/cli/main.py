@@ -347,10 +347,12 @@ def validate(
 
 from terraseg.cli.evaluate import evaluate_command  # noqa: E402
 from terraseg.cli.models import models_app, train_command  # noqa: E402
+from terraseg.cli.segment import segment_command  # noqa: E402
 
 app.add_typer(models_app, name="models")
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
+app.command("segment")(segment_command)
 
 
 def main() -> None:

@@ -1,0 +1,64 @@
+"""CLI command ``terraseg segment``: model-free segmentation of a scene.
+
+Registered on the main app in :mod:`terraseg.cli.main`. Thin: parse options, call
+:func:`terraseg.engine.segment.segment_scene`, print what was written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, cast
+
+import typer
+
+from terraseg.errors import ConfigError
+
+__all__ = ["segment_command"]
+
+
+def segment_command(
+    scene: Annotated[str, typer.Argument(help="Input GeoTIFF/COG: a path or an http(s):// or s3:// URL.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    method: Annotated[
+        str, typer.Option("--method", help="threshold, index, kmeans or slic.")
+    ] = "slic",
+    expr: Annotated[
+        str | None,
+        typer.Option("--expr", help='threshold: a condition over bands, e.g. "b1 > 120" or '
+                     '"ndvi > 0.3 and b4 > 50"; without it, --band above --threshold.'),
+    ] = None,
+    band: Annotated[int, typer.Option("--band", help="threshold: the 1-based band compared.")] = 1,
+    index: Annotated[
+        str | None, typer.Option("--index", help="index: ndvi, ndwi (R,G,B,NIR) or exg (RGB).")
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="threshold/index: class 1 above it (default: Otsu on a "
+                     "scene sample)."),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", help="kmeans: number of clusters (2..254).")] = 5,
+    segment_size_m2: Annotated[
+        float, typer.Option("--segment-size-m2", help="slic: target mean segment area, m².")
+    ] = 50.0,
+    compactness: Annotated[
+        float, typer.Option("--compactness", help="slic: higher gives squarer segments.")
+    ] = 10.0,
+    chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size, pixels.")] = 2048,
+    seed: Annotated[int, typer.Option("--seed", help="kmeans: random seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+) -> None:
+    """Segment a scene without a model: thresholds, spectral indexes, k-means or SLIC."""
+    from terraseg.engine.segment import METHODS, SegmentMethod, segment_scene
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
+    res = segment_scene(
+        scene, out, method=cast(SegmentMethod, method), expression=expr, band=band,
+        index=index, threshold=threshold, k=k, segment_size_m2=segment_size_m2,
+        compactness=compactness, chunk_px=chunk_px, seed=seed, overwrite=overwrite,
+    )
+    fitted = ""
+    if "threshold" in res.params:
+        fitted = f", threshold {res.params['threshold']:.4g}"
+        fitted += " (Otsu)" if res.params.get("otsu") else ""
+    typer.echo(f"wrote {res.raster} and {res.vectors} ({res.n_segments} segments{fitted})")
