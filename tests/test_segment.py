@@ -274,3 +274,36 @@ def test_cli_segment_writes_outputs(
     assert code == 0, err
     assert "segments" in out and "(Otsu)" in out
     assert (tmp_path / "classes.tif").exists() and (tmp_path / "segment.json").exists()
+
+
+# ----------------------------------------------------------------- notebook API
+
+
+def test_api_segment_returns_dataarray_and_polygons(rgb: Path, tmp_path: Path) -> None:
+    import terraseg
+
+    da, seg = terraseg.segment(rgb, method="threshold", expression="b1 > 120",
+                               window=(100, 50, 64, 80), out=tmp_path)
+    assert da.dims == ("y", "x") and da.shape == (64, 80) and da.dtype == np.uint8
+    assert da.rio.crs == rasterio.open(rgb).crs and da.rio.nodata == 255
+    assert da.attrs["classes"] == {0: "background", 1: "foreground"}
+    img, _ = _image(rgb)
+    np.testing.assert_array_equal(da.values, img[0, 100:164, 50:130] > 120)
+    assert da.x.values[0] == pytest.approx(rasterio.open(rgb).xy(100, 50)[0])
+    assert len(seg) == len(gpd.read_file(tmp_path / "segments.gpkg", layer="segments"))
+
+
+def test_api_segment_slic_on_an_in_memory_dataarray(rgb: Path) -> None:
+    import rioxarray
+    import xarray as xr
+
+    import terraseg
+
+    full = rioxarray.open_rasterio(rgb)
+    assert isinstance(full, xr.DataArray)
+    arr = full.isel(y=slice(0, 200), x=slice(0, 240)).load()
+    ids, seg = terraseg.segment(arr, method="slic", segment_size_m2=80.0, chunk_px=128)
+    assert ids.shape == (200, 240) and ids.dtype == np.uint32
+    assert set(np.unique(ids.values)) == set(seg["segment_id"])
+    with pytest.raises(ConfigError, match="unknown method 'felzenszwalb'"):
+        terraseg.segment(arr, method="felzenszwalb")

@@ -43,6 +43,7 @@ __all__ = [
     "predict_to_dir",
     "run",
     "scene_input",
+    "segment",
     "vectorize",
 ]
 
@@ -416,3 +417,74 @@ def run(
 
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
     return run_workflow(wf, out=out, resume=resume, overwrite=overwrite, client=client)
+
+
+def segment(
+    scene: SceneLike,
+    *,
+    method: str = "slic",
+    out: str | os.PathLike[str] | None = None,
+    window: WindowLike = None,
+    overwrite: bool = False,
+    **params: Any,
+) -> tuple[xr.DataArray, gpd.GeoDataFrame]:
+    """Segment a scene without a model; the raster as a DataArray and the segment polygons.
+
+    Runs :func:`terraseg.engine.segment.segment_scene` over the whole scene, out
+    of core (into ``out``, or a temporary folder), then loads ``window`` of the
+    result (the whole scene by default: only sensible for small scenes).
+
+    Parameters
+    ----------
+    scene
+        A path or URL, a :class:`~terraseg.io.scene.Scene`, or an in-memory
+        ``(band, y, x)`` DataArray with a CRS.
+    method
+        ``"threshold"``, ``"index"``, ``"kmeans"`` or ``"slic"``.
+    out
+        Keep ``classes.tif``/``segments.tif``, ``segments.gpkg`` and ``segment.json`` here.
+    window
+        ``(row_off, col_off, height, width)`` of the result to load, scene pixels.
+    **params
+        The method's parameters (``expression``, ``band``, ``index``, ``threshold``,
+        ``k``, ``segment_size_m2``, ``compactness``, ``chunk_px``, ``seed``), as
+        :func:`~terraseg.engine.segment.segment_scene` takes them.
+
+    Returns
+    -------
+    (xarray.DataArray, geopandas.GeoDataFrame)
+        ``(y, x)`` classes (uint8, 255 = nodata, ``attrs["classes"]``) or global
+        segment ids (uint32, 0 = nodata) with the scene CRS; and every segment
+        polygon of the scene in the scene CRS.
+    """
+    import tempfile
+
+    import numpy as np
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
+    from terraseg.engine.segment import METHODS, SegmentMethod, segment_scene
+    from terraseg.errors import ConfigError
+    from terraseg.io.raster_sink import read_class_names
+    from terraseg.io.scene import open_scene
+
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    with tempfile.TemporaryDirectory(prefix="terraseg-") as tmp:
+        sc = _as_scene(scene, Path(tmp))
+        dest = Path(out) if out is not None else Path(tmp) / "segment"
+        res = segment_scene(sc, dest, method=cast(SegmentMethod, method),
+                            overwrite=overwrite, **params)
+        win = _window_of(window, sc.shape)
+        raster = open_scene(res.raster)
+        values, transform = raster.read_window(win, bands=[1], pad="nodata")
+        xs = transform.c + transform.a * (np.arange(win.width) + 0.5)
+        ys = transform.f + transform.e * (np.arange(win.height) + 0.5)
+        da = xr.DataArray(values[0], dims=("y", "x"), coords={"y": ys, "x": xs},
+                          name=res.raster.stem)
+        da = cast("xr.DataArray", da.rio.write_crs(sc.crs).rio.write_transform(transform))
+        da = da.rio.write_nodata(raster.nodata)
+        da.attrs["method"] = method
+        if res.raster.name == "classes.tif":
+            da.attrs["classes"] = read_class_names(res.raster)
+        return da, res.segments
