@@ -2,7 +2,8 @@
 
 On a synthetic city of an unseen seed, for each method: seconds and Mpx/s of
 the whole ``segment_scene`` call (sample fit, chunk passes, COG, polygons,
-GeoPackage). For SLIC also, against the truth building instances:
+GeoPackage). For the region methods (slic, watershed) also, against the truth
+building instances:
 
 - boundary recall: the share of truth building-outline pixels (building
   pixels with a 4-neighbour of another id) that have a segment boundary pixel
@@ -43,6 +44,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "index": {"method": "index", "index": "exg"},
     "kmeans": {"method": "kmeans", "k": 5},
     "slic": {"method": "slic"},
+    "watershed": {"method": "watershed"},
 }
 
 
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             truth = ds.read(1)
         for name in args.methods:
             variants = args.compactness if name == "slic" else [None]
+            regions = name in ("slic", "watershed")
             for comp in variants:
                 kw = dict(RUNS[name])
                 if comp is not None:
@@ -98,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 dt = time.perf_counter() - t0
                 row: dict[str, Any] = {"seconds": round(dt, 2), "mpx_per_s": round(mpx / dt, 3),
                                        "segments": res.n_segments}
-                if name == "slic":
+                if regions:
                     with rasterio.open(res.raster) as ds:
                         seg = ds.read(1)
                     row["boundary_recall"] = round(

@@ -184,9 +184,10 @@ def _border_change(labels: NDArray[np.int64], at: int) -> tuple[float, float]:
     return max(rows[at - 1], cols[at - 1]), float(np.median(np.r_[rows, cols]))
 
 
-def test_slic_chunking_changes_nothing(rgb: Path, tmp_path: Path) -> None:
-    small = segment_scene(rgb, tmp_path / "c256", method="slic", chunk_px=256)
-    whole = segment_scene(rgb, tmp_path / "c512", method="slic", chunk_px=512)
+@pytest.mark.parametrize("method", ["slic", "watershed"])
+def test_region_chunking_changes_nothing(rgb: Path, tmp_path: Path, method: str) -> None:
+    small = segment_scene(rgb, tmp_path / "c256", method=method, chunk_px=256)  # type: ignore[arg-type]
+    whole = segment_scene(rgb, tmp_path / "c512", method=method, chunk_px=512)  # type: ignore[arg-type]
     assert abs(small.n_segments - whole.n_segments) <= 0.01 * whole.n_segments
     labels = _read(small.raster)
     ids = np.unique(labels)
@@ -219,11 +220,13 @@ def test_slic_segments_table(rgb: Path, tmp_path: Path) -> None:
     assert res.params["step_px"] == 20
 
 
-def test_slic_leaves_nodata_unlabelled(rgbn_nodata: Path, tmp_path: Path) -> None:
-    res = segment_scene(rgbn_nodata, tmp_path, method="slic", chunk_px=256)
-    labels = _read(res.raster)
+def test_regions_leave_nodata_unlabelled(rgbn_nodata: Path, tmp_path: Path) -> None:
     _, valid = _image(rgbn_nodata)
-    assert (labels[~valid] == 0).all() and (labels[valid] > 0).all()
+    for method in ("slic", "watershed"):
+        res = segment_scene(rgbn_nodata, tmp_path / method, method=method, chunk_px=256)
+        labels = _read(res.raster)
+        assert (labels[~valid] == 0).all() and (labels[valid] > 0).all()
+        assert res.params["step_px"] == 14 and 30 < res.segments["area_m2"].mean() < 80
 
 
 # ----------------------------------------------------------------- CLI
@@ -244,13 +247,14 @@ def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--method", "watershed"], "unknown --method 'watershed'"),
+        (["--method", "felzenszwalb"], "unknown --method 'felzenszwalb'"),
         (["--method", "threshold", "--expr", "b1 >"], "cannot parse expression"),
         (["--method", "index"], "needs --index"),
         (["--method", "index", "--index", "ndvi"], "needs 4 bands"),
         (["--method", "kmeans", "--k", "1"], "k must be in 2..254"),
         (["--method", "slic", "--segment-size-m2", "0"], "segment_size_m2 must be a positive"),
-        (["--method", "slic", "--compactness", "-1"], "compactness must be positive"),
+        (["--method", "slic", "--compactness", "0"], "compactness must be positive for slic"),
+        (["--method", "watershed", "--compactness", "-1"], "must be zero or positive for watershed"),
         (["--method", "slic", "--chunk-px", "10"], "chunk_px must be at least 64"),
     ],
 )

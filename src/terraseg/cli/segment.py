@@ -20,7 +20,7 @@ def segment_command(
     scene: Annotated[str, typer.Argument(help="Input GeoTIFF/COG: a path or an http(s):// or s3:// URL.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     method: Annotated[
-        str, typer.Option("--method", help="threshold, index, kmeans or slic.")
+        str, typer.Option("--method", help="threshold, index, kmeans, slic or watershed.")
     ] = "slic",
     expr: Annotated[
         str | None,
@@ -38,16 +38,18 @@ def segment_command(
     ] = None,
     k: Annotated[int, typer.Option("--k", help="kmeans: number of clusters (2..254).")] = 5,
     segment_size_m2: Annotated[
-        float, typer.Option("--segment-size-m2", help="slic: target mean segment area, m².")
+        float, typer.Option("--segment-size-m2", help="slic/watershed: target mean segment area, m².")
     ] = 50.0,
     compactness: Annotated[
-        float, typer.Option("--compactness", help="slic: higher gives squarer segments.")
-    ] = 10.0,
+        float | None,
+        typer.Option("--compactness", help="slic/watershed: higher gives squarer segments "
+                     "(default: slic 10, watershed 0.002)."),
+    ] = None,
     chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size, pixels.")] = 2048,
     seed: Annotated[int, typer.Option("--seed", help="kmeans: random seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
-    """Segment a scene without a model: thresholds, spectral indexes, k-means or SLIC."""
+    """Segment a scene without a model: thresholds, spectral indexes, k-means, SLIC or watershed."""
     from terraseg.engine.segment import METHODS, SegmentMethod, segment_scene
 
     if method not in METHODS:

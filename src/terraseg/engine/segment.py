@@ -9,23 +9,26 @@ Methods:
 - ``kmeans``: k colour centres fitted on a sample (bands scaled by the
   sample's 2nd..98th percentiles), every pixel assigned to the nearest;
 - ``slic``: superpixels (scikit-image) with global ids, a segment crossing a
-  chunk border being one segment.
+  chunk border being one segment;
+- ``watershed``: compact watershed of the colour gradient (Sobel) from markers
+  on the same seed lattice, with global ids like ``slic``.
 
-The first three write ``classes.tif`` (uint8 COG, 255 = nodata); ``slic``
-writes ``segments.tif`` (uint32 COG, global ids, 0 = nodata). Each writes
+The first three write ``classes.tif`` (uint8 COG, 255 = nodata); ``slic`` and
+``watershed`` write ``segments.tif`` (uint32 COG, global ids, 0 = nodata). Each writes
 ``segments.gpkg`` (layer ``segments``) and ``segment.json`` (the resolved
 parameters: the fitted threshold or centres, the seed step).
 
 Global statistics come from one decimated read (:meth:`Scene.read_decimated`,
 served from overviews when the file has them); each chunk is then read on its
-own, so memory holds one chunk (plus, for ``slic``, the merger's per-segment
-table and border strips), never the scene.
+own, so memory holds one chunk (plus, for the region methods, the merger's
+per-segment table and border strips), never the scene.
 
-SLIC with global ids: each chunk is segmented over its core plus a halo of
-:data:`SLIC_HALO_STEPS` seed steps, in a window aligned on the scene-wide seed
-lattice (:func:`~terraseg.engine.segment_methods.slic_window`), so two
-neighbouring chunks place the same seeds and agree on the segments near their
-shared face; the chunk labels are then reconciled by
+Region methods with global ids: each chunk is segmented over its core plus a
+halo of :data:`SLIC_HALO_STEPS` seed steps, in a window aligned on the
+scene-wide seed lattice (:func:`~terraseg.engine.segment_methods.slic_window`,
+:func:`~terraseg.engine.segment_methods.lattice_markers`), so two neighbouring
+chunks place the same seeds and agree on the segments near their shared face;
+the chunk labels are then reconciled by
 :class:`~terraseg.instances.InstanceMerger`, the face merge of building
 instances, and renumbered ``1..N`` in a second streaming pass.
 """
@@ -60,6 +63,7 @@ from terraseg.engine.segment_methods import (
     parse_expression,
     slic_step_px,
     slic_window,
+    watershed_window,
 )
 from terraseg.errors import ConfigError, OutputExistsError
 from terraseg.export.vector_formats import write_geopackage
@@ -69,7 +73,7 @@ from terraseg.io.scene import Scene, open_scene
 
 __all__ = ["METHODS", "SegmentMethod", "SegmentResult", "segment_scene"]
 
-SegmentMethod = Literal["threshold", "index", "kmeans", "slic"]
+SegmentMethod = Literal["threshold", "index", "kmeans", "slic", "watershed"]
 METHODS: tuple[str, ...] = get_args(SegmentMethod)
 
 #: Halo of a SLIC chunk, in seed steps. Measured on a 512² synthetic scene (seed 3,
@@ -77,6 +81,11 @@ METHODS: tuple[str, ...] = get_args(SegmentMethod)
 #: steps leave 0.76 % / 0.42 % / 0.001 % of the pixels in differing segments (all within
 #: 60 px of the chunk border) and 1059 / 1064 / 1070 segments against 1066 / 1068 / 1070.
 SLIC_HALO_STEPS = 8
+#: Default compactness of ``watershed``. Measured on a 1024² synthetic scene (seed 21,
+#: 0.5 m, 14 px marker step, one window): compactness 0 / 0.001 / 0.003 / 0.01 / 0.03 give
+#: building boundary recall (2 px) 0.912 / 0.928 / 0.929 / 0.875 / 0.789 and
+#: undersegmentation error 0.053 / 0.054 / 0.055 / 0.064 / 0.075 (SLIC: 0.909 / 0.056).
+WATERSHED_COMPACTNESS = 0.002
 #: Pixels of the decimated sample that fits Otsu thresholds, k-means centres
 #: and band ranges.
 SAMPLE_PX = 1_000_000
@@ -259,7 +268,7 @@ def segment_scene(
     threshold: float | None = None,
     k: int = 5,
     segment_size_m2: float = 50.0,
-    compactness: float = 10.0,
+    compactness: float | None = None,
     chunk_px: int = 2048,
     seed: int = 0,
     overwrite: bool = False,
@@ -273,7 +282,8 @@ def segment_scene(
     out_dir
         Output folder (created).
     method
-        ``"threshold"``, ``"index"``, ``"kmeans"`` or ``"slic"`` (see the module notes).
+        ``"threshold"``, ``"index"``, ``"kmeans"``, ``"slic"`` or ``"watershed"`` (see
+        the module notes).
     expression
         ``threshold``: boolean expression over ``b1..bN`` and ``ndvi``/``ndwi``/``exg``
         (see :func:`~terraseg.engine.segment_methods.evaluate_expression`). Without
@@ -288,12 +298,14 @@ def segment_scene(
     k
         ``kmeans``: number of clusters, 2..254.
     segment_size_m2
-        ``slic``: target mean segment area, m² (default 50 m², about 14 x 14 px at
-        0.5 m).
+        ``slic``/``watershed``: target mean segment area, m² (default 50 m², about
+        14 x 14 px at 0.5 m): the spacing of the seeds.
     compactness
-        ``slic``: SLIC's colour/space balance (CIELAB units for 3+ bands, where
-        bands 1-3 are used as RGB; about 0.1 for 1-2 band scenes); higher gives
-        squarer segments.
+        Higher gives squarer segments. ``slic`` (default 10): SLIC's colour/space
+        balance (CIELAB units for 3+ bands, where bands 1-3 are used as RGB; about
+        0.1 for 1-2 band scenes). ``watershed`` (default
+        :data:`WATERSHED_COMPACTNESS`; 0 is a plain watershed): weight of the
+        distance to the marker against the gradient.
     chunk_px
         Chunk size, pixels; the result does not depend on it (for ``slic``, up
         to the rare segment the two chunks of a face disagree on).
@@ -318,26 +330,25 @@ def segment_scene(
                           method=method)
     sc = scene if isinstance(scene, Scene) else open_scene(scene)
     out = Path(out_dir)
-    raster = out / ("segments.tif" if method == "slic" else "classes.tif")
+    regions = method in ("slic", "watershed")
+    raster = out / ("segments.tif" if regions else "classes.tif")
     vectors, info = out / "segments.gpkg", out / "segment.json"
     grid = _grid(sc, chunk_px)
     params: dict[str, Any] = {"method": method, "chunk_px": chunk_px}
-    if method == "slic":
+    if regions:
         step = slic_step_px(segment_size_m2, sc.gsd_xy_m[0] * sc.gsd_xy_m[1])
-        if not (compactness > 0 and math.isfinite(compactness)):
-            raise ConfigError(f"compactness must be positive, got {compactness}; e.g. 10",
-                              compactness=compactness)
+        comp = _compactness(method, compactness)
         _check_outputs([raster, vectors, info], overwrite)
         out.mkdir(parents=True, exist_ok=True)
-        params.update(segment_size_m2=segment_size_m2, compactness=compactness, step_px=step)
-        frame = _run_slic(sc, raster, grid, step, compactness, overwrite)
+        params.update(segment_size_m2=segment_size_m2, compactness=comp, step_px=step)
+        frame = _run_regions(sc, raster, grid, step, _labeller(method, comp, sc.count),
+                             overwrite)
     else:
-        if method == "threshold":
-            rule, names = _threshold_rule(sc, expression, band, threshold, params)
-        elif method == "index":
-            rule, names = _index_rule(sc, index, threshold, params)
-        else:
-            rule, names = _kmeans_rule(sc, k, seed, params)
+        rule, names = (
+            _threshold_rule(sc, expression, band, threshold, params) if method == "threshold"
+            else _index_rule(sc, index, threshold, params) if method == "index"
+            else _kmeans_rule(sc, k, seed, params)
+        )
         _check_outputs([raster, vectors, info], overwrite)
         out.mkdir(parents=True, exist_ok=True)
         _write_classes(sc, rule, names, raster, grid, overwrite)
@@ -348,7 +359,7 @@ def segment_scene(
     return SegmentResult(method, raster, vectors, frame, params)
 
 
-# ------------------------------------------------------------------ SLIC
+# ------------------------------------------------------------------ regions (slic, watershed)
 
 
 def _aligned_window(core: PixelWindow, step: int, halo: int) -> PixelWindow:
@@ -360,33 +371,58 @@ def _aligned_window(core: PixelWindow, step: int, halo: int) -> PixelWindow:
     return PixelWindow.from_bounds(r0, c0, r1, c1)
 
 
-def _slic_chunk(
-    scene: Scene, core: PixelWindow, step: int, compactness: float,
+Labeller = Callable[[NDArray[np.float32], int], NDArray[np.int64]]
+
+
+def _compactness(method: str, compactness: float | None) -> float:
+    """The method's default compactness, or ``compactness`` once checked."""
+    if compactness is None:
+        return 10.0 if method == "slic" else WATERSHED_COMPACTNESS
+    ok = compactness > 0 if method == "slic" else compactness >= 0
+    if not (ok and math.isfinite(compactness)):
+        need = "positive" if method == "slic" else "zero or positive"
+        raise ConfigError(
+            f"compactness must be {need} for {method}, got {compactness}; e.g. "
+            f"{10.0 if method == 'slic' else WATERSHED_COMPACTNESS}",
+            compactness=compactness,
+        )
+    return float(compactness)
+
+
+def _labeller(method: str, compactness: float, n_bands: int) -> Labeller:
+    """``labels(features, step_px)`` of a region method."""
+    if method == "slic":
+        lab = min(n_bands, 3) == 3
+        return lambda f, step: slic_window(f, step, compactness=compactness, lab=lab)
+    return lambda f, step: watershed_window(f, step, compactness=compactness)
+
+
+def _local_chunk(
+    scene: Scene, core: PixelWindow, step: int, label: Labeller,
     low: NDArray[np.float32], high: NDArray[np.float32], bands: list[int],
 ) -> tuple[NDArray[np.int32], PixelWindow]:
-    """Local SLIC labels of one chunk over its window clipped to the scene (0 = nodata)."""
+    """Local labels of one chunk over its window clipped to the scene (0 = nodata)."""
     win = _aligned_window(core, step, SLIC_HALO_STEPS * step)
     data, valid, _ = scene.read_window_with_mask(win, bands=bands, pad="reflect")
-    labels = slic_window(normalize_bands(data, low, high), step, compactness=compactness,
-                         lab=len(bands) == 3)
+    labels = label(normalize_bands(data, low, high), step)
     labels[~valid] = 0
     clipped = win.clip(scene.shape)
     return labels[clipped.relative_to(win).to_slices()].astype(np.int32), clipped
 
 
-def _run_slic(
-    scene: Scene, path: Path, grid: ChunkGrid, step: int, compactness: float, overwrite: bool
+def _run_regions(
+    scene: Scene, path: Path, grid: ChunkGrid, step: int, label: Labeller, overwrite: bool
 ) -> gpd.GeoDataFrame:
-    """Two passes: local SLIC + face merge, then global ids, per-segment colour, polygons."""
+    """Two passes: local labels + face merge, then global ids, per-segment colour, polygons."""
     bands = [1, 2, 3] if scene.count >= 3 else list(range(1, scene.count + 1))
     low, high = _band_range(scene, bands)
     area = float(scene.gsd_xy_m[0] * scene.gsd_xy_m[1])
     merger = InstanceMerger(scene.shape, pixel_area_m2=area)
     windows: dict[tuple[int, int], PixelWindow] = {}
-    with tempfile.TemporaryDirectory(prefix="terraseg-slic-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="terraseg-segments-") as tmp:
         for chunk in grid:
-            labels, windows[chunk.index] = _slic_chunk(scene, chunk.core, step, compactness,
-                                                       low, high, bands)
+            labels, windows[chunk.index] = _local_chunk(scene, chunk.core, step, label,
+                                                        low, high, bands)
             merger.add_chunk(chunk.index, chunk.core, labels, window=windows[chunk.index])
             np.save(Path(tmp) / f"{chunk.index[0]}_{chunk.index[1]}.npy", labels)
         table = merger.finalize().table
