@@ -2,7 +2,7 @@
 
 On a synthetic city of an unseen seed, for each method: seconds and Mpx/s of
 the whole ``segment_scene`` call (sample fit, chunk passes, COG, polygons,
-GeoPackage). For the region methods (slic, watershed) also, against the truth
+GeoPackage). For the region methods (slic, watershed, felzenszwalb) also, against the truth
 building instances:
 
 - boundary recall: the share of truth building-outline pixels (building
@@ -45,6 +45,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "kmeans": {"method": "kmeans", "k": 5},
     "slic": {"method": "slic"},
     "watershed": {"method": "watershed"},
+    "felzenszwalb": {"method": "felzenszwalb"},
 }
 
 
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             truth = ds.read(1)
         for name in args.methods:
             variants = args.compactness if name == "slic" else [None]
-            regions = name in ("slic", "watershed")
+            regions = name in ("slic", "watershed", "felzenszwalb")
             for comp in variants:
                 kw = dict(RUNS[name])
                 if comp is not None:

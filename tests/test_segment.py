@@ -184,7 +184,7 @@ def _border_change(labels: NDArray[np.int64], at: int) -> tuple[float, float]:
     return max(rows[at - 1], cols[at - 1]), float(np.median(np.r_[rows, cols]))
 
 
-@pytest.mark.parametrize("method", ["slic", "watershed"])
+@pytest.mark.parametrize("method", ["slic", "watershed", "felzenszwalb"])
 def test_region_chunking_changes_nothing(rgb: Path, tmp_path: Path, method: str) -> None:
     small = segment_scene(rgb, tmp_path / "c256", method=method, chunk_px=256)  # type: ignore[arg-type]
     whole = segment_scene(rgb, tmp_path / "c512", method=method, chunk_px=512)  # type: ignore[arg-type]
@@ -247,7 +247,7 @@ def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--method", "felzenszwalb"], "unknown --method 'felzenszwalb'"),
+        (["--method", "canny"], "unknown --method 'canny'"),
         (["--method", "threshold", "--expr", "b1 >"], "cannot parse expression"),
         (["--method", "index"], "needs --index"),
         (["--method", "index", "--index", "ndvi"], "needs 4 bands"),
@@ -256,6 +256,8 @@ def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
         (["--method", "slic", "--compactness", "0"], "compactness must be positive for slic"),
         (["--method", "watershed", "--compactness", "-1"], "must be zero or positive for watershed"),
         (["--method", "slic", "--chunk-px", "10"], "chunk_px must be at least 64"),
+        (["--method", "felzenszwalb", "--scale", "0"], "scale must be positive"),
+        (["--method", "felzenszwalb", "--min-size-m2", "-3"], "min_size_m2 must be positive"),
     ],
 )
 def test_cli_bad_parameters_exit_2(
@@ -309,5 +311,5 @@ def test_api_segment_slic_on_an_in_memory_dataarray(rgb: Path) -> None:
     ids, seg = terraseg.segment(arr, method="slic", segment_size_m2=80.0, chunk_px=128)
     assert ids.shape == (200, 240) and ids.dtype == np.uint32
     assert set(np.unique(ids.values)) == set(seg["segment_id"])
-    with pytest.raises(ConfigError, match="unknown method 'felzenszwalb'"):
-        terraseg.segment(arr, method="felzenszwalb")
+    with pytest.raises(ConfigError, match="unknown method 'canny'"):
+        terraseg.segment(arr, method="canny")

@@ -20,7 +20,7 @@ def segment_command(
     scene: Annotated[str, typer.Argument(help="Input GeoTIFF/COG: a path or an http(s):// or s3:// URL.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     method: Annotated[
-        str, typer.Option("--method", help="threshold, index, kmeans, slic or watershed.")
+        str, typer.Option("--method", help="threshold, index, kmeans, slic, watershed or felzenszwalb.")
     ] = "slic",
     expr: Annotated[
         str | None,
@@ -45,11 +45,17 @@ def segment_command(
         typer.Option("--compactness", help="slic/watershed: higher gives squarer segments "
                      "(default: slic 10, watershed 0.002)."),
     ] = None,
+    scale: Annotated[
+        float, typer.Option("--scale", help="felzenszwalb: higher gives larger segments.")
+    ] = 100.0,
+    min_size_m2: Annotated[
+        float, typer.Option("--min-size-m2", help="felzenszwalb: smallest segment, m².")
+    ] = 12.5,
     chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size, pixels.")] = 2048,
     seed: Annotated[int, typer.Option("--seed", help="kmeans: random seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
-    """Segment a scene without a model: thresholds, spectral indexes, k-means, SLIC or watershed."""
+    """Segment a scene without a model: thresholds, spectral indexes, k-means, SLIC, watershed or Felzenszwalb."""
     from terraseg.engine.segment import METHODS, SegmentMethod, segment_scene
 
     if method not in METHODS:
@@ -57,7 +63,8 @@ def segment_command(
     res = segment_scene(
         scene, out, method=cast(SegmentMethod, method), expression=expr, band=band,
         index=index, threshold=threshold, k=k, segment_size_m2=segment_size_m2,
-        compactness=compactness, chunk_px=chunk_px, seed=seed, overwrite=overwrite,
+        compactness=compactness, scale=scale, min_size_m2=min_size_m2, chunk_px=chunk_px,
+        seed=seed, overwrite=overwrite,
     )
     fitted = ""
     if "threshold" in res.params:

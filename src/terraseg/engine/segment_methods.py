@@ -453,3 +453,26 @@ def watershed_window(
     markers = lattice_markers(features.shape[1:], step_px)
     labels = watershed(gradient, markers, compactness=compactness)  # type: ignore[no-untyped-call]
     return np.asarray(labels, np.int64)
+
+
+def felzenszwalb_window(
+    features: Floats, *, scale: float, min_size_px: int, sigma: float = 0.5
+) -> NDArray[np.int64]:
+    """Felzenszwalb-Huttenlocher graph segmentation of one window: labels ``1..n``.
+
+    Parameters
+    ----------
+    features
+        ``(f, y, x)`` in ``[0, 1]`` (globally normalized, :func:`normalize_bands`).
+    scale
+        Higher gives larger segments (skimage's ``scale``).
+    min_size_px
+        Smaller components are merged into a neighbour.
+    sigma
+        Gaussian pre-smoothing, pixels.
+    """
+    from skimage.segmentation import felzenszwalb
+
+    img = np.ascontiguousarray(np.moveaxis(features, 0, -1), dtype=np.float64)
+    labels = felzenszwalb(img, scale=scale, sigma=sigma, min_size=min_size_px, channel_axis=-1)
+    return np.asarray(labels, np.int64) + 1
