@@ -229,6 +229,23 @@ def test_regions_leave_nodata_unlabelled(rgbn_nodata: Path, tmp_path: Path) -> N
         assert res.params["step_px"] == 14 and 30 < res.segments["area_m2"].mean() < 80
 
 
+def test_canny_edges_and_lines_do_not_depend_on_the_chunking(rgb: Path, tmp_path: Path) -> None:
+    a = segment_scene(rgb, tmp_path / "a", method="canny", chunk_px=200)
+    b = segment_scene(rgb, tmp_path / "b", method="canny", chunk_px=512)
+    ea, eb = _read(a.raster), _read(b.raster)
+    np.testing.assert_array_equal(ea, eb)
+    assert 0.01 < (ea == 1).mean() < 0.5 and set(np.unique(ea)) == {0, 1}
+    lines = gpd.read_file(a.vectors, layer="edges")
+    assert set(lines.geom_type) == {"LineString"} and (lines["length_m"] > 0).all()
+    total = b.segments["length_m"].sum()
+    assert lines["length_m"].sum() == pytest.approx(total, rel=0.01)
+    # an edge line lies on edge pixels: its vertices are within a pixel of one
+    with rasterio.open(a.raster) as ds:
+        rows, cols = rasterio.transform.rowcol(ds.transform, *lines.geometry.iloc[0].xy)
+    near = [ea[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].max() for r, c in zip(rows, cols, strict=True)]
+    assert min(near) == 1
+
+
 # ----------------------------------------------------------------- CLI
 
 
@@ -247,7 +264,9 @@ def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--method", "canny"], "unknown --method 'canny'"),
+        (["--method", "sobel"], "unknown --method 'sobel'"),
+        (["--method", "canny", "--sigma-px", "0"], "sigma_px must be in (0, 8]"),
+        (["--method", "canny", "--edge-low", "0.5", "--edge-high", "0.2"], "0 <= low <= high"),
         (["--method", "threshold", "--expr", "b1 >"], "cannot parse expression"),
         (["--method", "index"], "needs --index"),
         (["--method", "index", "--index", "ndvi"], "needs 4 bands"),
@@ -311,5 +330,5 @@ def test_api_segment_slic_on_an_in_memory_dataarray(rgb: Path) -> None:
     ids, seg = terraseg.segment(arr, method="slic", segment_size_m2=80.0, chunk_px=128)
     assert ids.shape == (200, 240) and ids.dtype == np.uint32
     assert set(np.unique(ids.values)) == set(seg["segment_id"])
-    with pytest.raises(ConfigError, match="unknown method 'canny'"):
-        terraseg.segment(arr, method="canny")
+    with pytest.raises(ConfigError, match="unknown method 'sobel'"):
+        terraseg.segment(arr, method="sobel")

@@ -20,7 +20,7 @@ def segment_command(
     scene: Annotated[str, typer.Argument(help="Input GeoTIFF/COG: a path or an http(s):// or s3:// URL.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     method: Annotated[
-        str, typer.Option("--method", help="threshold, index, kmeans, slic, watershed or felzenszwalb.")
+        str, typer.Option("--method", help="threshold, index, kmeans, slic, watershed, felzenszwalb or canny.")
     ] = "slic",
     expr: Annotated[
         str | None,
@@ -51,11 +51,23 @@ def segment_command(
     min_size_m2: Annotated[
         float, typer.Option("--min-size-m2", help="felzenszwalb: smallest segment, m².")
     ] = 12.5,
+    sigma_px: Annotated[
+        float, typer.Option("--sigma-px", help="canny: Gaussian smoothing, pixels.")
+    ] = 1.0,
+    edge_low: Annotated[
+        float, typer.Option("--edge-low", help="canny: low hysteresis threshold (grey 0..1 Sobel magnitude).")
+    ] = 0.1,
+    edge_high: Annotated[
+        float, typer.Option("--edge-high", help="canny: high hysteresis threshold.")
+    ] = 0.2,
+    min_length_m: Annotated[
+        float, typer.Option("--min-length-m", help="canny: prune spurs and isolated stubs shorter than this, metres.")
+    ] = 2.0,
     chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size, pixels.")] = 2048,
     seed: Annotated[int, typer.Option("--seed", help="kmeans: random seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
-    """Segment a scene without a model: thresholds, spectral indexes, k-means, SLIC, watershed or Felzenszwalb."""
+    """Segment a scene without a model: thresholds, spectral indexes, k-means, SLIC, watershed, Felzenszwalb or Canny edges."""
     from terraseg.engine.segment import METHODS, SegmentMethod, segment_scene
 
     if method not in METHODS:
@@ -63,11 +75,13 @@ def segment_command(
     res = segment_scene(
         scene, out, method=cast(SegmentMethod, method), expression=expr, band=band,
         index=index, threshold=threshold, k=k, segment_size_m2=segment_size_m2,
-        compactness=compactness, scale=scale, min_size_m2=min_size_m2, chunk_px=chunk_px,
+        compactness=compactness, scale=scale, min_size_m2=min_size_m2, sigma_px=sigma_px,
+        edge_low=edge_low, edge_high=edge_high, min_length_m=min_length_m, chunk_px=chunk_px,
         seed=seed, overwrite=overwrite,
     )
     fitted = ""
     if "threshold" in res.params:
         fitted = f", threshold {res.params['threshold']:.4g}"
         fitted += " (Otsu)" if res.params.get("otsu") else ""
-    typer.echo(f"wrote {res.raster} and {res.vectors} ({res.n_segments} segments{fitted})")
+    what = "edge lines" if method == "canny" else "segments"
+    typer.echo(f"wrote {res.raster} and {res.vectors} ({res.n_segments} {what}{fitted})")

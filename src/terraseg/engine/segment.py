@@ -12,7 +12,9 @@ Methods:
   chunk border being one segment;
 - ``watershed``: compact watershed of the colour gradient (Sobel) from markers
   on the same seed lattice, with global ids like ``slic``;
-- ``felzenszwalb``: graph-based segmentation (scikit-image), global ids alike.
+- ``felzenszwalb``: graph-based segmentation (scikit-image), global ids alike;
+- ``canny``: Canny edges of the grey level (mean of the normalized bands 1-3),
+  written as ``edges.tif`` (uint8, 1 = edge) and as lines (layer ``edges``).
 
 The first three write ``classes.tif`` (uint8 COG, 255 = nodata); the region
 methods (``slic``, ``watershed``, ``felzenszwalb``) write ``segments.tif`` (uint32
@@ -54,6 +56,7 @@ from numpy.typing import NDArray
 
 from terraseg.core.grid import ChunkGrid, PixelWindow
 from terraseg.core.stitch import NODATA
+from terraseg.engine.segment_edges import check_canny, run_canny
 from terraseg.engine.segment_methods import (
     apply_kmeans,
     check_index,
@@ -77,7 +80,9 @@ from terraseg.io.scene import Scene, open_scene
 
 __all__ = ["METHODS", "SegmentMethod", "SegmentResult", "segment_scene"]
 
-SegmentMethod = Literal["threshold", "index", "kmeans", "slic", "watershed", "felzenszwalb"]
+SegmentMethod = Literal[
+    "threshold", "index", "kmeans", "slic", "watershed", "felzenszwalb", "canny"
+]
 REGION_METHODS: tuple[str, ...] = ("slic", "watershed", "felzenszwalb")
 METHODS: tuple[str, ...] = get_args(SegmentMethod)
 
@@ -291,11 +296,18 @@ def segment_scene(
     compactness: float | None = None,
     scale: float = 100.0,
     min_size_m2: float = 12.5,
+    sigma_px: float = 1.0,
+    edge_low: float = 0.1,
+    edge_high: float = 0.2,
+    min_length_m: float = 2.0,
     chunk_px: int = 2048,
     seed: int = 0,
     overwrite: bool = False,
 ) -> SegmentResult:
     """Segment a scene without a model; write the raster, ``segments.gpkg`` and ``segment.json``.
+
+    Long because the docstring documents the parameters of every method; the
+    body only checks them, fits the statistics and hands over to one runner.
 
     Parameters
     ----------
@@ -304,8 +316,8 @@ def segment_scene(
     out_dir
         Output folder (created).
     method
-        ``"threshold"``, ``"index"``, ``"kmeans"``, ``"slic"``, ``"watershed"`` or
-        ``"felzenszwalb"`` (see the module notes).
+        ``"threshold"``, ``"index"``, ``"kmeans"``, ``"slic"``, ``"watershed"``,
+        ``"felzenszwalb"`` or ``"canny"`` (see the module notes).
     expression
         ``threshold``: boolean expression over ``b1..bN`` and ``ndvi``/``ndwi``/``exg``
         (see :func:`~terraseg.engine.segment_methods.evaluate_expression`). Without
@@ -329,6 +341,10 @@ def segment_scene(
     scale, min_size_m2
         ``felzenszwalb``: higher ``scale`` gives larger segments; segments smaller
         than ``min_size_m2`` (m²) are merged into a neighbour.
+    sigma_px, edge_low, edge_high, min_length_m
+        ``canny``: Gaussian smoothing (pixels), hysteresis thresholds on the Sobel
+        magnitude of the grey level scaled to ``[0, 1]`` (a unit step gives 4), and
+        the length below which spurs and isolated stubs are pruned (metres).
     chunk_px
         Chunk size, pixels; the result does not depend on it (region methods: up to
         the rare segment the two chunks of a face disagree on).
@@ -353,11 +369,20 @@ def segment_scene(
     sc = scene if isinstance(scene, Scene) else open_scene(scene)
     out = Path(out_dir)
     regions = method in REGION_METHODS
-    raster = out / ("segments.tif" if regions else "classes.tif")
+    raster = out / ("segments.tif" if regions else "edges.tif" if method == "canny"
+                    else "classes.tif")
     vectors, info = out / "segments.gpkg", out / "segment.json"
     grid = _grid(sc, chunk_px)
     params: dict[str, Any] = {"method": method, "chunk_px": chunk_px}
-    if regions:  # every parameter is checked (and statistics fitted) before any output
+    if method == "canny":
+        check_canny(sigma_px, edge_low, edge_high, min_length_m, params)
+        low_high = _band_range(sc, list(range(1, min(sc.count, 3) + 1)))
+        _check_outputs([raster, vectors, info], overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        frame = run_canny(sc, raster, grid, low_high=low_high, sigma_px=sigma_px,
+                          edge_low=edge_low, edge_high=edge_high, min_length_m=min_length_m,
+                          overwrite=overwrite)
+    elif regions:  # every parameter is checked (and statistics fitted) before any output
         step = slic_step_px(segment_size_m2, sc.gsd_xy_m[0] * sc.gsd_xy_m[1])
         label, halo = _labeller(sc, method, step, compactness, scale, min_size_m2, params)
         if method != "felzenszwalb":
@@ -374,7 +399,8 @@ def segment_scene(
         _check_outputs([raster, vectors, info], overwrite)
         out.mkdir(parents=True, exist_ok=True)
         frame = _run_classes(sc, raster, grid, rule, names, method == "kmeans", overwrite)
-    write_geopackage({"segments": frame}, vectors, overwrite=overwrite)
+    layer = "edges" if method == "canny" else "segments"
+    write_geopackage({layer: frame}, vectors, overwrite=overwrite)
     info.write_text(json.dumps({"scene": sc.path, **params}, indent=2) + "\n")
     return SegmentResult(method, raster, vectors, frame, params)
 

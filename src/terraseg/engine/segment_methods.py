@@ -476,3 +476,32 @@ def felzenszwalb_window(
     img = np.ascontiguousarray(np.moveaxis(features, 0, -1), dtype=np.float64)
     labels = felzenszwalb(img, scale=scale, sigma=sigma, min_size=min_size_px, channel_axis=-1)
     return np.asarray(labels, np.int64) + 1
+
+
+def canny_window(
+    features: Floats, *, sigma_px: float, low: float, high: float
+) -> NDArray[np.bool_]:
+    """Canny edges of one window's grey level (mean of the normalized bands).
+
+    Parameters
+    ----------
+    features
+        ``(f, y, x)`` in ``[0, 1]`` (globally normalized, :func:`normalize_bands`).
+    sigma_px
+        Gaussian smoothing before the gradient, pixels.
+    low, high
+        Hysteresis thresholds on the Sobel magnitude of the smoothed grey level
+        (absolute, the same in every window; a unit step of the grey level
+        gives 4).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(y, x)`` bool, one-pixel-wide edges.
+    """
+    from skimage.feature import canny
+
+    grey = np.asarray(features.mean(axis=0), np.float64)
+    edges = canny(grey, sigma=sigma_px, low_threshold=low,  # type: ignore[no-untyped-call]
+                  high_threshold=high, mode="reflect")
+    return np.asarray(edges, bool)
