@@ -40,13 +40,12 @@ def rgbn_nodata(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("rgbn")
     city = make_city(folder / "src.tif", size_px=(SIZE_PX, 450), seed=5, bands=4)
     with rasterio.open(city.image) as src:
-        data, profile, interp = src.read(), src.profile, src.colorinterp
+        data, profile = src.read(), src.profile
     data[:, :, :37] = 0
-    profile.update(nodata=0)
+    profile.update(nodata=0, alpha="UNSPECIFIED")  # band 4 is NIR, not alpha
     out = folder / "city_nodata.tif"
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(data)
-        dst.colorinterp = interp  # band 4 is NIR, not alpha
     return out
 
 
@@ -298,7 +297,11 @@ def test_cli_segment_writes_outputs(
                           "--method", "threshold", "--band", "3")
     assert code == 0, err
     assert "segments" in out and "(Otsu)" in out
-    assert (tmp_path / "classes.tif").exists() and (tmp_path / "segment.json").exists()
+    for name in ("classes.tif", "segment.json", "segments.gpkg", "segments.qgz"):
+        assert (tmp_path / name).exists()
+    code, _, err = _cli(monkeypatch, capsys, str(rgb), "--out", str(tmp_path), "--method", "slic")
+    assert code == 2 and "segments.gpkg' already exists" in err  # nothing half-written
+    assert not (tmp_path / "segments.tif").exists()
 
 
 # ----------------------------------------------------------------- notebook API

@@ -19,8 +19,10 @@ Methods:
 The first three write ``classes.tif`` (uint8 COG, 255 = nodata); the region
 methods (``slic``, ``watershed``, ``felzenszwalb``) write ``segments.tif`` (uint32
 COG, global ids, 0 = nodata). Each writes
-``segments.gpkg`` (layer ``segments``) and ``segment.json`` (the resolved
-parameters: the fitted threshold or centres, the seed step).
+``segments.gpkg`` (layer ``segments``, or ``edges``; QGIS default styles and a
+``runs`` table), ``segments.qgz`` (a QGIS project showing the layer and the raster
+over the source scene) and ``segment.json`` (the resolved parameters: the fitted
+threshold or centres, the seed step).
 
 Global statistics come from one decimated read (:meth:`Scene.read_decimated`,
 served from overviews when the file has them); each chunk is then read on its
@@ -73,7 +75,7 @@ from terraseg.engine.segment_methods import (
     watershed_window,
 )
 from terraseg.errors import ConfigError, OutputExistsError
-from terraseg.export.vector_formats import write_geopackage
+from terraseg.export.writers import export_run
 from terraseg.instances import InstanceMerger
 from terraseg.io.raster_sink import RasterSink
 from terraseg.io.scene import Scene, open_scene
@@ -304,7 +306,7 @@ def segment_scene(
     seed: int = 0,
     overwrite: bool = False,
 ) -> SegmentResult:
-    """Segment a scene without a model; write the raster, ``segments.gpkg`` and ``segment.json``.
+    """Segment a scene without a model: the raster, ``segments.gpkg``/``.qgz``, ``segment.json``.
 
     Long because the docstring documents the parameters of every method; the
     body only checks them, fits the statistics and hands over to one runner.
@@ -377,7 +379,7 @@ def segment_scene(
     if method == "canny":
         check_canny(sigma_px, edge_low, edge_high, min_length_m, params)
         low_high = _band_range(sc, list(range(1, min(sc.count, 3) + 1)))
-        _check_outputs([raster, vectors, info], overwrite)
+        _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
         out.mkdir(parents=True, exist_ok=True)
         frame = run_canny(sc, raster, grid, low_high=low_high, sigma_px=sigma_px,
                           edge_low=edge_low, edge_high=edge_high, min_length_m=min_length_m,
@@ -387,7 +389,7 @@ def segment_scene(
         label, halo = _labeller(sc, method, step, compactness, scale, min_size_m2, params)
         if method != "felzenszwalb":
             params["segment_size_m2"] = segment_size_m2
-        _check_outputs([raster, vectors, info], overwrite)
+        _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
         out.mkdir(parents=True, exist_ok=True)
         frame = _run_regions(sc, raster, grid, step, halo, label, overwrite)
     else:
@@ -396,11 +398,14 @@ def segment_scene(
             else _index_rule(sc, index, threshold, params) if method == "index"
             else _kmeans_rule(sc, k, seed, params)
         )
-        _check_outputs([raster, vectors, info], overwrite)
+        _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
         out.mkdir(parents=True, exist_ok=True)
         frame = _run_classes(sc, raster, grid, rule, names, method == "kmeans", overwrite)
     layer = "edges" if method == "canny" else "segments"
-    write_geopackage({layer: frame}, vectors, overwrite=overwrite)
+    imagery = Path(sc.path) if Path(sc.path).is_file() else None
+    export_run({layer: frame}, out, scene_name="segments", masks={raster.stem: raster},
+               run_info={k: v for k, v in params.items() if not isinstance(v, list)},
+               overwrite=overwrite, imagery=imagery)
     info.write_text(json.dumps({"scene": sc.path, **params}, indent=2) + "\n")
     return SegmentResult(method, raster, vectors, frame, params)
 
