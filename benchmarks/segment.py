@@ -46,6 +46,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "slic": {"method": "slic"},
     "watershed": {"method": "watershed"},
     "felzenszwalb": {"method": "felzenszwalb"},
+    "canny": {"method": "canny"},
 }
 
 
