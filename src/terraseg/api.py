@@ -440,22 +440,25 @@ def segment(
         A path or URL, a :class:`~terraseg.io.scene.Scene`, or an in-memory
         ``(band, y, x)`` DataArray with a CRS.
     method
-        ``"threshold"``, ``"index"``, ``"kmeans"`` or ``"slic"``.
+        ``"threshold"``, ``"index"``, ``"kmeans"``, ``"slic"``, ``"watershed"``,
+        ``"felzenszwalb"`` or ``"canny"``.
     out
-        Keep ``classes.tif``/``segments.tif``, ``segments.gpkg`` and ``segment.json`` here.
+        Keep the raster (``classes.tif``, ``segments.tif`` or ``edges.tif``),
+        ``segments.gpkg``, ``segments.qgz`` and ``segment.json`` here.
     window
         ``(row_off, col_off, height, width)`` of the result to load, scene pixels.
     **params
         The method's parameters (``expression``, ``band``, ``index``, ``threshold``,
-        ``k``, ``segment_size_m2``, ``compactness``, ``chunk_px``, ``seed``), as
-        :func:`~terraseg.engine.segment.segment_scene` takes them.
+        ``k``, ``segment_size_m2``, ``compactness``, ``scale``, ``min_size_m2``,
+        ``sigma_px``, ``edge_low``, ``edge_high``, ``min_length_m``, ``chunk_px``,
+        ``seed``), as :func:`~terraseg.engine.segment.segment_scene` takes them.
 
     Returns
     -------
     (xarray.DataArray, geopandas.GeoDataFrame)
-        ``(y, x)`` classes (uint8, 255 = nodata, ``attrs["classes"]``) or global
-        segment ids (uint32, 0 = nodata) with the scene CRS; and every segment
-        polygon of the scene in the scene CRS.
+        ``(y, x)`` classes or edges (uint8, 255 = nodata, ``attrs["classes"]``) or
+        global segment ids (uint32, 0 = nodata) with the scene CRS; and every
+        segment polygon (or edge line) of the scene, in the scene CRS.
     """
     import tempfile
 
@@ -485,6 +488,6 @@ def segment(
         da = cast("xr.DataArray", da.rio.write_crs(sc.crs).rio.write_transform(transform))
         da = da.rio.write_nodata(raster.nodata)
         da.attrs["method"] = method
-        if res.raster.name == "classes.tif":
+        if res.raster.name != "segments.tif":
             da.attrs["classes"] = read_class_names(res.raster)
         return da, res.segments
