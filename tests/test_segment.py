@@ -148,6 +148,8 @@ def test_index_ndvi_with_nodata(rgbn_nodata: Path, tmp_path: Path) -> None:
     expect = (compute_index(img, "ndvi") > 0.2).astype(np.int64)
     np.testing.assert_array_equal(classes[valid], expect[valid])
     assert read_class_names(res.raster)[1] == "vegetation"
+    with rasterio.open(res.raster) as ds:
+        assert ds.colormap(1)[1] == (40, 160, 40, 255)
     seg = gpd.read_file(res.vectors, layer="segments")
     assert seg["area_m2"].sum() == pytest.approx((classes == 1).sum() * 0.25)
 
@@ -167,6 +169,10 @@ def test_kmeans_does_not_depend_on_the_chunking(rgb: Path, tmp_path: Path) -> No
     np.testing.assert_array_equal(ca, cb)
     assert set(np.unique(ca)) == {0, 1, 2, 3}
     assert a.params["centres"] == b.params["centres"]
+    with rasterio.open(a.raster) as ds:  # QGIS shows each cluster in its centre's colour
+        cmap = ds.colormap(1)
+    grey = [sum(cmap[i][:3]) for i in range(4)]
+    assert grey == sorted(grey) and cmap[0][3] == 255  # centres are sorted dark to bright
     seg = gpd.read_file(b.vectors, layer="segments")
     assert set(seg["class_id"]) == {0, 1, 2, 3}
     assert seg["area_m2"].sum() == pytest.approx(SIZE_PX * SIZE_PX * 0.25)

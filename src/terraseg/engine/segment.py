@@ -170,6 +170,7 @@ def _threshold_rule(
     if expression is not None:
         parse_expression(expression, scene.count)  # fail before any output
         params["expression"] = expression
+        params["colors"] = {0: [0, 0, 0, 0], 1: [255, 190, 0, 255]}
         return (lambda d: evaluate_expression(expression, d).astype(np.uint8),
                 {0: "background", 1: "foreground"})
     scene.check_bands([band])
@@ -178,7 +179,7 @@ def _threshold_rule(
         threshold = fit_otsu(data[0][valid])
         params["otsu"] = True
     t = float(threshold)
-    params.update(band=band, threshold=t)
+    params.update(band=band, threshold=t, colors={0: [0, 0, 0, 0], 1: [255, 190, 0, 255]})
     return lambda d: (d[band - 1] > t).astype(np.uint8), {0: "background", 1: "foreground"}
 
 
@@ -195,6 +196,8 @@ def _index_rule(
     t = float(threshold)
     params.update(index=index, threshold=t)
     name = "water" if index == "ndwi" else "vegetation"
+    params["colors"] = {0: [0, 0, 0, 0], 1: [30, 110, 220, 255] if index == "ndwi"
+                        else [40, 160, 40, 255]}
     return lambda d: (compute_index(d, index) > t).astype(np.uint8), {0: "other", 1: name}
 
 
@@ -210,8 +213,11 @@ def _kmeans_rule(
     if len(feats) > KMEANS_FIT_PX:
         feats = feats[rng.choice(len(feats), KMEANS_FIT_PX, replace=False)]
     centres = fit_kmeans(feats, k, seed=seed)
+    rgb = centres[:, :3] if centres.shape[1] >= 3 else centres.mean(1, keepdims=True)[:, [0, 0, 0]]
+    colors = {i: [*np.clip(np.round(c * 255), 0, 255).astype(int).tolist(), 255]
+              for i, c in enumerate(rgb)}
     params.update(k=k, seed=seed, band_low=low.tolist(), band_high=high.tolist(),
-                  centres=centres.tolist())
+                  centres=centres.tolist(), colors=colors)
     return (lambda d: apply_kmeans(normalize_bands(d, low, high), centres),
             {i: f"cluster {i + 1}" for i in range(k)})
 
@@ -225,10 +231,12 @@ def _grid(scene: Scene, chunk_px: int) -> ChunkGrid:
 
 def _write_classes(
     scene: Scene, rule: ClassRule, names: dict[int, str], path: Path, grid: ChunkGrid,
-    overwrite: bool,
+    overwrite: bool, colors: dict[int, list[int]],
 ) -> None:
+    """Write the class COG with its class names and colour table (QGIS: paletted)."""
     with RasterSink(path, like=scene, dtype="uint8", nodata=NODATA, overwrite=overwrite,
-                    band_names=["class"], class_names=names, resampling="mode") as sink:
+                    band_names=["class"], class_names=names, colormap=colors,
+                    resampling="mode") as sink:
         for chunk in grid:
             data, valid, _ = scene.read_window_with_mask(chunk.core, pad="nodata")
             classes = rule(data)
@@ -268,10 +276,10 @@ def _class_polygons(
 
 def _run_classes(
     scene: Scene, path: Path, grid: ChunkGrid, rule: ClassRule, names: dict[int, str],
-    every_class: bool, overwrite: bool,
+    every_class: bool, overwrite: bool, colors: dict[int, list[int]],
 ) -> gpd.GeoDataFrame:
     """Write the class COG, then the regions of class 1 (or of every class)."""
-    _write_classes(scene, rule, names, path, grid, overwrite)
+    _write_classes(scene, rule, names, path, grid, overwrite, colors)
     return _class_polygons(scene, path, names, sorted(names) if every_class else [1], grid)
 
 
@@ -400,7 +408,8 @@ def segment_scene(
         )
         _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
         out.mkdir(parents=True, exist_ok=True)
-        frame = _run_classes(sc, raster, grid, rule, names, method == "kmeans", overwrite)
+        frame = _run_classes(sc, raster, grid, rule, names, method == "kmeans", overwrite,
+                             params["colors"])
     layer = "edges" if method == "canny" else "segments"
     imagery = Path(sc.path) if Path(sc.path).is_file() else None
     export_run({layer: frame}, out, scene_name="segments", masks={raster.stem: raster},
