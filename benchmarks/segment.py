@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     row["boundary_recall"] = round(
                         boundary_recall(seg, truth, args.tolerance_px), 4)
                     row["undersegmentation_error"] = round(undersegmentation_error(seg, truth), 4)
-                    row["mean_area_m2"] = round(float(res.segments["area_m2"].mean()), 1)
+                    row["mean_area_m2"] = round(float(res.read_segments()["area_m2"].mean()), 1)
                     one = segment_scene(city.image, Path(tmp) / (label + "_one"),
                                         chunk_px=args.size_px, **kw)
                     row["segments_one_chunk"] = one.n_segments

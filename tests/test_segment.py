@@ -1,4 +1,4 @@
-"""terraseg segment: thresholds, spectral indexes, k-means and SLIC with global ids."""
+"""terraseg segment: thresholds, indexes, k-means, SLIC/watershed/Felzenszwalb with global ids, Canny."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from terraseg.engine.segment_methods import (
     fit_otsu,
     slic_step_px,
 )
+from terraseg.engine.segment_output import as_multi
 from terraseg.errors import ConfigError, OutputExistsError
 from terraseg.io.raster_sink import read_class_names
 from terraseg.synthetic import make_city
@@ -231,7 +232,7 @@ def test_regions_leave_nodata_unlabelled(rgbn_nodata: Path, tmp_path: Path) -> N
         res = segment_scene(rgbn_nodata, tmp_path / method, method=method, chunk_px=256)
         labels = _read(res.raster)
         assert (labels[~valid] == 0).all() and (labels[valid] > 0).all()
-        assert res.params["step_px"] == 14 and 30 < res.segments["area_m2"].mean() < 80
+        assert res.params["step_px"] == 14 and 30 < res.read_segments()["area_m2"].mean() < 80
 
 
 def test_canny_edges_and_lines_do_not_depend_on_the_chunking(rgb: Path, tmp_path: Path) -> None:
@@ -242,13 +243,40 @@ def test_canny_edges_and_lines_do_not_depend_on_the_chunking(rgb: Path, tmp_path
     assert 0.01 < (ea == 1).mean() < 0.5 and set(np.unique(ea)) == {0, 1}
     lines = gpd.read_file(a.vectors, layer="edges")
     assert set(lines.geom_type) == {"LineString"} and (lines["length_m"] > 0).all()
-    total = b.segments["length_m"].sum()
+    total = b.read_segments()["length_m"].sum()
     assert lines["length_m"].sum() == pytest.approx(total, rel=0.01)
     # an edge line lies on edge pixels: its vertices are within a pixel of one
     with rasterio.open(a.raster) as ds:
         rows, cols = rasterio.transform.rowcol(ds.transform, *lines.geometry.iloc[0].xy)
     near = [ea[max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].max() for r, c in zip(rows, cols, strict=True)]
     assert min(near) == 1
+
+
+def test_stream_segments_appends_batches_and_cleans_up(rgb: Path, tmp_path: Path) -> None:
+    import shapely
+
+    from terraseg.engine.segment_output import stream_segments
+
+    crs = rasterio.open(rgb).crs
+    raster = segment_scene(rgb, tmp_path / "src", method="threshold", expression="b1 > 120").raster
+
+    def batch(first: int, n: int, **extra: float) -> gpd.GeoDataFrame:
+        boxes = [shapely.box(i, 0, i + 1, 1) for i in range(first, first + n)]
+        cols = {"segment_id": np.arange(first, first + n), "area_m2": np.ones(n), **extra}
+        return as_multi(gpd.GeoDataFrame(cols, geometry=boxes, crs=crs))
+
+    empty = batch(0, 0)
+    out = tmp_path / "src"
+    n = stream_segments([batch(1, 3), batch(4, 0), batch(4, 2), batch(6, 1)], empty, out,
+                        layer="segments", raster=raster, run_info={}, imagery=None,
+                        overwrite=True, flush_rows=2)
+    back = gpd.read_file(out / "segments.gpkg", layer="segments")
+    assert n == 6 and back["segment_id"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert set(back.geom_type) == {"MultiPolygon"} and (out / "segments.qgz").exists()
+    with pytest.raises(Exception, match="mean_b1"):  # an append that fails...
+        stream_segments([batch(1, 3), batch(4, 2, mean_b1=1.0)], empty, out, layer="segments",
+                        raster=raster, run_info={}, imagery=None, overwrite=True, flush_rows=2)
+    assert not (out / "segments.gpkg").exists() and not (out / "segments.qgz").exists()
 
 
 # ----------------------------------------------------------------- CLI

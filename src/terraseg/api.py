@@ -490,4 +490,4 @@ def segment(
         da.attrs["method"] = method
         if res.raster.name != "segments.tif":
             da.attrs["classes"] = read_class_names(res.raster)
-        return da, res.segments
+        return da, res.read_segments()

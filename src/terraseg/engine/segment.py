@@ -46,7 +46,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -74,8 +74,8 @@ from terraseg.engine.segment_methods import (
     slic_window,
     watershed_window,
 )
+from terraseg.engine.segment_output import as_multi, stream_segments
 from terraseg.errors import ConfigError, OutputExistsError
-from terraseg.export.writers import export_run
 from terraseg.instances import InstanceMerger
 from terraseg.io.raster_sink import RasterSink
 from terraseg.io.scene import Scene, open_scene
@@ -124,9 +124,11 @@ class SegmentResult:
     raster
         ``classes.tif`` or ``segments.tif``.
     vectors
-        ``segments.gpkg`` (layer ``segments``).
-    segments
-        The polygons written, in the scene CRS.
+        ``segments.gpkg``.
+    layer
+        Its layer: ``segments`` (polygons) or ``edges`` (lines).
+    n_segments
+        Rows written to the layer.
     params
         Resolved parameters (fitted threshold, centres, seed step...), as in
         ``segment.json``.
@@ -135,13 +137,13 @@ class SegmentResult:
     method: str
     raster: Path
     vectors: Path
-    segments: gpd.GeoDataFrame
+    layer: str
+    n_segments: int
     params: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def n_segments(self) -> int:
-        """Rows of :attr:`segments`."""
-        return len(self.segments)
+    def read_segments(self) -> gpd.GeoDataFrame:
+        """The layer, read whole from :attr:`vectors` (for small scenes and notebooks)."""
+        return gpd.read_file(self.vectors, layer=self.layer)
 
 
 def _sample(scene: Scene, bands: list[int]) -> tuple[NDArray[Any], NDArray[np.bool_]]:
@@ -255,32 +257,40 @@ def _reader(path: Path) -> Callable[[PixelWindow], NDArray[Any]]:
     return read
 
 
-def _class_polygons(
+def _class_batches(
     scene: Scene, path: Path, names: dict[int, str], keep: list[int], grid: ChunkGrid
-) -> gpd.GeoDataFrame:
-    """4-connected regions of each class in ``keep``: ``class_id``, ``class``, ``area_m2``."""
-    from terraseg.vector.vectorization import vectorize_roads
+) -> Iterator[gpd.GeoDataFrame]:
+    """4-connected regions of each class in ``keep``, in batches (see :func:`_class_empty`)."""
+    from terraseg.vector.vectorization import iter_roads
 
     windows = [c.core for c in grid]
-    parts = []
+    next_id = 1
     for value in keep:
-        frame = vectorize_roads(_reader(path), windows, scene.transform, scene.crs,
-                                road_class=value)
-        frame["class"] = names[value]
-        frame.insert(0, "class_id", np.full(len(frame), value, np.int64))
-        parts.append(frame)
-    out = pd.concat(parts, ignore_index=True)
-    out.insert(0, "segment_id", np.arange(1, len(out) + 1, dtype=np.int64))
-    return gpd.GeoDataFrame(out, geometry="geometry", crs=scene.crs)
+        for frame in iter_roads(_reader(path), windows, scene.transform, scene.crs,
+                                road_class=value):
+            frame["class"] = names[value]
+            frame.insert(0, "class_id", np.full(len(frame), value, np.int64))
+            frame.insert(0, "segment_id", np.arange(next_id, next_id + len(frame)))
+            next_id += len(frame)
+            yield as_multi(gpd.GeoDataFrame(frame, geometry="geometry", crs=scene.crs))
+
+
+def _class_empty(scene: Scene) -> gpd.GeoDataFrame:
+    """The schema of the class regions: ``segment_id``, ``class_id``, ``area_m2``, ``class``."""
+    return gpd.GeoDataFrame(
+        {"segment_id": np.zeros(0, np.int64), "class_id": np.zeros(0, np.int64),
+         "area_m2": np.zeros(0), "class": pd.Series([], dtype=object)},
+        geometry=gpd.GeoSeries([], crs=scene.crs),
+    )
 
 
 def _run_classes(
     scene: Scene, path: Path, grid: ChunkGrid, rule: ClassRule, names: dict[int, str],
     every_class: bool, overwrite: bool, colors: dict[int, list[int]],
-) -> gpd.GeoDataFrame:
-    """Write the class COG, then the regions of class 1 (or of every class)."""
+) -> Iterator[gpd.GeoDataFrame]:
+    """Write the class COG; the regions of class 1 (or of every class), in batches."""
     _write_classes(scene, rule, names, path, grid, overwrite, colors)
-    return _class_polygons(scene, path, names, sorted(names) if every_class else [1], grid)
+    return _class_batches(scene, path, names, sorted(names) if every_class else [1], grid)
 
 
 def _check_outputs(paths: list[Path], overwrite: bool) -> None:
@@ -389,9 +399,10 @@ def segment_scene(
         low_high = _band_range(sc, list(range(1, min(sc.count, 3) + 1)))
         _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
         out.mkdir(parents=True, exist_ok=True)
-        frame = run_canny(sc, raster, grid, low_high=low_high, sigma_px=sigma_px,
+        lines = run_canny(sc, raster, grid, low_high=low_high, sigma_px=sigma_px,
                           edge_low=edge_low, edge_high=edge_high, min_length_m=min_length_m,
                           overwrite=overwrite)
+        batches, empty = iter([lines]), lines.iloc[:0]
     elif regions:  # every parameter is checked (and statistics fitted) before any output
         step = slic_step_px(segment_size_m2, sc.gsd_xy_m[0] * sc.gsd_xy_m[1])
         label, halo = _labeller(sc, method, step, compactness, scale, min_size_m2, params)
@@ -399,7 +410,8 @@ def segment_scene(
             params["segment_size_m2"] = segment_size_m2
         _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
         out.mkdir(parents=True, exist_ok=True)
-        frame = _run_regions(sc, raster, grid, step, halo, label, overwrite)
+        batches = _run_regions(sc, raster, grid, step, halo, label, overwrite)
+        empty = _segment_empty(sc)
     else:
         rule, names = (
             _threshold_rule(sc, expression, band, threshold, params) if method == "threshold"
@@ -408,15 +420,17 @@ def segment_scene(
         )
         _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
         out.mkdir(parents=True, exist_ok=True)
-        frame = _run_classes(sc, raster, grid, rule, names, method == "kmeans", overwrite,
-                             params["colors"])
+        batches = _run_classes(sc, raster, grid, rule, names, method == "kmeans", overwrite,
+                               params["colors"])
+        empty = _class_empty(sc)
     layer = "edges" if method == "canny" else "segments"
-    imagery = Path(sc.path) if Path(sc.path).is_file() else None
-    export_run({layer: frame}, out, scene_name="segments", masks={raster.stem: raster},
-               run_info={k: v for k, v in params.items() if not isinstance(v, list)},
-               overwrite=overwrite, imagery=imagery)
+    n = stream_segments(
+        batches, empty, out, layer=layer, raster=raster, overwrite=overwrite,
+        run_info={k: v for k, v in params.items() if not isinstance(v, list | dict)},
+        imagery=Path(sc.path) if Path(sc.path).is_file() else None,
+    )
     info.write_text(json.dumps({"scene": sc.path, **params}, indent=2) + "\n")
-    return SegmentResult(method, raster, vectors, frame, params)
+    return SegmentResult(method, raster, vectors, layer, n, params)
 
 
 # ------------------------------------------------------------------ region methods
@@ -489,7 +503,7 @@ def _local_chunk(
 def _run_regions(
     scene: Scene, path: Path, grid: ChunkGrid, step: int, halo: int, label: Labeller,
     overwrite: bool,
-) -> gpd.GeoDataFrame:
+) -> Iterator[gpd.GeoDataFrame]:
     """Two passes: local labels + face merge, then global ids, per-segment colour, polygons."""
     bands = [1, 2, 3] if scene.count >= 3 else list(range(1, scene.count + 1))
     low, high = _band_range(scene, bands)
@@ -518,24 +532,37 @@ def _run_regions(
                 count += c
                 sums += s
             sink.finish()
-    return _segment_frame(scene, path, grid, count, sums)
+    return _segment_batches(scene, path, grid, count, sums)
 
 
-def _segment_frame(
+def _segment_batches(
     scene: Scene, path: Path, grid: ChunkGrid, count: NDArray[np.float64],
     sums: NDArray[np.float64],
-) -> gpd.GeoDataFrame:
-    """Polygons of ``segments.tif`` with ``mean_b*``, ``area_m2`` and ``compactness``."""
-    from terraseg.vector.vectorization import vectorize_buildings
+) -> Iterator[gpd.GeoDataFrame]:
+    """Polygons of ``segments.tif`` in batches (columns of :func:`_segment_empty`).
 
-    polys = vectorize_buildings(_reader(path), [c.core for c in grid], scene.transform,
-                                scene.crs, min_area_m2=0.0, regularize=False)
-    ids = polys["building_id"].to_numpy(np.int64)
-    out = gpd.GeoDataFrame({"segment_id": ids}, geometry=polys.geometry.array, crs=scene.crs)
-    means = sums[:, ids - 1] / np.maximum(count[ids - 1], 1)
-    for b in range(means.shape[0]):
-        out[f"mean_b{b + 1}"] = means[b]
-    out["area_m2"] = polys["area_m2"].to_numpy()
-    perimeter = np.maximum(out.geometry.length.to_numpy(), 1e-12)
-    out["compactness"] = 4 * np.pi * out.geometry.area.to_numpy() / perimeter**2
-    return out
+    A segment whose pixels are not 4-connected (cut by nodata) comes out as one
+    row per piece that no chunk border joins, all with its id.
+    """
+    from terraseg.vector.vectorization import iter_buildings
+
+    means = sums / np.maximum(count, 1)
+    for polys in iter_buildings(_reader(path), [c.core for c in grid], scene.transform,
+                                scene.crs, min_area_m2=0.0, regularize=False):
+        ids = polys["building_id"].to_numpy(np.int64)
+        out = gpd.GeoDataFrame({"segment_id": ids}, geometry=polys.geometry.array,
+                               crs=scene.crs)
+        for b in range(means.shape[0]):
+            out[f"mean_b{b + 1}"] = means[b, ids - 1]
+        out["area_m2"] = polys["area_m2"].to_numpy()
+        perimeter = np.maximum(out.geometry.length.to_numpy(), 1e-12)
+        out["compactness"] = 4 * np.pi * out.geometry.area.to_numpy() / perimeter**2
+        yield as_multi(out)
+
+
+def _segment_empty(scene: Scene) -> gpd.GeoDataFrame:
+    """The schema of the region polygons: id, ``mean_b*``, ``area_m2``, ``compactness``."""
+    cols: dict[str, Any] = {"segment_id": np.zeros(0, np.int64)}
+    cols.update({f"mean_b{b + 1}": np.zeros(0) for b in range(scene.count)})
+    cols.update(area_m2=np.zeros(0), compactness=np.zeros(0))
+    return gpd.GeoDataFrame(cols, geometry=gpd.GeoSeries([], crs=scene.crs))
