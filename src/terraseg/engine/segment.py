@@ -77,7 +77,7 @@ from terraseg.engine.segment_methods import (
 from terraseg.engine.segment_output import as_multi, stream_segments
 from terraseg.errors import ConfigError, OutputExistsError
 from terraseg.instances import InstanceMerger
-from terraseg.io.raster_sink import RasterSink
+from terraseg.io.raster_sink import RasterSink, bounded_gdal_cache
 from terraseg.io.scene import Scene, open_scene
 
 __all__ = ["METHODS", "SegmentMethod", "SegmentResult", "segment_scene"]
@@ -386,51 +386,52 @@ def segment_scene(
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    sc = scene if isinstance(scene, Scene) else open_scene(scene)
-    out = Path(out_dir)
-    regions = method in REGION_METHODS
-    raster = out / ("segments.tif" if regions else "edges.tif" if method == "canny"
-                    else "classes.tif")
-    vectors, info = out / "segments.gpkg", out / "segment.json"
-    grid = _grid(sc, chunk_px)
-    params: dict[str, Any] = {"method": method, "chunk_px": chunk_px}
-    if method == "canny":
-        check_canny(sigma_px, edge_low, edge_high, min_length_m, params)
-        low_high = _band_range(sc, list(range(1, min(sc.count, 3) + 1)))
-        _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        lines = run_canny(sc, raster, grid, low_high=low_high, sigma_px=sigma_px,
-                          edge_low=edge_low, edge_high=edge_high, min_length_m=min_length_m,
-                          overwrite=overwrite)
-        batches, empty = iter([lines]), lines.iloc[:0]
-    elif regions:  # every parameter is checked (and statistics fitted) before any output
-        step = slic_step_px(segment_size_m2, sc.gsd_xy_m[0] * sc.gsd_xy_m[1])
-        label, halo = _labeller(sc, method, step, compactness, scale, min_size_m2, params)
-        if method != "felzenszwalb":
-            params["segment_size_m2"] = segment_size_m2
-        _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        batches = _run_regions(sc, raster, grid, step, halo, label, overwrite)
-        empty = _segment_empty(sc)
-    else:
-        rule, names = (
-            _threshold_rule(sc, expression, band, threshold, params) if method == "threshold"
-            else _index_rule(sc, index, threshold, params) if method == "index"
-            else _kmeans_rule(sc, k, seed, params)
+    with bounded_gdal_cache():  # reads and COG writes: GDAL's cache bounded, as in predict
+        sc = scene if isinstance(scene, Scene) else open_scene(scene)
+        out = Path(out_dir)
+        regions = method in REGION_METHODS
+        raster = out / ("segments.tif" if regions else "edges.tif" if method == "canny"
+                        else "classes.tif")
+        vectors, info = out / "segments.gpkg", out / "segment.json"
+        grid = _grid(sc, chunk_px)
+        params: dict[str, Any] = {"method": method, "chunk_px": chunk_px}
+        if method == "canny":
+            check_canny(sigma_px, edge_low, edge_high, min_length_m, params)
+            low_high = _band_range(sc, list(range(1, min(sc.count, 3) + 1)))
+            _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
+            out.mkdir(parents=True, exist_ok=True)
+            lines = run_canny(sc, raster, grid, low_high=low_high, sigma_px=sigma_px,
+                              edge_low=edge_low, edge_high=edge_high, min_length_m=min_length_m,
+                              overwrite=overwrite)
+            batches, empty = iter([lines]), lines.iloc[:0]
+        elif regions:  # every parameter is checked (and statistics fitted) before any output
+            step = slic_step_px(segment_size_m2, sc.gsd_xy_m[0] * sc.gsd_xy_m[1])
+            label, halo = _labeller(sc, method, step, compactness, scale, min_size_m2, params)
+            if method != "felzenszwalb":
+                params["segment_size_m2"] = segment_size_m2
+            _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
+            out.mkdir(parents=True, exist_ok=True)
+            batches = _run_regions(sc, raster, grid, step, halo, label, overwrite)
+            empty = _segment_empty(sc)
+        else:
+            rule, names = (
+                _threshold_rule(sc, expression, band, threshold, params) if method == "threshold"
+                else _index_rule(sc, index, threshold, params) if method == "index"
+                else _kmeans_rule(sc, k, seed, params)
+            )
+            _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
+            out.mkdir(parents=True, exist_ok=True)
+            batches = _run_classes(sc, raster, grid, rule, names, method == "kmeans", overwrite,
+                                   params["colors"])
+            empty = _class_empty(sc)
+        layer = "edges" if method == "canny" else "segments"
+        n = stream_segments(
+            batches, empty, out, layer=layer, raster=raster, overwrite=overwrite,
+            run_info={k: v for k, v in params.items() if not isinstance(v, list | dict)},
+            imagery=Path(sc.path) if Path(sc.path).is_file() else None,
         )
-        _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        batches = _run_classes(sc, raster, grid, rule, names, method == "kmeans", overwrite,
-                               params["colors"])
-        empty = _class_empty(sc)
-    layer = "edges" if method == "canny" else "segments"
-    n = stream_segments(
-        batches, empty, out, layer=layer, raster=raster, overwrite=overwrite,
-        run_info={k: v for k, v in params.items() if not isinstance(v, list | dict)},
-        imagery=Path(sc.path) if Path(sc.path).is_file() else None,
-    )
-    info.write_text(json.dumps({"scene": sc.path, **params}, indent=2) + "\n")
-    return SegmentResult(method, raster, vectors, layer, n, params)
+        info.write_text(json.dumps({"scene": sc.path, **params}, indent=2) + "\n")
+        return SegmentResult(method, raster, vectors, layer, n, params)
 
 
 # ------------------------------------------------------------------ region methods
