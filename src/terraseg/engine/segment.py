@@ -27,7 +27,8 @@ threshold or centres, the seed step).
 Global statistics come from one decimated read (:meth:`Scene.read_decimated`,
 served from overviews when the file has them); each chunk is then read on its
 own, so memory holds one chunk (plus, for the region methods, the merger's
-per-segment table and border strips), never the scene.
+per-segment table and border strips), never the scene; the polygons are written
+to the GeoPackage in pools of batches (:mod:`terraseg.engine.segment_output`).
 
 Region methods with global ids: each chunk is segmented over its core plus a
 halo, in a window aligned on the scene-wide seed lattice
