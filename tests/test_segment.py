@@ -190,7 +190,9 @@ def _border_change(labels: NDArray[np.int64], at: int) -> tuple[float, float]:
     return max(rows[at - 1], cols[at - 1]), float(np.median(np.r_[rows, cols]))
 
 
-@pytest.mark.parametrize("method", ["slic", "watershed", "felzenszwalb"])
+@pytest.mark.parametrize(
+    "method", ["slic", "watershed", pytest.param("felzenszwalb", marks=pytest.mark.slow)]
+)  # felzenszwalb: 192 px halos make it the slowest (about 5-9 s here)
 def test_region_chunking_changes_nothing(rgb: Path, tmp_path: Path, method: str) -> None:
     small = segment_scene(rgb, tmp_path / "c256", method=method, chunk_px=256)  # type: ignore[arg-type]
     whole = segment_scene(rgb, tmp_path / "c512", method=method, chunk_px=512)  # type: ignore[arg-type]
