@@ -22,10 +22,12 @@ What it does, all with this project's own code and nothing downloaded:
 
        terraseg train train11.tif train11.truth.gpkg --extra ... --val val14.tif,val14.truth.gpkg \\
            --task boundary --edge-px 3 --loss ce+dice --out demo-instance --max-steps 1200 \\
-           --batch-size 8 --patch-px 256 --lr 0.002 --seed 0 --fp16   # + class weights 1,1,1,2
+           --batch-size 8 --patch-px 256 --lr 0.002 --seed 0 --fp16 --class-weights 1,1,1,2
 
-3. stage 2 fine-tunes stage 1's weights (``init_from``) for 900 more steps at
-   lr 0.001 on the training cities plus seeds 16, 17, 18 (``--init-from``);
+3. optionally (``--finetune-steps 900``; not part of the bundled model) stage 2
+   fine-tunes stage 1's weights (``init_from``) at lr 0.001 on the training
+   cities plus seeds 16, 17, 18 (``terraseg train --init-from``); ``--stage1
+   PATH`` starts it from an existing stage-1 model such as the bundled one;
 4. predicts the evaluation scene through the engine (tile 512, overlap 64,
    chunk 2048), labels instances by seeded watershed, vectorizes, and stores
    building F1@0.5, mean IoU, count ratio and pixel IoU in the card.
@@ -98,8 +100,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=BUNDLED, help="Folder for weights and card.")
     parser.add_argument("--max-steps", type=int, default=SETTINGS.max_steps,
                         help="Steps of stage 1 (from random weights).")
-    parser.add_argument("--finetune-steps", type=int, default=FINETUNE.max_steps,
-                        help="Steps of stage 2 (fine-tuning on more cities); 0 skips it.")
+    parser.add_argument("--finetune-steps", type=int, default=0,
+                        help="Steps of the optional stage 2 (fine-tuning on more cities, e.g. "
+                        f"{FINETUNE.max_steps}); 0 (default, the bundled model) skips it.")
     parser.add_argument("--stage1", type=Path, default=None,
                         help="Use this model as stage 1's result instead of training it.")
     parser.add_argument("--eval-only", action="store_true", help="Only re-measure eval_*.")
