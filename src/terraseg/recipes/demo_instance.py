@@ -41,7 +41,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from terraseg.config import TrainConfig
-from terraseg.models.card import load_card, save_card
 from terraseg.models.train import DEMO_ARCHITECTURE
 from terraseg.recipes.demo_semantic import BUNDLED, make_scenes, train_on_scenes
 
@@ -116,18 +115,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         stem = args.out / NAME
         if not args.eval_only:
             _train(args, scenes, stem, workdir)
-        from terraseg.recipes.evaluation import evaluate_buildings
+        from terraseg.recipes.evaluation import record_evaluation
 
-        metrics, note = evaluate_buildings(stem.with_suffix(".safetensors"), scenes["eval"][0],
-                                           workdir)
-        card_path = stem.with_name(f"{NAME}.card.yaml")
-        card = load_card(card_path)
-        evaluation = (card.evaluation or "").split("; eval_*:")[0]
-        card = card.model_copy(
-            update={"metrics": {**card.metrics, **metrics}, "evaluation": f"{evaluation}; {note}"}
-        )
-        save_card(card, card_path, overwrite=True)
-        print(f"{card_path}: {card.metrics}")
+        record_evaluation(stem, scenes["eval"][0], workdir)
 
 
 def _train(args: argparse.Namespace, scenes: dict[str, list[Path]], stem: Path,

@@ -15,7 +15,7 @@ from terraseg.api import predict_to_dir
 from terraseg.engine.postprocess import vectorize_scene
 from terraseg.evaluate.scores import evaluate
 
-__all__ = ["evaluate_buildings"]
+__all__ = ["evaluate_buildings", "record_evaluation"]
 
 
 def evaluate_buildings(
@@ -71,3 +71,22 @@ def evaluate_buildings(
         f"through export, eval_predict_mpx_s the class raster alone"
     )
     return metrics, note
+
+
+def record_evaluation(stem: Path, scene: Path, workdir: Path) -> None:
+    """Measure ``<stem>.safetensors`` on ``scene`` and store the ``eval_*`` figures in its card.
+
+    Earlier ``eval_*`` figures and their sentence are replaced; the rest of the
+    card (training figures, provenance) is kept.
+    """
+    from terraseg.models.card import load_card, save_card
+
+    metrics, note = evaluate_buildings(stem.with_suffix(".safetensors"), scene, workdir)
+    card_path = stem.with_name(f"{stem.name}.card.yaml")
+    card = load_card(card_path)
+    evaluation = (card.evaluation or "").split("; eval_*:")[0]
+    card = card.model_copy(
+        update={"metrics": {**card.metrics, **metrics}, "evaluation": f"{evaluation}; {note}"}
+    )
+    save_card(card, card_path, overwrite=True)
+    print(f"{card_path}: {card.metrics}")
