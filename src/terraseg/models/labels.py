@@ -20,6 +20,7 @@ import numpy as np
 from terraseg.errors import ConfigError
 from terraseg.instances.targets import boundary_classes
 from terraseg.io.scene import Scene, open_scene
+from terraseg.models.spec import IGNORE_LABEL
 
 if TYPE_CHECKING:
     import shapely
@@ -188,9 +189,17 @@ def rasterize_labels(
         )
     rows, cols = scene.shape
     profile = {
-        "driver": "GTiff", "width": cols, "height": rows, "count": 1, "dtype": "uint8",
-        "crs": scene.crs, "transform": scene.transform, "tiled": True, "blockxsize": 256,
-        "blockysize": 256, "compress": "lzw",
+        "driver": "GTiff",
+        "width": cols,
+        "height": rows,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": scene.crs,
+        "transform": scene.transform,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "lzw",
     }
     halo = edge_px or 0  # rows read around each block so edge rings are exact at its border
     with rasterio.open(out, "w", **profile) as dst:
@@ -205,7 +214,9 @@ def rasterize_labels(
             if idx.size:
                 rasterize(
                     zip(geoms[idx], values[idx].tolist(), strict=True),
-                    out=block, transform=wt, all_touched=False,
+                    out=block,
+                    transform=wt,
+                    all_touched=False,
                 )
             if edge_px is not None:
                 block = _with_edges(block, geoms, values, idx, wt, edge_px, building_class)
@@ -230,13 +241,18 @@ def _with_edges(
     if sel.size:  # one id per polygon: its index among all label geometries, plus one
         rasterize(
             zip(geoms[sel], (sel + 1).tolist(), strict=True),
-            out=ids, transform=transform, all_touched=False,
+            out=ids,
+            transform=transform,
+            all_touched=False,
         )
     return boundary_classes(ids, block, edge_px=edge_px, building_class=building_class)
 
 
 def check_label_values(labels: Scene, n_classes: int) -> None:
-    """Refuse a class raster with values outside ``0..n_classes-1`` (decimated read)."""
+    """Refuse a class raster with values outside ``0..n_classes-1`` (decimated read).
+
+    :data:`~terraseg.models.spec.IGNORE_LABEL` (unlabelled) is allowed.
+    """
     if labels.count != 1:
         raise ConfigError(
             f"class raster '{labels.path}' has {labels.count} bands; give a one-band raster of "
@@ -250,11 +266,12 @@ def check_label_values(labels: Scene, n_classes: int) -> None:
     with rasterio.open(labels.path) as src:
         sample = src.read(1, out_shape=(max(rows // step, 1), max(cols // step, 1)))
     values = np.unique(sample)
-    bad = [int(v) for v in values if not 0 <= v < n_classes]
+    bad = [int(v) for v in values if not 0 <= v < n_classes and v != IGNORE_LABEL]
     if bad:
         raise ConfigError(
             f"class raster '{labels.path}' holds values {bad[:5]} outside the class ids "
-            f"0..{n_classes - 1}; recode it or give matching classes",
+            f"0..{n_classes - 1} (and {IGNORE_LABEL}, unlabelled); recode it or give matching "
+            "classes",
             path=labels.path,
         )
 

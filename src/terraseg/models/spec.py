@@ -14,11 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = [
     "BOUNDARY_CLASSES",
     "DEFAULT_CLASSES",
+    "IGNORE_LABEL",
     "ClassInfo",
     "InputSpec",
     "ModelSpec",
     "Task",
 ]
+
+
+IGNORE_LABEL = 255
+"""Label value that no loss or metric counts: unlabelled pixels (a superpixel left
+without a class, the area outside a partly labelled image's label extent)."""
 
 
 class ClassInfo(BaseModel):
@@ -81,9 +87,7 @@ class InputSpec(BaseModel):
         for name in ("mean", "std"):
             vals = getattr(self, name)
             if vals is not None and len(vals) != len(self.bands):
-                raise ValueError(
-                    f"{name} has {len(vals)} values but bands has {len(self.bands)}"
-                )
+                raise ValueError(f"{name} has {len(vals)} values but bands has {len(self.bands)}")
         if self.std is not None and min(self.std) <= 0:
             raise ValueError("std values must be > 0")
         return self

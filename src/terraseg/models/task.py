@@ -26,7 +26,7 @@ from torch import nn
 from terraseg.config import TrainConfig
 from terraseg.models.card import Architecture, ModelCard
 from terraseg.models.networks import build_network
-from terraseg.models.spec import ClassInfo
+from terraseg.models.spec import IGNORE_LABEL, ClassInfo
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -148,6 +148,7 @@ def fit_network(
         in_channels=card.input.n_bands,
         num_classes=card.n_classes,
         loss=cfg.loss,
+        ignore_index=IGNORE_LABEL,  # unlabelled pixels (labelling layers, label extents)
         class_weights=list(cfg.class_weights) if cfg.class_weights is not None else None,
         lr=cfg.lr,
     )

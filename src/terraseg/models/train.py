@@ -50,7 +50,13 @@ from terraseg.models.datasets import (
 )
 from terraseg.models.labels import DEFAULT_LAYERS, LabelWarning, PathLike, rasterize_labels
 from terraseg.models.loading import save_model
-from terraseg.models.spec import BOUNDARY_CLASSES, DEFAULT_CLASSES, ClassInfo, InputSpec
+from terraseg.models.spec import (
+    BOUNDARY_CLASSES,
+    DEFAULT_CLASSES,
+    IGNORE_LABEL,
+    ClassInfo,
+    InputSpec,
+)
 from terraseg.models.task import (
     FitResult,
     confusion_matrix,
@@ -168,14 +174,25 @@ def train_semantic(
             raise ConfigError("give epochs or max_steps (e.g. --epochs 10)")
         from terraseg.models.train_detection import train_detection
 
-        return train_detection(as_paths(image), as_paths(labels), weights_path.with_suffix(""),
-                               cfg, overwrite=overwrite)
+        return train_detection(
+            as_paths(image),
+            as_paths(labels),
+            weights_path.with_suffix(""),
+            cfg,
+            overwrite=overwrite,
+        )
     setup = _setup(cfg, stem=weights_path.name[: -len(".safetensors")])
     with tempfile.TemporaryDirectory(prefix="terraseg-train-") as tmp:
         workdir = Path(tmp)
         areas = training_areas(
-            image, labels, val_image, val_labels, layers=setup.layers, cfg=cfg,
-            n_classes=setup.card.n_classes, workdir=workdir,
+            image,
+            labels,
+            val_image,
+            val_labels,
+            layers=setup.layers,
+            cfg=cfg,
+            n_classes=setup.card.n_classes,
+            workdir=workdir,
         )
         fit, metrics = _fit_and_score(setup, areas, workdir)
     seconds = time.perf_counter() - t0
@@ -208,7 +225,9 @@ def _setup(cfg: TrainConfig, *, stem: str) -> _Setup:
         classes = (
             tuple(ClassInfo.model_validate(c) for c in cfg.classes)
             if cfg.classes is not None
-            else BOUNDARY_CLASSES if cfg.task == "boundary" else DEFAULT_CLASSES
+            else BOUNDARY_CLASSES
+            if cfg.task == "boundary"
+            else DEFAULT_CLASSES
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid classes: {_one_line(exc)}") from None
@@ -322,15 +341,23 @@ def _fit_and_score(
     total_steps, n_epochs = _schedule(cfg)
     train_loader, val_loader = make_loaders(train_sets, val_sets, areas, setup.card.input, cfg)
     fit = fit_network(
-        setup.card, train_loader, cfg, total_steps=total_steps, n_epochs=n_epochs,
-        workdir=workdir, init_state=setup.init.state if setup.init else None,
+        setup.card,
+        train_loader,
+        cfg,
+        total_steps=total_steps,
+        n_epochs=n_epochs,
+        workdir=workdir,
+        init_state=setup.init.state if setup.init else None,
     )
-    cm = confusion_matrix(fit.net, val_loader, setup.card.n_classes, None)
+    cm = confusion_matrix(fit.net, val_loader, setup.card.n_classes, IGNORE_LABEL)
     return fit, iou_metrics(cm, setup.card.classes, "val_")
 
 
 def _final_card(
-    setup: _Setup, areas: TrainingAreas, fit: FitResult, metrics: dict[str, float],
+    setup: _Setup,
+    areas: TrainingAreas,
+    fit: FitResult,
+    metrics: dict[str, float],
     seconds: float,
 ) -> ModelCard:
     """The provisional card with its GSD, ``training`` record, metrics and what they measure."""
