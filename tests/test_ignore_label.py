@@ -91,3 +91,17 @@ def test_training_on_a_partly_labelled_raster(tmp_path: Path) -> None:
         TrainConfig(max_steps=2, steps_per_epoch=2, batch_size=2, patch_px=64, seed=1),
     )
     assert np.isfinite(card.metrics["val_pixel_accuracy"])
+
+
+def test_an_image_exactly_one_patch_high_trains(tmp_path: Path) -> None:
+    """torchgeo's sampler used to drop an area exactly patch-sized (floating point)."""
+    city = tmp_path / "city.tif"
+    make_city(city, size_px=512, seed=4)
+    truth = city.with_name("city.truth.tif")
+    card = train_semantic(
+        city,
+        truth,
+        tmp_path / "m",
+        TrainConfig(max_steps=1, steps_per_epoch=1, batch_size=2, patch_px=256, val_fraction=0.5),
+    )
+    assert card.training is not None and card.training.steps == 1

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import shapely
     from torchgeo.datasets import IntersectionDataset, RasterDataset
     from torchgeo.datasets.utils import GeoSlice
-    from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
+    from torchgeo.samplers import GridGeoSampler, RandomGeoSampler, Units
 
 __all__ = [
     "Batch",
@@ -298,6 +298,18 @@ def intersection_datasets(pairs: Sequence[ScenePair]) -> list[IntersectionDatase
     return out
 
 
+def _crs_size(ds: IntersectionDataset, patch_px: int) -> tuple[float, float]:
+    """A ``patch_px`` patch in CRS units, a millionth of a pixel short.
+
+    torchgeo's samplers keep an area only when it is at least the patch size; an
+    image exactly ``patch_px`` high (a 256-row image, a 512-row one with half held
+    out) measures a hair less in floating point and would be dropped. Reads are
+    rounded to whole pixels, so the patches stay ``patch_px`` square.
+    """
+    res_x, res_y = ds.res
+    return (patch_px - 1e-6) * res_y, (patch_px - 1e-6) * res_x
+
+
 def make_loaders(
     train_sets: Sequence[IntersectionDataset],
     val_sets: Sequence[IntersectionDataset],
@@ -306,16 +318,18 @@ def make_loaders(
     cfg: TrainConfig,
 ) -> tuple[DataLoader[Batch], DataLoader[Batch]]:
     """Training loader (random patches, augmented) and validation loader (a patch grid)."""
-    from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
+    from torchgeo.samplers import GridGeoSampler, RandomGeoSampler, Units
 
     per_scene = max(1, math.ceil(cfg.steps_per_epoch * cfg.batch_size / len(areas.train)))
     gen = torch.Generator().manual_seed(cfg.seed)
     train_samplers = [
-        RandomGeoSampler(ds, size=cfg.patch_px, length=per_scene, roi=roi, generator=gen)
+        RandomGeoSampler(ds, size=_crs_size(ds, cfg.patch_px), length=per_scene, roi=roi,
+                         generator=gen, units=Units.CRS)
         for ds, roi in zip(train_sets, areas.train_rois, strict=True)
     ]
     val_samplers = [
-        GridGeoSampler(ds, size=cfg.patch_px, stride=cfg.patch_px, roi=roi)
+        GridGeoSampler(ds, size=_crs_size(ds, cfg.patch_px), stride=_crs_size(ds, cfg.patch_px),
+                       roi=roi, units=Units.CRS)
         for ds, roi in zip(val_sets, areas.val_rois, strict=True)
     ]
     train_loader = DataLoader(
