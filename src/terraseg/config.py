@@ -116,6 +116,16 @@ class InferenceConfig(_Model):
         description="Model execution: torch, or onnxruntime (CPU only, exported once per "
         "worker, kept only if it matches torch; pip install 'terraseg[onnx]').",
     )
+    tta: Literal["none", "d4"] = Field(
+        default="none",
+        description="Test-time augmentation: 'd4' averages the eight flips and rotations of "
+        "each tile before blending (8x the model's work).",
+    )
+    resample: bool = Field(
+        default=True,
+        description="Read a scene whose GSD is outside the model card's tolerance at the "
+        "model's GSD (outputs stay on the scene's grid); false refuses such a scene.",
+    )
 
 
 class OutputsConfig(_Model):
@@ -242,6 +252,12 @@ class TrainConfig(_Model):
     class_weights: list[float] | None = Field(
         default=None, description="Per-class loss weights for 'ce', one per class."
     )
+    augment: str | list[str] = Field(
+        default="basic",
+        description="Training augmentation: 'basic' (D4 flips/rotations and a ±10 % gain), "
+        "'full' (also contrast, hue, scale ±25 %, blur, noise: for real imagery), 'none', or a "
+        "list of names from d4, brightness, contrast, hue, scale, blur, noise.",
+    )
     init_from: str | None = Field(
         default=None,
         description="Start from this model's weights (a bundled name such as 'demo-instance', or "
@@ -259,7 +275,11 @@ class TrainConfig(_Model):
     gsd_tolerance: float = Field(
         default=0.25, description="Relative GSD mismatch the card tolerates without a warning."
     )
-    accelerator: str = Field(default="cpu", description="Lightning accelerator: cpu, gpu, ...")
+    accelerator: str = Field(
+        default="auto",
+        description="Lightning accelerator: 'auto' (the GPU when torch sees one, else the CPU), "
+        "'cpu', 'gpu'.",
+    )
     num_workers: int = Field(default=0, description="DataLoader worker processes.")
     progress: bool = Field(default=False, description="Show Lightning's progress bar.")
     command: str | None = Field(

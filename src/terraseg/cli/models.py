@@ -153,6 +153,13 @@ def train_command(
             "bands and classes.",
         ),
     ] = None,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="basic (D4 flips/rotations, ±10 % gain), full (also contrast, hue, scale "
+            "±25 %, blur, noise: for real imagery), none, or names, comma-separated.",
+        ),
+    ] = "basic",
     bands: Annotated[str, typer.Option(help="1-based image bands, comma-separated.")] = "1,2,3",
     scale: Annotated[float, typer.Option(help="Divisor that scales pixel values.")] = 255.0,
     epochs: Annotated[int | None, typer.Option(help="Epochs of --steps-per-epoch steps.")] = None,
@@ -165,6 +172,9 @@ def train_command(
     name: Annotated[str | None, typer.Option(help="Model name (default: OUT's name).")] = None,
     description: Annotated[str, typer.Option(help="One line for the card.")] = "",
     fp16: Annotated[bool, typer.Option("--fp16", help="Store the weights as float16.")] = False,
+    accelerator: Annotated[
+        str, typer.Option(help="auto (the GPU when there is one, else the CPU), cpu or gpu.")
+    ] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
@@ -182,7 +192,8 @@ def train_command(
         "batch_size": batch_size, "patch_px": patch_px, "lr": lr, "seed": seed, "name": name,
         "description": description, "dtype": "float16" if fp16 else "float32", "progress": progress,
         "command": "terraseg " + shlex.join(sys.argv[1:]), "task": task, "edge_px": edge_px,
-        "loss": loss, "init_from": init_from,
+        "loss": loss, "init_from": init_from, "augment": augment,
+        "accelerator": accelerator,
         "class_weights": _parse_floats(class_weights, "--class-weights"),
     })
     card = train_semantic(

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from terraseg.config import TrainConfig
 from terraseg.errors import BandError, ConfigError
 from terraseg.io.scene import Scene, open_scene
+from terraseg.models.augment import augment_names, augment_sample
 from terraseg.models.labels import (
     RASTER_SUFFIXES,
     PathLike,
@@ -218,7 +219,9 @@ class SceneDataset(torch.utils.data.Dataset[Batch]):
 
     Scenes are kept apart (not merged into one index) because independent
     scenes, synthetic ones in particular, may share coordinates. Samples are
-    band-selected, scaled and (for training) flipped/rotated.
+    band-selected, scaled and (for training) augmented by the named
+    :data:`~terraseg.models.augment.AUGMENTATIONS`, from a generator seeded by
+    ``seed`` (and the DataLoader worker's id, so workers differ).
     """
 
     def __init__(
@@ -226,14 +229,16 @@ class SceneDataset(torch.utils.data.Dataset[Batch]):
         datasets: Sequence[IntersectionDataset],
         input_spec: InputSpec,
         *,
-        augment: bool,
+        augment: Sequence[str] = (),
         seed: int,
     ) -> None:
         self.datasets = list(datasets)
         self.band_index = [b - 1 for b in input_spec.bands]
         self.input_spec = input_spec
-        self.augment = augment
+        self.augment = tuple(augment)
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+        self._worker: int | None = None
 
     def __len__(self) -> int:  # only reached through the samplers
         return 0
@@ -250,13 +255,14 @@ class SceneDataset(torch.utils.data.Dataset[Batch]):
         else:
             x = x / float(spec.scale)
         y = sample["mask"].long()
+        if y.ndim == 3:
+            y = y[0]
         if self.augment:
-            k = int(self.rng.integers(4))
-            x, y = torch.rot90(x, k, (1, 2)), torch.rot90(y, k, (0, 1))
-            if self.rng.random() < 0.5:
-                x, y = torch.flip(x, (2,)), torch.flip(y, (1,))
-            gain = float(self.rng.uniform(0.9, 1.1))
-            x = x * gain
+            info = torch.utils.data.get_worker_info()
+            if info is not None and self._worker != info.id:  # each worker its own stream
+                self._worker = info.id
+                self.rng = np.random.default_rng([self.seed, info.id])
+            x, y = augment_sample(x, y, self.augment, self.rng)
         return {"image": x.contiguous(), "mask": y.contiguous()}
 
 
@@ -333,7 +339,7 @@ def make_loaders(
         for ds, roi in zip(val_sets, areas.val_rois, strict=True)
     ]
     train_loader = DataLoader(
-        SceneDataset(train_sets, input_spec, augment=True, seed=cfg.seed),
+        SceneDataset(train_sets, input_spec, augment=augment_names(cfg.augment), seed=cfg.seed),
         batch_size=cfg.batch_size,
         sampler=ChainSampler(train_samplers, shuffle=True, seed=cfg.seed),
         num_workers=cfg.num_workers,
@@ -341,7 +347,7 @@ def make_loaders(
         drop_last=True,
     )
     val_loader = DataLoader(
-        SceneDataset(val_sets, input_spec, augment=False, seed=cfg.seed),
+        SceneDataset(val_sets, input_spec, seed=cfg.seed),
         batch_size=cfg.batch_size,
         sampler=ChainSampler(val_samplers, shuffle=False, seed=cfg.seed),
         num_workers=cfg.num_workers,

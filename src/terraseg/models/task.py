@@ -41,6 +41,7 @@ __all__ = [
     "hardware",
     "iou_metrics",
     "quiet",
+    "resolve_accelerator",
     "versions",
 ]
 
@@ -157,9 +158,10 @@ def fit_network(
     # --progress: Lightning's bar on a terminal, plain lines in a log (its bar would not show)
     bar = cfg.progress and sys.stderr.isatty()
     callbacks = [_plain_progress(total_steps)] if cfg.progress and not bar else []
+    accelerator = resolve_accelerator(cfg.accelerator)
     with quiet():
         trainer = pl.Trainer(
-            accelerator=cfg.accelerator,
+            accelerator=accelerator,
             devices=1,
             max_epochs=n_epochs,
             max_steps=total_steps,
@@ -170,7 +172,8 @@ def fit_network(
             enable_model_summary=False,
             num_sanity_val_steps=0,
             limit_val_batches=0,
-            deterministic=True,
+            # CUDA has no deterministic bilinear-upsampling backward: warn there, not fail
+            deterministic=True if accelerator == "cpu" else "warn",
             default_root_dir=str(workdir),
         )
         trainer.fit(task, train_dataloaders=train_loader)  # validated afterwards, once
@@ -253,8 +256,16 @@ def quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def resolve_accelerator(accelerator: str) -> str:
+    """``"auto"``: ``"gpu"`` when torch sees a CUDA device, else ``"cpu"``; others unchanged."""
+    if accelerator == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return accelerator
+
+
 def hardware(accelerator: str) -> str:
     """One line about the machine that trained (CPU threads or the CUDA device)."""
+    accelerator = resolve_accelerator(accelerator)
     if accelerator == "cpu" or not torch.cuda.is_available():
         return f"cpu x{torch.get_num_threads()} threads ({platform.machine()})"
     return f"{accelerator}: {torch.cuda.get_device_name(0)}"

@@ -12,9 +12,9 @@ card go to ``<out>.safetensors`` and ``<out>.card.yaml`` atomically, with
 per-class IoU on the held-out area in the card's ``metrics``.
 
 The settings are one :class:`~terraseg.config.TrainConfig`, shared with a
-workflow's ``train:`` section. Everything runs on the CPU unless
-``accelerator`` says otherwise; nothing is downloaded (encoders are built with
-random weights).
+workflow's ``train:`` section. ``accelerator="auto"`` (the default) trains
+on the GPU when torch sees one, else on the CPU; nothing is downloaded
+(encoders are built with random weights).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from terraseg.config import TrainConfig
 from terraseg.errors import ConfigError, OutputExistsError
+from terraseg.models.augment import augment_names
 from terraseg.models.card import (
     CARD_SUFFIX,
     Architecture,
@@ -250,6 +251,10 @@ def _setup(cfg: TrainConfig, *, stem: str) -> _Setup:
             f"class_weights has {len(cfg.class_weights)} values for {len(classes)} classes "
             f"({', '.join(c.name for c in classes)}); give one weight per class"
         )
+    try:
+        augment_names(cfg.augment)
+    except ValueError as exc:
+        raise ConfigError(f"augment: {exc}") from None
     layers = dict(cfg.layers or DEFAULT_LAYERS)
     if any(v >= len(classes) or v < 0 for v in layers.values()):
         raise ConfigError(f"layer classes {layers} must be class ids 0..{len(classes) - 1}")
