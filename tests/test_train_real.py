@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
+import shapely
 import torch
 
+from terraseg.config import TrainConfig
 from terraseg.errors import ConfigError
 from terraseg.models.augment import AUGMENTATIONS, PRESETS, augment_names, augment_sample
+from terraseg.models.datasets import training_areas
+from terraseg.models.extent import mask_outside_extent
+from terraseg.models.labels import DEFAULT_LAYERS, rasterize_labels
 from terraseg.models.spec import IGNORE_LABEL
 from terraseg.models.train import train_semantic
 from terraseg.synthetic import make_city
@@ -123,3 +131,87 @@ def test_training_with_full_augmentation_and_a_bad_name(city: Path, tmp_path: Pa
         train_semantic(
             city, city.with_name("city.truth.gpkg"), tmp_path / "x", augment="d4,flop", **TINY
         )
+
+
+# --------------------------------------------------------------------------- label extent
+
+
+def _west_half_extent(city: Path, path: Path) -> Path:
+    """The western half of the city as a GeoJSON polygon in EPSG:4326 (reprojected on use)."""
+    with rasterio.open(city) as src:
+        left, bottom, right, top = src.bounds
+        crs = src.crs
+    box = shapely.box(left, bottom, (left + right) / 2, top)
+    gpd.GeoDataFrame(geometry=[box], crs=crs).to_crs("EPSG:4326").to_file(path)
+    return path
+
+
+def test_label_extent_masks_labels_outside_it(city: Path, tmp_path: Path) -> None:
+    extent = _west_half_extent(city, tmp_path / "extent.geojson")
+    out, _ = mask_outside_extent(city.with_name("city.truth.tif"), extent, tmp_path / "m.tif")
+    with rasterio.open(out) as a, rasterio.open(city.with_name("city.truth.tif")) as b:
+        masked, truth = a.read(1), b.read(1)
+        assert a.transform == b.transform
+    # reprojection through EPSG:4326 moves the edge by a fraction of a pixel at most
+    assert (masked[:, 130:] == IGNORE_LABEL).all()
+    np.testing.assert_array_equal(masked[:, :126], truth[:, :126])
+    assert (masked[:, :126] != IGNORE_LABEL).all()
+
+
+def test_training_with_a_label_extent(city: Path, tmp_path: Path) -> None:
+    extent = _west_half_extent(city, tmp_path / "extent.geojson")
+    cfg = TrainConfig(label_extent=str(extent), val_fraction=0.25, **TINY)
+    areas = training_areas(
+        city,
+        city.with_name("city.truth.gpkg"),
+        None,
+        None,
+        layers=DEFAULT_LAYERS,
+        cfg=cfg,
+        n_classes=3,
+        workdir=tmp_path,
+    )
+    with rasterio.open(city) as src:
+        left, _, right, _ = src.bounds
+    roi, val = areas.train_rois[0], areas.val_rois[0]
+    assert roi is not None
+    assert roi.bounds[2] <= (left + right) / 2 + 1 and val.bounds[2] <= (left + right) / 2 + 1
+    with rasterio.open(areas.train[0].labels) as src:
+        assert (src.read(1)[:, 130:] == IGNORE_LABEL).all()
+    card = train_semantic(city, city.with_name("city.truth.gpkg"), tmp_path / "m", cfg)
+    assert np.isfinite(card.metrics["val_miou"])
+
+
+def test_label_extent_errors(city: Path, tmp_path: Path) -> None:
+    gpkg = city.with_name("city.truth.gpkg")
+    with pytest.raises(ConfigError, match=r"label extent '.*nope.geojson' does not exist"):
+        train_semantic(city, gpkg, tmp_path / "m", label_extent="nope.geojson", **TINY)
+    far = tmp_path / "far.geojson"
+    gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)], crs="EPSG:4326").to_file(far)
+    with pytest.raises(ConfigError, match=r"label extent '.*far.geojson' does not overlap"):
+        train_semantic(city, gpkg, tmp_path / "m", label_extent=str(far), **TINY)
+    with pytest.raises(ConfigError, match="label_extent lists 2 files for 1 training image"):
+        train_semantic(city, gpkg, tmp_path / "m", label_extent=[str(far)] * 2, **TINY)
+
+
+def _real_root() -> Path:
+    env = os.environ.get("TERRASEG_REAL_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/real"
+
+
+def test_banepa_north_labels_are_masked_outside_the_label_extent(tmp_path: Path) -> None:
+    folder = _real_root() / "banepa_north_oam_z19_buildings"
+    if not (folder / "banepa_north_oam_z19.tif").exists():
+        pytest.skip(f"real data not found in {folder} (set TERRASEG_REAL_DATA)")
+    image = folder / "banepa_north_oam_z19.tif"
+    labels = rasterize_labels(
+        folder / "labels_osm.geojson", image, tmp_path / "l.tif", layers={"buildings": 1}
+    )
+    out, _ = mask_outside_extent(labels, folder / "label_extent_bbox.geojson", tmp_path / "m.tif")
+    with rasterio.open(labels) as a, rasterio.open(out) as b:
+        before, after = a.read(1), b.read(1)
+    ignored = after == IGNORE_LABEL
+    # the extent is the labels' bounding box: every building pixel stays, a margin is ignored
+    assert (after[before == 1] == 1).mean() > 0.99
+    assert 0.05 < ignored.mean() < 0.6
+    assert ignored[:, 0].all() and ignored[0, :].all()  # west strip and north edge unlabelled

@@ -258,6 +258,12 @@ class TrainConfig(_Model):
         "'full' (also contrast, hue, scale ±25 %, blur, noise: for real imagery), 'none', or a "
         "list of names from d4, brightness, contrast, hue, scale, blur, noise.",
     )
+    label_extent: str | list[str] | None = Field(
+        default=None,
+        description="Vector file(s) of the area that is labelled, any CRS: one for all training "
+        "images or one per image. Label pixels outside are unlabelled (255) and count in no loss "
+        "or metric; patches and the held-out strip are drawn within the extent's bounding box.",
+    )
     init_from: str | None = Field(
         default=None,
         description="Start from this model's weights (a bundled name such as 'demo-instance', or "

@@ -153,6 +153,14 @@ def train_command(
             "bands and classes.",
         ),
     ] = None,
+    label_extent: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label-extent",
+            help="Vector file of the labelled area (any CRS): labels outside count in no loss. "
+            "Once for all images or once per image (IMAGE, then each --extra, in order).",
+        ),
+    ] = None,
     augment: Annotated[
         str,
         typer.Option(
@@ -193,7 +201,7 @@ def train_command(
         "description": description, "dtype": "float16" if fp16 else "float32", "progress": progress,
         "command": "terraseg " + shlex.join(sys.argv[1:]), "task": task, "edge_px": edge_px,
         "loss": loss, "init_from": init_from, "augment": augment,
-        "accelerator": accelerator,
+        "accelerator": accelerator, "label_extent": label_extent or None,
         "class_weights": _parse_floats(class_weights, "--class-weights"),
     })
     card = train_semantic(

@@ -297,6 +297,9 @@ def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:
     card = train_semantic(images, labels, out, cfg, name=cfg.name or out.name, **kw)
     weights = out.with_suffix(".safetensors") if out.suffix != ".safetensors" else out
     return SceneSummary(scene=str(cfg.image), out_dir=str(out.parent),
+    if cfg.label_extent is not None:  # relative to the workflow file, like image and labels
+        extents = [cfg.label_extent] if isinstance(cfg.label_extent, str) else cfg.label_extent
+        kw["label_extent"] = [wf.resolve(e) for e in extents]
                         outputs={"weights": str(weights)}, stats=dict(card.metrics))
 
 

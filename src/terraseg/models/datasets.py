@@ -138,13 +138,17 @@ def training_areas(
     """Training pairs and held-out areas: separate validation scenes, or southern strips.
 
     Vector labels are rasterized into ``workdir``; without validation scenes
-    the southern ``cfg.val_fraction`` of each training image is held out.
+    the southern ``cfg.val_fraction`` of each training image is held out. With
+    ``cfg.label_extent``, training labels outside the extent are
+    ``IGNORE_LABEL``, and patches (and the held-out strip) are drawn within the
+    extent's bounding box.
     """
     edge_px = cfg.edge_px if cfg.task == "boundary" else None
     pairs = prepare_pairs(
         as_paths(images), as_paths(labels), layers, cfg.bands, workdir, "train", n_classes,
         edge_px,
     )
+    pairs, areas = _with_extents(pairs, cfg.label_extent, workdir)
     if val_images is not None:
         if val_labels is None:
             raise ConfigError("val_image needs val_labels (one label file per image)")
@@ -152,11 +156,72 @@ def training_areas(
             as_paths(val_images), as_paths(val_labels), layers, cfg.bands, workdir, "val",
             n_classes, edge_px,
         )
-        train_rois: list[shapely.Polygon | None] = [None] * len(pairs)
+        train_rois: list[shapely.Polygon | None] = [
+            None if area is None else _labelled_box(p.image, area, cfg.patch_px)
+            for p, area in zip(pairs, areas, strict=True)
+        ]
         val_rois = [_whole_box(p.image, cfg.patch_px) for p in val_pairs]
         return TrainingAreas(pairs, val_pairs, train_rois, val_rois)
-    split = [_boxes(p.image, cfg.val_fraction, cfg.patch_px) for p in pairs]
+    split = [
+        _boxes(
+            p.image, cfg.val_fraction, cfg.patch_px,
+            within=None if area is None else _labelled_box(p.image, area, cfg.patch_px),
+        )
+        for p, area in zip(pairs, areas, strict=True)
+    ]
     return TrainingAreas(pairs, pairs, [s[0] for s in split], [s[1] for s in split])
+
+
+def _with_extents(
+    pairs: list[ScenePair], label_extent: str | Sequence[str] | None, workdir: Path
+) -> tuple[list[ScenePair], list[shapely.Geometry | None]]:
+    """Pairs whose labels are ``IGNORE_LABEL`` outside their label extent, and the extents."""
+    from terraseg.models.extent import extent_paths, mask_outside_extent
+
+    out: list[ScenePair] = []
+    areas: list[shapely.Geometry | None] = []
+    for k, (pair, extent) in enumerate(
+        zip(pairs, extent_paths(label_extent, len(pairs)), strict=True)
+    ):
+        if extent is None:
+            out.append(pair)
+            areas.append(None)
+            continue
+        masked, area = mask_outside_extent(
+            pair.labels, extent, workdir / f"train{k}.extent.labels.tif"
+        )
+        out.append(ScenePair(pair.image, masked))
+        areas.append(_to_crs(area, open_scene(masked).crs, pair.image.crs))
+    return out, areas
+
+
+def _to_crs(geom: shapely.Geometry, src: object, dst: object) -> shapely.Geometry:
+    import geopandas as gpd
+
+    if src == dst:
+        return geom
+    return gpd.GeoSeries([geom], crs=src).to_crs(dst).iloc[0]
+
+
+def _labelled_box(scene: Scene, area: shapely.Geometry, patch_px: int) -> shapely.Polygon:
+    """The bounding box of a label extent within a scene, on its pixel grid (whole pixels)."""
+    import shapely
+
+    left, bottom, right, top = scene.bounds
+    res_x, res_y = scene.res
+    a_left, a_bottom, a_right, a_top = area.bounds
+    c0 = max(0, math.floor((a_left - left) / res_x))
+    c1 = min(scene.shape[1], math.ceil((a_right - left) / res_x))
+    r0 = max(0, math.floor((top - a_top) / res_y))
+    r1 = min(scene.shape[0], math.ceil((top - a_bottom) / res_y))
+    if r1 - r0 < patch_px or c1 - c0 < patch_px:
+        raise ConfigError(
+            f"the label extent of image '{scene.path}' covers {max(r1 - r0, 0)}x"
+            f"{max(c1 - c0, 0)} px of it, less than one {patch_px}-px patch; check the extent "
+            "file or use a smaller --patch-px",
+            path=scene.path,
+        )
+    return shapely.box(left + c0 * res_x, top - r1 * res_y, left + c1 * res_x, top - r0 * res_y)
 
 
 def _raster_classes() -> tuple[type[RasterDataset], type[RasterDataset]]:
@@ -174,19 +239,23 @@ def _raster_classes() -> tuple[type[RasterDataset], type[RasterDataset]]:
 
 
 def _boxes(
-    scene: Scene, val_fraction: float, patch_px: int
+    scene: Scene, val_fraction: float, patch_px: int, *, within: shapely.Polygon | None = None
 ) -> tuple[shapely.Polygon, shapely.Polygon]:
-    """Training area (north) and held-out validation area (south, whole patches) of a scene."""
+    """Training area (north) and held-out validation area (south, whole patches) of a scene.
+
+    ``within``: a box on the scene's pixel grid (the labelled part) to split instead.
+    """
     import shapely
 
-    rows, cols = scene.shape
     res_x, res_y = scene.res
-    left, bottom, right, top = scene.bounds
+    left, bottom, right, top = scene.bounds if within is None else within.bounds
+    rows, cols = round((top - bottom) / res_y), round((right - left) / res_x)
     val_rows = max(patch_px, int(round(rows * val_fraction / patch_px)) * patch_px)
     val_cols = (cols // patch_px) * patch_px
     if rows - val_rows < patch_px or val_cols < patch_px:
         raise ConfigError(
-            f"image '{scene.path}' ({rows}x{cols} px) is too small to hold out "
+            f"image '{scene.path}' ({rows}x{cols} px{' labelled' if within else ''}) is too "
+            f"small to hold out "
             f"{val_rows} rows for validation and train on {patch_px}-px patches; use a larger "
             "image, a smaller --patch-px, or separate validation scenes",
             path=scene.path,
