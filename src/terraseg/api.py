@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-from terraseg.engine.inference import AmpMode, Backend, TilePredictor
+from terraseg.engine.adapt import adapt_scene, model_gsd
+from terraseg.engine.inference import TTA, AmpMode, Backend, TilePredictor, check_tta
 from terraseg.engine.pipeline import PredictResult, Ramp, plan_scene, predict_scene
 from terraseg.io.inputs import SceneInput, open_input, scene_input
 from terraseg.io.remote import is_remote
@@ -119,6 +120,8 @@ def predict_to_dir(
     show_progress: bool | None = None,
     backend: str = "torch",
     asset: str = DEFAULT_ASSET,
+    resample: bool = True,
+    tta: str = "none",
 ) -> PredictResult:
     """Open a scene, build the model and predictor, and run :func:`predict_scene`.
 
@@ -126,6 +129,12 @@ def predict_to_dir(
     requests), a STAC item JSON (``asset`` picks its raster by key or role), or
     a :class:`~terraseg.io.inputs.SceneInput` from :func:`scene_input`. A STAC
     item's id and asset are recorded in ``run.json``.
+
+    The scene is adapted to the model's card (:func:`terraseg.engine.adapt.adapt_scene`):
+    resampled to its GSD when outside the tolerance (``resample=False`` refuses
+    instead), one band repeated to RGB, 16-bit values stretched for an 8-bit
+    model; outputs stay on the scene's grid. ``tta="d4"`` averages the eight
+    flips and rotations of every tile.
 
     Everything is validated (scene, CRS, sizes, device, model, outputs) before
     the model sees a pixel.
@@ -139,26 +148,28 @@ def predict_to_dir(
     if backend not in ("torch", "onnxruntime"):
         raise ConfigError(f"unknown backend '{backend}'; use torch or onnxruntime",
                           backend=backend)
+    check_tta(tta)
     inp = scene if isinstance(scene, SceneInput) else scene_input(scene, asset=asset)
     sc = open_input(inp, assume_crs=assume_crs)
-    grid = plan_scene(sc, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
-    warn_if_huge(sc, len(grid))
     net, spec = resolve_models(model, None)
+    view, spec = adapt_scene(sc, spec, gsd=model_gsd(model), resample=resample)
+    grid = plan_scene(view, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
+    warn_if_huge(sc, len(grid))
     predictor = TilePredictor(
         net, device=device, batch_size=batch_size, amp=cast(AmpMode, amp),
-        activation=spec.activation, backend=cast(Backend, backend),
+        activation=spec.activation, backend=cast(Backend, backend), tta=cast(TTA, tta),
     )
     config = {
         "scene": _scene_label(inp), **inp.run_info(), "crs_assumed": sc.crs_assumed,
         "model": model, "tile_px": tile_px, "overlap_px": overlap_px,
         "chunk_px": chunk_px, "batch_size": batch_size, "device": device, "amp": amp,
-        "backend": backend,
+        "backend": backend, "resample": resample, "tta": tta,
         "ramp": ramp, "write_probabilities": write_probabilities, "assume_crs": assume_crs,
     }
     show = sys.stderr.isatty() if show_progress is None else show_progress
     with progress_callback("predict", unit="chunk", enabled=show) as cb:
         return predict_scene(
-            sc, predictor, spec, out, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px,
+            view, predictor, spec, out, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px,
             ramp=cast(Ramp, ramp), write_probabilities=write_probabilities, overwrite=overwrite,
             progress=cb, config=config,
         )
@@ -205,7 +216,7 @@ def _is_dask(da: xr.DataArray) -> bool:
 
 def _predict_lazy(
     da: xr.DataArray, window: WindowLike, *, model: str, tile_px: int, overlap_px: int,
-    chunk_px: int | None, device: str, batch_size: int, probabilities: bool,
+    chunk_px: int | None, device: str, batch_size: int, probabilities: bool, tta: str = "none",
 ) -> xr.DataArray:
     """:func:`predict` of a Dask-backed DataArray: the lazy result, or a lazy window of it."""
     from terraseg.engine.lazy import predict_dataarray
@@ -213,7 +224,7 @@ def _predict_lazy(
     lazy = predict_dataarray(
         da, model=model, tile_px=tile_px, overlap_px=overlap_px,
         chunk_px=2048 if chunk_px is None else chunk_px, device=device,
-        batch_size=batch_size, probabilities=probabilities,
+        batch_size=batch_size, probabilities=probabilities, tta=tta,
     )
     if window is None:
         return lazy
@@ -244,6 +255,8 @@ def predict(
     batch_size: int = 8,
     probabilities: bool = False,
     chunk_px: int | None = None,
+    resample: bool = True,
+    tta: str = "none",
 ) -> xr.DataArray:
     """Predict classes for a scene or a window of it, as an ``xarray.DataArray`` with CRS.
 
@@ -275,6 +288,13 @@ def predict(
     chunk_px
         Chunk size in pixels: the Dask chunks of a lazy result (default 2048);
         for the other inputs, default: the window's size, at most 2048.
+    resample
+        A scene whose GSD is outside the model card's tolerance is predicted
+        at the model's GSD and the result brought back to the scene's grid
+        (nearest); ``False`` refuses it. (A Dask-backed DataArray is never
+        resampled: its GSD must fit.)
+    tta
+        ``"d4"``: average the eight flips and rotations of each tile.
 
     Returns
     -------
@@ -293,38 +313,69 @@ def predict(
     from terraseg.core.stitch import labels_from_acc, normalize
     from terraseg.engine.pipeline import check_bands, iter_predictions
 
+    check_tta(tta)
     if isinstance(scene, xr.DataArray) and _is_dask(scene):
         return _predict_lazy(scene, window, model=model, tile_px=tile_px,
                              overlap_px=overlap_px, chunk_px=chunk_px, device=device,
-                             batch_size=batch_size, probabilities=probabilities)
+                             batch_size=batch_size, probabilities=probabilities, tta=tta)
     with tempfile.TemporaryDirectory(prefix="terraseg-") as tmp:
         sc = _as_scene(scene, Path(tmp))
         win = _window_of(window, sc.shape)
         net, spec = resolve_models(model, None)
-        check_bands(sc, spec)
+        view, spec = adapt_scene(sc, spec, gsd=model_gsd(model), resample=resample)
+        check_bands(view, spec)
         predictor = TilePredictor(net, device=device, batch_size=batch_size,
-                                  activation=spec.activation)
+                                  activation=spec.activation, tta=cast(TTA, tta))
+        # the model-grid window whose results cover `win` (the same window without resampling)
+        model_win = view.gridmap.cover(win) if view.gridmap is not None else win
         if chunk_px is None:
-            chunk_px = max(tile_px, min(2048, max(win.height, win.width)))
-        grid = ChunkGrid.from_shape(sc.shape, tile_px=tile_px, overlap_px=overlap_px,
+            chunk_px = max(tile_px, min(2048, max(model_win.height, model_win.width)))
+        grid = ChunkGrid.from_shape(view.shape, tile_px=tile_px, overlap_px=overlap_px,
                                     chunk_px=chunk_px)
-        chunks = [c for c in grid if not c.core.intersection(win).is_empty]
+        chunks = [c for c in grid if not c.core.intersection(model_win).is_empty]
         k = spec.n_classes
         out = (np.zeros((k, win.height, win.width), np.float32) if probabilities
                else np.full((win.height, win.width), 255, np.uint8))
-        for region, acc, valid in iter_predictions(sc, grid, predictor, spec, chunks=chunks):
-            inter = region.intersection(win)
-            if inter.is_empty or acc is None:
+        for region, acc, valid in iter_predictions(view, grid, predictor, spec, chunks=chunks):
+            if acc is None:
                 continue
-            src = inter.relative_to(region).to_slices()
-            dst = inter.relative_to(win).to_slices()
             if probabilities:
-                p, ok = normalize(acc[(slice(None), *src)])
-                out[(slice(None), *dst)] = np.where(valid[src] & ok, p, np.nan)
+                p, ok = normalize(acc)
+                result = np.where(valid & ok, p, np.nan)
             else:
-                labels, _ = labels_from_acc(acc[(slice(None), *src)], valid[src])
-                out[dst] = labels
+                result = labels_from_acc(acc, valid)[0][None]
+            _paste(out, win, region, result, view)
         return _result_dataarray(out, sc, win, spec)
+
+
+def _paste(out: Any, win: PixelWindow, region: PixelWindow, result: Any, view: Any) -> None:
+    """Put ``result`` ``(band, y, x)`` over ``region`` (model grid) into ``out`` over ``win``.
+
+    ``out`` is ``(y, x)`` labels or ``(class, y, x)`` probabilities on the scene's
+    grid; a resampled view's regions come back by nearest neighbour, with
+    nodata where the scene itself is invalid at its own resolution.
+    """
+    import numpy as np
+
+    rows = cols = None
+    if view.gridmap is not None:
+        region, rows, cols = view.gridmap.to_scene(region)
+    inter = region.intersection(win)
+    if inter.is_empty:
+        return
+    src_r, src_c = inter.relative_to(region).to_slices()
+    dst = inter.relative_to(win).to_slices()
+    if rows is not None and cols is not None:
+        part = result[:, rows[src_r][:, None], cols[src_c][None, :]].astype(out.dtype)
+        valid = view.source.read_window_with_mask(
+            inter, bands=sorted(set(view.input.bands)), pad="nodata")[1]
+        part[:, ~valid] = 255 if out.ndim == 2 else np.nan
+    else:
+        part = result[:, src_r, src_c]
+    if out.ndim == 2:
+        out[dst] = part[0]
+    else:
+        out[(slice(None), *dst)] = part
 
 
 def _result_dataarray(out: Any, sc: Scene, win: PixelWindow, spec: Any) -> xr.DataArray:

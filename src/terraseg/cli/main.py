@@ -137,6 +137,12 @@ def predict(
     asset: Annotated[
         str, typer.Option("--asset", help="STAC item: the asset key or role to read.")
     ] = "visual",
+    resample: Annotated[
+        bool, typer.Option("--resample/--no-resample", help="Read a scene whose GSD is outside the model card's tolerance at the model's GSD (outputs stay on the scene's grid); --no-resample refuses it instead.")
+    ] = True,
+    tta: Annotated[
+        str, typer.Option("--tta", help="Test-time augmentation: none, or d4 (average the eight flips and rotations of each tile; 8x the model's work).")
+    ] = "none",
 ) -> None:
     """Predict class masks for a scene chunk by chunk into a COG, then vectorize them."""
     from terraseg.io.inputs import scene_input
@@ -161,6 +167,8 @@ def predict(
         assume_crs=assume_crs,
         overwrite=overwrite,
         show_progress=bool(_state["progress"]),
+        resample=resample,
+        tta=tta,
     )
     st = result.stats
     typer.echo(

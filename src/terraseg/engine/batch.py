@@ -133,8 +133,8 @@ def run_workflow(
         A ``distributed.Client`` to use instead of the workflow's ``cluster``
         (e.g. the one a notebook already started).
     """
+    from terraseg.engine.adapt import adapt_scene, model_gsd
     from terraseg.engine.distributed import PredictorOptions, connect, get_worker_predictor
-    from terraseg.engine.pipeline import check_bands
 
     t0 = time.perf_counter()
     root = wf.output_dir(out)
@@ -156,11 +156,13 @@ def run_workflow(
     opts = PredictorOptions(
         model=wf.models.semantic, instance=wf.models.instance, device=wf.inference.device,
         batch_size=wf.inference.batch_size, amp=wf.inference.amp,
-        backend=wf.inference.backend,
+        backend=wf.inference.backend, tta=wf.inference.tta,
     )
-    local_predictor, spec = get_worker_predictor(opts)  # validates model, card and device
-    for sc in scenes:
-        check_bands(sc, spec)
+    local_predictor, card_spec = get_worker_predictor(opts)  # validates model, card and device
+    # each scene as the model sees it (GSD, bands, bit depth), all checked before any compute
+    gsd = model_gsd(wf.models.semantic, wf.models.instance)
+    adapted = [adapt_scene(sc, card_spec, gsd=gsd, resample=wf.inference.resample)
+               for sc in scenes]
     cluster = wf.cluster
     kwargs: dict[str, Any] = {
         "type": cluster.type, "address": cluster.address, "n_workers": cluster.n_workers,
@@ -174,7 +176,7 @@ def run_workflow(
     config = wf.model_dump(mode="json") | {"config_hash": wf.config_hash()}
     ctx = contextlib.nullcontext(client) if client is not None else connect(**kwargs)
     with ctx as client:
-        for inp, sc in zip(inputs, scenes, strict=True):
+        for inp, (sc, spec) in zip(inputs, adapted, strict=True):
             scene_dir = _scene_out(root, inp.name, taken)
             summaries.append(_run_scene(
                 wf, sc, inp, scene_dir, client=client, opts=opts, local_predictor=local_predictor,
@@ -233,7 +235,7 @@ def _run_scene(
         )
         summary.stats = {k: res.stats[k] for k in (
             "tiles_run", "chunks_computed", "chunks_resumed", "seconds",
-            "throughput_mpx_s", "chunks_skipped_nodata")}
+            "throughput_mpx_s", "chunks_skipped_nodata", "input") if k in res.stats}
     elif "predict" in stages:
         summary.stats = {"chunks_computed": 0, "chunks_resumed": "all"}
     if classes_path.exists():
@@ -261,6 +263,7 @@ def _manifest(
     return build_manifest(
         sc, spec, grid, model=run_model_fingerprint(opts.model, opts.instance),
         ramp=wf.tiling.ramp, pad=wf.tiling.pad, probabilities=wf.outputs.probabilities,
+        tta=wf.inference.tta,
     )
 
 
@@ -294,12 +297,12 @@ def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:
         if cfg.labels is None:
             raise ConfigError("train.labels is required unless train.image is 'synthetic'")
         images, labels = [Path(wf.resolve(cfg.image))], [Path(wf.resolve(cfg.labels))]
-    card = train_semantic(images, labels, out, cfg, name=cfg.name or out.name, **kw)
-    weights = out.with_suffix(".safetensors") if out.suffix != ".safetensors" else out
-    return SceneSummary(scene=str(cfg.image), out_dir=str(out.parent),
     if cfg.label_extent is not None:  # relative to the workflow file, like image and labels
         extents = [cfg.label_extent] if isinstance(cfg.label_extent, str) else cfg.label_extent
         kw["label_extent"] = [wf.resolve(e) for e in extents]
+    card = train_semantic(images, labels, out, cfg, name=cfg.name or out.name, **kw)
+    weights = out.with_suffix(".safetensors") if out.suffix != ".safetensors" else out
+    return SceneSummary(scene=str(cfg.image), out_dir=str(out.parent),
                         outputs={"weights": str(weights)}, stats=dict(card.metrics))
 
 

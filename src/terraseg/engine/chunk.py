@@ -27,6 +27,7 @@ from terraseg.core.stitch import (
     split_accumulator,
     tile_weights,
 )
+from terraseg.engine.adapt import AdaptedScene
 from terraseg.engine.inference import Normalize, TilePredictor
 from terraseg.errors import BandError
 from terraseg.io.chunkstore import ChunkOutput
@@ -92,12 +93,18 @@ class ChunkResult:
 
 
 def read_chunk(scene: Scene, chunk: Chunk, spec: ModelSpec, *, pad: str = "reflect") -> ChunkInput:
-    """Read ``chunk.read_window`` once (boundless, with mask), raw values."""
+    """Read ``chunk.read_window`` once (boundless, with mask), raw values.
+
+    An :class:`~terraseg.engine.adapt.AdaptedScene` is read on its model grid, and
+    with its own input (adapted bands, fitted normalisation) rather than ``spec``'s,
+    so a Dask worker that rebuilt the card's spec still reads what the client fitted.
+    """
     t0 = time.perf_counter()
+    inp = scene.input if isinstance(scene, AdaptedScene) else spec.input
     raw, valid, _ = scene.read_window_with_mask(
-        chunk.read_window, bands=list(spec.input.bands), pad=pad  # type: ignore[arg-type]
+        chunk.read_window, bands=list(inp.bands), pad=pad  # type: ignore[arg-type]
     )
-    normalize = spec.input.affine()  # refuses normalisations that need scene statistics
+    normalize = inp.affine()  # refuses normalisations that need scene statistics
     x = raw if valid.any() else np.empty((0, 0, 0), raw.dtype)
     seconds = {"read": time.perf_counter() - t0}
     return ChunkInput(chunk, x, valid, seconds, normalize)

@@ -43,10 +43,11 @@ class PredictorOptions:
     amp: str = "auto"
     backend: str = "torch"
     instance: str | None = None
+    tta: str = "none"
 
     def __dask_tokenize__(self) -> tuple[object, ...]:
         return ("PredictorOptions", self.model, self.device, self.batch_size, self.amp,
-                self.backend, self.instance)
+                self.backend, self.instance, self.tta)
 
 
 _PREDICTORS: dict[PredictorOptions, Any] = {}
@@ -69,6 +70,7 @@ def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
             predictor = TilePredictor(
                 net, device=opts.device, batch_size=opts.batch_size, amp=opts.amp,  # type: ignore[arg-type]
                 activation=spec.activation, backend=opts.backend,  # type: ignore[arg-type]
+                tta=opts.tta,  # type: ignore[arg-type]
             )
             _PREDICTORS[opts] = (predictor, spec)
         return _PREDICTORS[opts]  # type: ignore[no-any-return]

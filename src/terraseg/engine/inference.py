@@ -17,7 +17,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -26,9 +26,11 @@ from torch import nn
 from terraseg.errors import ConfigError
 
 __all__ = [
+    "TTA",
     "Activation",
     "AmpMode",
     "TilePredictor",
+    "check_tta",
     "resolve_amp",
     "select_device",
 ]
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
 Activation = Literal["softmax", "sigmoid", "identity"]
 Backend = Literal["torch", "onnxruntime"]
+TTA = Literal["none", "d4"]
+"""Test-time augmentation: ``"d4"`` averages a tile's scores over its eight flips and rotations."""
 #: Per-band ``(sub, div)``: the model input is ``(raw - sub) / div``.
 Normalize = tuple[np.ndarray, np.ndarray]
 _NormTensors = tuple[torch.Tensor | None, torch.Tensor]  # (sub or None when all 0, div)
@@ -89,6 +93,37 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
             f"unsupported device '{device}'; use auto, cpu or cuda[:N]", device=device
         )
     return dev
+
+
+def check_tta(tta: str) -> TTA:
+    """``tta`` checked: ``"none"`` or ``"d4"``; anything else raises a one-line ConfigError.
+
+    Examples
+    --------
+    >>> check_tta("d4")
+    'd4'
+    """
+    if tta not in ("none", "d4"):
+        raise ConfigError(f"unknown tta '{tta}'; use none or d4 (the eight flips and "
+                          "rotations of each tile)", tta=tta)
+    return cast(TTA, tta)
+
+
+def _d4(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Element ``(k, flip)`` of the dihedral group D4 on ``(B, C, H, W)``: flip x, then rotate."""
+    if flip:
+        x = x.flip(3)
+    return torch.rot90(x, k, dims=(2, 3)) if k else x
+
+
+def _d4_inverse(y: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Undo :func:`_d4` on the model's output (rotate back, then flip back)."""
+    if k:
+        y = torch.rot90(y, -k, dims=(2, 3))
+    return y.flip(3) if flip else y
+
+
+_D4 = tuple((k, flip) for flip in (False, True) for k in range(4))
 
 
 def resolve_amp(amp: AmpMode, device: torch.device) -> torch.dtype | None:
@@ -148,6 +183,10 @@ class TilePredictor:
         ONNX and run by ONNX Runtime, CPU only, kept only if its logits match
         torch's on the first batch (see :mod:`terraseg.engine.onnx`; 1.8× faster than
         channels-last torch for a resnet18 U-Net on this project's CPUs).
+    tta
+        ``"none"`` (default) or ``"d4"``: run each batch in its eight flips and
+        rotations, undo each on the scores (after the activation) and average
+        them, on the device, before the tiles are blended; 8× the model's work.
     """
 
     def __init__(
@@ -160,7 +199,9 @@ class TilePredictor:
         channels_last: bool | None = None,
         activation: Activation = "softmax",
         backend: Backend = "torch",
+        tta: TTA = "none",
     ) -> None:
+        self.tta: TTA = check_tta(tta)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}", batch_size=batch_size)
         self.device = select_device(device)
@@ -196,7 +237,8 @@ class TilePredictor:
         return (
             f"TilePredictor({type(self.model).__name__}, device={self.device}, "
             f"batch_size={self.batch_size}, amp={self.amp_dtype}, "
-            f"channels_last={self.channels_last}, backend={self.backend})"
+            f"channels_last={self.channels_last}, backend={self.backend}"
+            + (f", tta={self.tta})" if self.tta != "none" else ")")
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
@@ -309,7 +351,7 @@ class TilePredictor:
         with torch.inference_mode(), self._autocast():
             for start in range(0, tiles.shape[0], self.batch_size):
                 x = self._to_device(tiles[start : start + self.batch_size])
-                scores = self._activate(self._forward(x))
+                scores = self._scores(x)
                 yield start, scores.cpu().numpy()
 
     def predict_stream(
@@ -337,7 +379,7 @@ class TilePredictor:
         with torch.inference_mode(), self._autocast():
             for batch in batches:
                 x = self._to_device(batch, normalize, reuse=reuse_buffers)
-                scores = self._activate(self._forward(x), "scores" if reuse_buffers else None)
+                scores = self._scores(x, "scores" if reuse_buffers else None)
                 if self.device.type != "cuda":
                     yield scores.numpy()
                     continue
@@ -351,6 +393,23 @@ class TilePredictor:
             if pending is not None:
                 pending[1].synchronize()
                 yield pending[0].numpy()
+
+    def _scores(self, x: torch.Tensor, out: str | None = None) -> torch.Tensor:
+        """NCHW float32 scores of a device batch: activated, D4-averaged with ``tta="d4"``."""
+        if self.tta == "none":
+            return self._activate(self._forward(x), out)
+        acc: torch.Tensor | None = None
+        for k, flip in _D4:
+            xt = _d4(x, k, flip)
+            if self.channels_last:
+                xt = xt.contiguous(memory_format=torch.channels_last)
+            y = _d4_inverse(self._activate(self._forward(xt)), k, flip)
+            if acc is None:
+                acc = torch.empty(y.shape, dtype=torch.float32, device=y.device).copy_(y)
+            else:
+                acc.add_(y)
+        assert acc is not None  # _D4 has eight elements
+        return acc.div_(len(_D4))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._onnx(x) if self._onnx is not None else None

@@ -42,7 +42,7 @@ from terraseg.core.grid import Chunk, ChunkGrid, PixelWindow
 from terraseg.core.stitch import assemble, labels_from_acc, normalize
 from terraseg.engine.chunk import NODATA, ChunkInput, MemoryTrimmer, Ramp, predict_chunk
 from terraseg.engine.distributed import PredictorOptions, get_worker_predictor
-from terraseg.errors import BandError, CRSError, SceneReadError
+from terraseg.errors import BandError, ConfigError, CRSError, SceneReadError
 from terraseg.io.boundless import PadMode, fill_window, plan_read, values_valid
 from terraseg.io.raster_sink import bounded_gdal_cache
 
@@ -240,6 +240,29 @@ def _input_metadata(da: xr.DataArray) -> tuple[Any, Any, float | None]:
     return crs, transform, None if nodata is None else float(nodata)
 
 
+def _check_gsd(crs: Any, transform: Any, shape: tuple[int, int], model: str) -> None:
+    """Refuse a DataArray whose GSD is outside the model card's tolerance (one line)."""
+    import math
+
+    from terraseg.engine.adapt import model_gsd
+    from terraseg.io.georef import gsd_xy_m
+
+    gsd = model_gsd(model)
+    if gsd is None:
+        return
+    gx, gy = gsd_xy_m(crs, transform, shape)
+    scene_m = math.sqrt(gx * gy)
+    model_m, tol, name = gsd
+    if abs(scene_m / model_m - 1.0) > tol + 1e-9:
+        raise ConfigError(
+            f"the DataArray has a GSD of {scene_m:.3g} m but model '{name}' was trained at "
+            f"{model_m:g} m (±{tol:.0%}); a Dask-backed input is not resampled on the fly: "
+            "predict the file path instead (it is), or reproject the array first "
+            f"(da.rio.reproject(da.rio.crs, resolution=...) to {model_m:g} m)",
+            gsd_m=scene_m, model_gsd_m=model_m,
+        )
+
+
 def _graph(
     arr: Any,
     grid: ChunkGrid,
@@ -305,6 +328,7 @@ def predict_dataarray(
     probabilities: bool = False,
     pad: PadMode = "reflect",
     ramp: Ramp = "cosine",
+    tta: str = "none",
 ) -> xr.DataArray:
     """Predict a Dask-backed ``(band, y, x)`` DataArray lazily; see the module docstring.
 
@@ -321,6 +345,14 @@ def predict_dataarray(
     probabilities
         Per-class probabilities ``(class, y, x)`` float32 (NaN where invalid)
         instead of uint8 labels (255 = nodata).
+    tta
+        ``"d4"``: average the eight flips and rotations of each tile.
+
+    Raises
+    ------
+    ConfigError
+        The DataArray's GSD is outside the model card's tolerance: a lazy input
+        is not resampled on the fly (a file path is; or reproject the array).
 
     Returns
     -------
@@ -334,8 +366,9 @@ def predict_dataarray(
 
     da = da if da.ndim == 3 else da.expand_dims("band")
     crs, transform, nodata = _input_metadata(da)
-    opts = PredictorOptions(model=model, device=device, batch_size=batch_size)
+    opts = PredictorOptions(model=model, device=device, batch_size=batch_size, tta=tta)
     _, spec = get_worker_predictor(opts)  # validates the model before the graph exists
+    _check_gsd(crs, transform, (int(da.shape[1]), int(da.shape[2])), model)
     if max(spec.input.bands) > da.shape[0]:
         raise BandError(
             f"model '{spec.name}' reads bands {list(spec.input.bands)} but the DataArray has "

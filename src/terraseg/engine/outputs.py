@@ -15,7 +15,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -24,12 +24,14 @@ from terraseg.core.grid import ChunkGrid, PixelWindow
 from terraseg.core.stitch import (
     labels_from_acc,
 )
+from terraseg.engine.adapt import AdaptedScene, source_of
 from terraseg.engine.chunk import NODATA, STAGES
 from terraseg.errors import OutputExistsError
 from terraseg.io.atomic import atomic_output, check_writable_dir
 from terraseg.io.chunkstore import write_region
 from terraseg.io.raster_sink import RasterSink, bounded_gdal_cache
 from terraseg.io.scene import Scene
+from terraseg.io.warped import RegriddedSink, scene_validity
 from terraseg.models.spec import ModelSpec
 
 __all__ = [
@@ -146,8 +148,17 @@ def open_sinks(
     *,
     overwrite: bool,
 ) -> tuple[RasterSink, RasterSink | None]:
+    """Open the class (and probability) COG sinks on the scene's own grid.
+
+    For an :class:`~terraseg.engine.adapt.AdaptedScene` on a model grid, the
+    sinks are on its source's grid and take model-grid windows
+    (:class:`~terraseg.io.warped.RegriddedSink`), so every writer of a run
+    works unchanged and the outputs keep the scene's grid and footprint.
+    """
     # reads and writes of the whole run happen inside this stack: bound GDAL's cache
     stack.enter_context(bounded_gdal_cache())
+    view = scene
+    scene = source_of(scene)
     classes_sink = stack.enter_context(
         RasterSink(
             classes_path, like=scene, count=1, dtype="uint8", nodata=NODATA,
@@ -164,6 +175,12 @@ def open_sinks(
                 resampling="average",
             )
         )
+    if isinstance(view, AdaptedScene) and view.gridmap is not None:
+        # duck-typed: a RegriddedSink has the write/finish/count that every writer uses
+        valid = scene_validity(scene, sorted(set(view.input.bands)))
+        classes_sink = cast(RasterSink, RegriddedSink(classes_sink, view.gridmap, valid, NODATA))
+        if probs_sink is not None:
+            probs_sink = cast(RasterSink, RegriddedSink(probs_sink, view.gridmap, valid, NODATA))
     return classes_sink, probs_sink
 
 
@@ -179,6 +196,8 @@ def run_stats(
     config: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    adapted = scene.record if isinstance(scene, AdaptedScene) else None
+    scene = source_of(scene)
     mpx = scene.shape[0] * scene.shape[1] / 1e6
     return {
         "terraseg_version": __version__,
@@ -195,6 +214,7 @@ def run_stats(
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "device": device},
         "config": config or {},
+        **({"input": dict(adapted)} if adapted is not None else {}),
         **(extra or {}),
     }
 

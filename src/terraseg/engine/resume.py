@@ -50,6 +50,7 @@ def build_manifest(
     ramp: str = "cosine",
     pad: str = "reflect",
     probabilities: bool = False,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """What makes this scene's chunks, as a JSON-ready resume manifest.
 
@@ -66,6 +67,9 @@ def build_manifest(
         The blending ramp and edge padding the chunks are computed with.
     probabilities
         Whether chunks store quantised probabilities.
+    tta
+        Test-time augmentation; recorded (under ``tiling``) only when not ``"none"``,
+        so manifests of runs without it are unchanged.
     """
     if model is None:
         model = {"spec": {"name": spec.name, "source": "spec", "path": None, "sha256": None}}
@@ -85,6 +89,7 @@ def build_manifest(
             "chunk_px": grid.chunk_px,
             "ramp": ramp,
             "pad": pad,
+            **({"tta": tta} if tta != "none" else {}),
         },
         "outputs": {"probabilities": probabilities},
         "grid": grid_token(grid),
