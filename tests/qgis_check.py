@@ -99,7 +99,25 @@ def _vector(layer: Any) -> dict[str, Any]:
         "geometry": QgsWkbTypes.displayString(layer.wkbType()),
         "fields": layer.fields().names(),
         "renderer": _renderer(layer.renderer()) if layer.isSpatial() else None,
+        "widgets": _widgets(layer),
     }
+
+
+def _widgets(layer: Any) -> dict[str, Any]:
+    """Editor widgets other than the default text edit: ``{field: {type, config, editable}}``."""
+    out: dict[str, Any] = {}
+    config = layer.editFormConfig()
+    for i, name in enumerate(layer.fields().names()):
+        setup = layer.editorWidgetSetup(i)
+        if setup.type() not in ("", "TextEdit"):
+            out[name] = {
+                "type": setup.type(),
+                "config": setup.config(),
+                "editable": not config.readOnly(i),
+                "alias": layer.attributeAlias(i),
+            }
+    out["_read_only"] = [n for i, n in enumerate(layer.fields().names()) if config.readOnly(i)]
+    return out
 
 
 def _sld_check(uri: str, name: str, sld: str | None) -> dict[str, Any]:

@@ -65,6 +65,12 @@ def segment_command(
     ] = 2.0,
     chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size, pixels.")] = 2048,
     seed: Annotated[int, typer.Option("--seed", help="kmeans: random seed.")] = 0,
+    for_labelling: Annotated[
+        bool, typer.Option("--for-labelling", help="slic/watershed/felzenszwalb: write labelling.gpkg (+ .qgz), the segments with an empty 'class' field and a QGIS form to fill it by clicks; train on it with `terraseg train IMAGE labelling.gpkg`.")
+    ] = False,
+    classes: Annotated[
+        str | None, typer.Option("--classes", help="--for-labelling: class names in id order, comma-separated (default background,building,road).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
     """Segment a scene without a model: thresholds, spectral indexes, k-means, SLIC, watershed, Felzenszwalb or Canny edges."""
@@ -72,12 +78,15 @@ def segment_command(
 
     if method not in METHODS:
         raise ConfigError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}")
+    if classes is not None and not for_labelling:
+        raise ConfigError("--classes names the classes of --for-labelling; add --for-labelling")
     res = segment_scene(
         scene, out, method=cast(SegmentMethod, method), expression=expr, band=band,
         index=index, threshold=threshold, k=k, segment_size_m2=segment_size_m2,
         compactness=compactness, scale=scale, min_size_m2=min_size_m2, sigma_px=sigma_px,
         edge_low=edge_low, edge_high=edge_high, min_length_m=min_length_m, chunk_px=chunk_px,
-        seed=seed, overwrite=overwrite,
+        seed=seed, overwrite=overwrite, labelling=for_labelling,
+        classes=None if classes is None else classes.split(","),
     )
     fitted = ""
     if "threshold" in res.params:

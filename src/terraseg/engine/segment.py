@@ -47,7 +47,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -75,8 +75,9 @@ from terraseg.engine.segment_methods import (
     slic_window,
     watershed_window,
 )
-from terraseg.engine.segment_output import as_multi, stream_segments
+from terraseg.engine.segment_output import as_multi, for_labelling, stream_segments
 from terraseg.errors import ConfigError, OutputExistsError
+from terraseg.export.labelling import label_classes
 from terraseg.instances import InstanceMerger
 from terraseg.io.raster_sink import RasterSink, bounded_gdal_cache
 from terraseg.io.scene import Scene, open_scene
@@ -324,6 +325,8 @@ def segment_scene(
     chunk_px: int = 2048,
     seed: int = 0,
     overwrite: bool = False,
+    labelling: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> SegmentResult:
     """Segment a scene without a model: the raster, ``segments.gpkg``/``.qgz``, ``segment.json``.
 
@@ -373,6 +376,11 @@ def segment_scene(
         Random seed of the k-means start.
     overwrite
         Replace existing outputs.
+    labelling, classes
+        Region methods: write ``labelling.gpkg``/``.qgz`` instead of ``segments.*``,
+        the segments with an empty ``class`` field, a style by class and a QGIS form
+        whose Value Map offers ``classes`` (names in id order; default background,
+        building, road), for labelling by clicks (``terraseg train`` reads it).
 
     Returns
     -------
@@ -391,15 +399,20 @@ def segment_scene(
         sc = scene if isinstance(scene, Scene) else open_scene(scene)
         out = Path(out_dir)
         regions = method in REGION_METHODS
+        if labelling and not regions:
+            raise ConfigError(f"--for-labelling needs a region method (slic, watershed or "
+                              f"felzenszwalb), not {method!r}")
+        kinds = label_classes(classes) if labelling else []
+        name = "labelling" if labelling else "segments"
         raster = out / ("segments.tif" if regions else "edges.tif" if method == "canny"
                         else "classes.tif")
-        vectors, info = out / "segments.gpkg", out / "segment.json"
+        vectors, info, qgz = out / f"{name}.gpkg", out / "segment.json", out / f"{name}.qgz"
         grid = _grid(sc, chunk_px)
         params: dict[str, Any] = {"method": method, "chunk_px": chunk_px}
         if method == "canny":
             check_canny(sigma_px, edge_low, edge_high, min_length_m, params)
             low_high = _band_range(sc, list(range(1, min(sc.count, 3) + 1)))
-            _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
+            _check_outputs([raster, vectors, info, qgz], overwrite)
             out.mkdir(parents=True, exist_ok=True)
             lines = run_canny(sc, raster, grid, low_high=low_high, sigma_px=sigma_px,
                               edge_low=edge_low, edge_high=edge_high, min_length_m=min_length_m,
@@ -410,7 +423,7 @@ def segment_scene(
             label, halo = _labeller(sc, method, step, compactness, scale, min_size_m2, params)
             if method != "felzenszwalb":
                 params["segment_size_m2"] = segment_size_m2
-            _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
+            _check_outputs([raster, vectors, info, qgz], overwrite)
             out.mkdir(parents=True, exist_ok=True)
             batches = _run_regions(sc, raster, grid, step, halo, label, overwrite)
             empty = _segment_empty(sc)
@@ -420,16 +433,20 @@ def segment_scene(
                 else _index_rule(sc, index, threshold, params) if method == "index"
                 else _kmeans_rule(sc, k, seed, params)
             )
-            _check_outputs([raster, vectors, info, out / "segments.qgz"], overwrite)
+            _check_outputs([raster, vectors, info, qgz], overwrite)
             out.mkdir(parents=True, exist_ok=True)
             batches = _run_classes(sc, raster, grid, rule, names, method == "kmeans", overwrite,
                                    params["colors"])
             empty = _class_empty(sc)
         layer = "edges" if method == "canny" else "segments"
+        style = None
+        if labelling:
+            batches, empty, style = for_labelling(batches, empty, layer, kinds)
+            params["label_classes"] = ",".join(c[1] for c in kinds)
         n = stream_segments(
-            batches, empty, out, layer=layer, raster=raster, overwrite=overwrite,
+            batches, empty, out, layer=layer, raster=raster, overwrite=overwrite, name=name,
             run_info={k: v for k, v in params.items() if not isinstance(v, list | dict)},
-            imagery=Path(sc.path) if Path(sc.path).is_file() else None,
+            imagery=Path(sc.path) if Path(sc.path).is_file() else None, style=style,
         )
         info.write_text(json.dumps({"scene": sc.path, **params}, indent=2) + "\n")
         return SegmentResult(method, raster, vectors, layer, n, params)

@@ -23,7 +23,10 @@ import pandas as pd
 import pyogrio
 import shapely
 
-__all__ = ["FLUSH_ROWS", "as_multi", "stream_segments"]
+from terraseg.export.labelling import CLASS_FIELD, LabelClass, labelling_style
+from terraseg.export.qgis_styles import VectorStyle
+
+__all__ = ["FLUSH_ROWS", "as_multi", "for_labelling", "stream_segments"]
 
 #: Rows gathered before a write: each append re-opens the GeoPackage (about 0.1-0.4 s
 #: on this machine), so batches of one chunk are pooled; 20 000 segment polygons hold
@@ -60,8 +63,10 @@ def stream_segments(
     imagery: str | os.PathLike[str] | None,
     overwrite: bool,
     flush_rows: int = FLUSH_ROWS,
+    name: str = "segments",
+    style: VectorStyle | None = None,
 ) -> int:
-    """Write ``batches`` as layer ``layer`` of ``out_dir/segments.gpkg``; return the row count.
+    """Write ``batches`` as layer ``layer`` of ``out_dir/<name>.gpkg``; return the row count.
 
     Parameters
     ----------
@@ -70,7 +75,7 @@ def stream_segments(
     empty
         The layer's schema (no rows), written when no batch has a row.
     out_dir
-        Output folder; ``segments.gpkg`` and ``segments.qgz`` are written there.
+        Output folder; ``<name>.gpkg`` and ``<name>.qgz`` are written there.
     layer
         Layer name.
     raster
@@ -84,15 +89,20 @@ def stream_segments(
     flush_rows
         Rows pooled before each write (memory holds at most about this many plus
         one batch).
+    name
+        Stem of the GeoPackage and the project.
+    style
+        The layer's style instead of the default one (a labelling form).
     """
     from terraseg.export.writers import export_run
 
     pools = _pooled((b for b in batches if len(b)), flush_rows)
     first = next(pools, empty)
-    result = export_run({layer: first}, out_dir, scene_name="segments",
+    result = export_run({layer: first}, out_dir, scene_name=name,
                         masks={raster.stem: raster}, run_info=dict(run_info),
-                        overwrite=overwrite, imagery=imagery)
-    gpkg = out_dir / "segments.gpkg"
+                        overwrite=overwrite, imagery=imagery,
+                        styles=None if style is None else {layer: style})
+    gpkg = out_dir / f"{name}.gpkg"
     n = len(first)
     try:
         for pool in pools:
@@ -104,6 +114,27 @@ def stream_segments(
                 Path(path).unlink(missing_ok=True)
         raise
     return n
+
+
+def for_labelling(
+    batches: Iterable[gpd.GeoDataFrame], empty: gpd.GeoDataFrame, layer: str,
+    classes: list[LabelClass],
+) -> tuple[Iterator[gpd.GeoDataFrame], gpd.GeoDataFrame, VectorStyle]:
+    """``batches`` and ``empty`` with an empty ``class`` field, and the layer's labelling style.
+
+    The field is a nullable integer (a GeoPackage ``MEDIUMINT`` column, every value
+    NULL): the class id a labeller picks from the form's Value Map
+    (:func:`~terraseg.export.labelling.labelling_style`).
+    """
+
+    def with_class(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        frame = frame.copy()
+        frame[CLASS_FIELD] = pd.Series(pd.NA, index=frame.index, dtype="Int32")
+        return frame
+
+    schema = with_class(empty)
+    fields = ["fid", *(c for c in schema.columns if c != schema.geometry.name)]  # GeoPackage fid
+    return ((with_class(b) for b in batches), schema, labelling_style(layer, classes, fields))
 
 
 def _pooled(batches: Iterable[gpd.GeoDataFrame], rows: int) -> Iterator[gpd.GeoDataFrame]:

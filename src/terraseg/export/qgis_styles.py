@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from terraseg.errors import ExportError
+from terraseg.export.qgis_forms import LayerForm, form_xml
 from terraseg.export.qgis_renderers import (
     QGIS_XML_VERSION,
     QML_DOCTYPE,
@@ -112,6 +113,9 @@ class VectorStyle:
         Human-readable style name (``styleName`` in ``layer_styles``).
     description
         One line for ``layer_styles.description``.
+    form
+        The attribute form (a Value Map field, read-only fields), or ``None``
+        for QGIS's generated one.
     """
 
     layer: str
@@ -119,6 +123,7 @@ class VectorStyle:
     renderer: Renderer
     title: str
     description: str = ""
+    form: LayerForm | None = None
 
     @property
     def renderer_type(self) -> str:
@@ -132,13 +137,15 @@ class VectorStyle:
             text_element("blendMode", "0"),
             text_element("featureBlendMode", "0"),
             text_element("layerOpacity", "1"),
+            *(form_xml(self.form) if self.form is not None else []),
             text_element("layerGeometryType", str(GEOMETRY_TYPE_CODE[self.geometry])),
         ]
 
     def to_qml(self) -> str:
         """The style as a QGIS ``.qml`` document (QGIS 3.22 format)."""
+        categories = "Symbology" if self.form is None else "Symbology|Fields|Forms"
         root = ET.Element(
-            "qgis", version=QGIS_XML_VERSION, styleCategories="Symbology", labelsEnabled="0"
+            "qgis", version=QGIS_XML_VERSION, styleCategories=categories, labelsEnabled="0"
         )
         root.extend(self.qml_elements())
         return serialise_xml(root, doctype=QML_DOCTYPE)

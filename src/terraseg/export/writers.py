@@ -160,6 +160,7 @@ def export_run(
     project: bool = True,
     imagery: str | os.PathLike[str] | None = None,
     link_masks: bool = False,
+    styles: Mapping[str, VectorStyle] | None = None,
 ) -> ExportResult:
     """Export one scene's vectors, masks and a QGIS project into ``out_dir``.
 
@@ -199,6 +200,9 @@ def export_run(
         The source scene, shown under every layer of the ``.qgz`` (RGB from bands
         1-3, else grey), so polygons are checked against the image. Referenced in
         place: relative to the project when near it, else by absolute path.
+    styles
+        ``{layer: style}`` replacing the default style of those layers (e.g. a
+        labelling layer's form, :func:`terraseg.export.labelling.labelling_style`).
 
     Returns
     -------
@@ -229,7 +233,7 @@ def export_run(
     out = Path(out_dir)
     outputs = prepare_layers(layers, to_crs=to_crs)
     scene_crs = pyproj.CRS.from_user_input(next(iter(layers.values())).crs)
-    styles = default_styles(outputs)
+    styles = {**default_styles(outputs), **(styles or {})}
     runs = runs_table(run_info, scene_name=scene_name)
     infos = _inspect_masks(masks)
     _check_mask_crs(infos, scene_crs)

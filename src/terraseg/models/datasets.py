@@ -119,7 +119,7 @@ def prepare_pairs(
         else:
             target = workdir / f"{tag}{k}.labels.tif"
             pairs.append(ScenePair(scene, rasterize_labels(
-                lab, scene, target, layers=layers, edge_px=edge_px,
+                lab, scene, target, layers=layers, edge_px=edge_px, n_classes=n_classes,
             )))
     return pairs
 
