@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -13,11 +14,13 @@ import shapely
 import torch
 
 from terraseg.config import TrainConfig
-from terraseg.errors import ConfigError
+from terraseg.errors import ConfigError, OutputExistsError
+from terraseg.models import load_model
 from terraseg.models.augment import AUGMENTATIONS, PRESETS, augment_names, augment_sample
 from terraseg.models.datasets import training_areas
 from terraseg.models.extent import mask_outside_extent
 from terraseg.models.labels import DEFAULT_LAYERS, rasterize_labels
+from terraseg.models.records import EpochRecord
 from terraseg.models.spec import IGNORE_LABEL
 from terraseg.models.train import train_semantic
 from terraseg.synthetic import make_city
@@ -215,3 +218,117 @@ def test_banepa_north_labels_are_masked_outside_the_label_extent(tmp_path: Path)
     assert (after[before == 1] == 1).mean() > 0.99
     assert 0.05 < ignored.mean() < 0.6
     assert ignored[:, 0].all() and ignored[0, :].all()  # west strip and north edge unlabelled
+
+
+# --------------------------------------------------------------------------- training record
+
+
+def test_metrics_csv_best_epoch_and_early_stopping(
+    city: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    card = train_semantic(
+        city,
+        city.with_name("city.truth.gpkg"),
+        tmp_path / "rec",
+        epochs=4,
+        steps_per_epoch=1,
+        batch_size=2,
+        patch_px=64,
+        seed=1,
+        lr=0.05,
+        monitor="val_iou_building",
+        patience=1,
+        progress=True,
+    )
+    with open(tmp_path / "rec.metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert not (tmp_path / "rec.metrics.csv.part").exists()
+    assert rows and list(rows[0])[:4] == ["epoch", "step", "seconds", "train_loss"]
+    assert {"val_iou_building", "val_miou", "val_pixel_accuracy"} <= set(rows[0])
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1))
+    values = [float(r["val_iou_building"]) for r in rows]
+    training = card.training
+    assert training is not None and training.monitor == "val_iou_building"
+    best = training.best_epoch
+    assert best is not None and values[best - 1] == max(v for v in values if v == v)
+    assert card.metrics["val_iou_building"] == pytest.approx(values[best - 1])
+    assert len(rows) == 4 or len(rows) == best + 1  # all epochs, or stopped early
+    assert f"after epoch {best} of {len(rows)}" in (card.evaluation or "")
+    assert "rec.metrics.csv" in (card.evaluation or "")
+    err = capsys.readouterr().err
+    assert "epoch 1/4 (step 1/4" in err and "val_iou_building" in err
+    # the saved weights are the best epoch's: re-scoring them gives its figures
+    net, _ = load_model(tmp_path / "rec.safetensors")
+    assert sum(p.numel() for p in net.parameters()) > 0
+
+
+def test_best_epoch_rule_and_early_stopping(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from terraseg.models.records import TrainingRecord, training_record
+    from terraseg.models.spec import DEFAULT_CLASSES
+
+    rec = TrainingRecord("val_miou")
+    assert rec.is_better(float("nan"))  # the first epoch is the best so far, even NaN
+    rec.best = EpochRecord(1, 1, 0.0, 1.0, {"val_miou": float("nan")})
+    assert rec.is_better(0.1) and not rec.is_better(float("nan"))
+    rec.best = EpochRecord(2, 2, 0.0, 1.0, {"val_miou": 0.5})
+    assert rec.is_better(0.6) and not rec.is_better(0.5) and not rec.is_better(0.4)
+
+    class Scripted(torch.nn.Module):
+        """Predicts 'building' on a growing then shrinking share of the patch."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+            self.cols = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(x.shape[0], 3, *x.shape[2:])
+            out[:, 0] = 1.0
+            out[:, 1, :, : self.cols] = 2.0
+            return out + self.w
+
+    mask = torch.ones(1, 8, 8, dtype=torch.long)
+    batches = [{"image": torch.zeros(1, 3, 8, 8), "mask": mask}]
+    callback, record = training_record(
+        batches,
+        DEFAULT_CLASSES,
+        monitor="val_iou_building",
+        patience=2,
+        csv_path=tmp_path / "m.csv",
+        total_steps=10,
+        n_epochs=10,
+        progress=False,
+    )
+    net = Scripted()
+    module = SimpleNamespace(model=net)
+    trainer = SimpleNamespace(global_step=0, should_stop=False)
+    for epoch, cols in enumerate([2, 6, 4, 5, 7], start=1):
+        net.cols = cols
+        trainer.global_step = epoch
+        callback.on_train_epoch_start(trainer, module)
+        callback.on_train_batch_end(trainer, module, torch.tensor(float(epoch)), None, 0)
+        callback.on_train_epoch_end(trainer, module)
+        if trainer.should_stop:
+            break
+    # IoU 2/8, 6/8, 4/8, 5/8: epoch 2 is best, two epochs without better: stop after epoch 4
+    assert record.best is not None and record.best.epoch == 2 and record.stopped_early
+    assert [r.epoch for r in record.epochs] == [1, 2, 3, 4]
+    assert record.best.metrics["val_iou_building"] == pytest.approx(0.75)
+    assert record.best_state is not None
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[2].startswith("2,2,") and ",2.0," in rows[2]
+
+
+def test_monitor_and_metrics_csv_errors(city: Path, tmp_path: Path) -> None:
+    gpkg = city.with_name("city.truth.gpkg")
+    with pytest.raises(
+        ConfigError,
+        match=r"monitor 'val_iou_tree' is not a validation metric; "
+        "use one of val_iou_background, val_iou_building",
+    ):
+        train_semantic(city, gpkg, tmp_path / "m", monitor="val_iou_tree", **TINY)
+    (tmp_path / "m.metrics.csv").write_text("x")
+    with pytest.raises(OutputExistsError, match="m.metrics.csv' already exists"):
+        train_semantic(city, gpkg, tmp_path / "m", **TINY)

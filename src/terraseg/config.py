@@ -264,6 +264,17 @@ class TrainConfig(_Model):
         "images or one per image. Label pixels outside are unlabelled (255) and count in no loss "
         "or metric; patches and the held-out strip are drawn within the extent's bounding box.",
     )
+    monitor: str = Field(
+        default="val_miou",
+        description="Validation metric (measured after every epoch) that picks the epoch whose "
+        "weights are kept: val_miou, val_pixel_accuracy or val_iou_<class> (val_iou_building).",
+    )
+    patience: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stop after this many epochs without a better 'monitor' (early stopping); "
+        "null: run every epoch.",
+    )
     init_from: str | None = Field(
         default=None,
         description="Start from this model's weights (a bundled name such as 'demo-instance', or "

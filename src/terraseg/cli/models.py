@@ -161,6 +161,17 @@ def train_command(
             "Once for all images or once per image (IMAGE, then each --extra, in order).",
         ),
     ] = None,
+    monitor: Annotated[
+        str,
+        typer.Option(
+            help="Validation metric (after every epoch) whose best epoch's weights are kept: "
+            "val_miou, val_iou_building, ...",
+        ),
+    ] = "val_miou",
+    patience: Annotated[
+        int | None,
+        typer.Option(help="Stop after N epochs without a better --monitor (early stopping)."),
+    ] = None,
     augment: Annotated[
         str,
         typer.Option(
@@ -202,6 +213,7 @@ def train_command(
         "command": "terraseg " + shlex.join(sys.argv[1:]), "task": task, "edge_px": edge_px,
         "loss": loss, "init_from": init_from, "augment": augment,
         "accelerator": accelerator, "label_extent": label_extent or None,
+        "monitor": monitor, "patience": patience,
         "class_weights": _parse_floats(class_weights, "--class-weights"),
     })
     card = train_semantic(
@@ -213,4 +225,7 @@ def train_command(
     seconds = card.training.seconds if card.training else float("nan")
     what = f"held-out {metrics}" if metrics else ", ".join(
         f"{k}={v:.3f}" for k, v in card.metrics.items())
+    best = card.training.best_epoch if card.training else None
+    if best is not None:
+        what += f" (epoch {best}; every epoch in {stem}.metrics.csv)"
     typer.echo(f"wrote {stem}.safetensors and {stem}.card.yaml in {seconds:.0f} s; {what}")

@@ -152,6 +152,13 @@ class TrainingInfo(BaseModel):
     seed: int | None = Field(default=None, description="Random seed of the run.")
     epochs: int | None = Field(default=None, description="Epochs run.")
     steps: int | None = Field(default=None, description="Optimiser steps run.")
+    best_epoch: int | None = Field(
+        default=None, description="Epoch whose weights were kept (the best 'monitor')."
+    )
+    best_step: int | None = Field(default=None, description="Optimiser step of best_epoch.")
+    monitor: str | None = Field(
+        default=None, description="Validation metric that chose best_epoch, e.g. val_miou."
+    )
     batch_size: int | None = Field(default=None, description="Patches per step.")
     patch_px: int | None = Field(default=None, description="Training patch size, pixels.")
     lr: float | None = Field(default=None, description="Learning rate.")

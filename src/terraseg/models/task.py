@@ -132,11 +132,13 @@ def fit_network(
     n_epochs: int,
     workdir: Path,
     init_state: dict[str, Any] | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> FitResult:
     """Train ``card``'s network on ``train_loader`` for ``total_steps`` (no validation loop).
 
     ``init_state`` (a state dict of the same architecture) replaces the random
-    initial weights: fine-tuning.
+    initial weights: fine-tuning. ``callbacks`` are more Lightning callbacks
+    (the per-epoch validation of :mod:`terraseg.models.records`).
     """
     import lightning.pytorch as pl
 
@@ -157,7 +159,7 @@ def fit_network(
         task.model.load_state_dict(init_state)
     # --progress: Lightning's bar on a terminal, plain lines in a log (its bar would not show)
     bar = cfg.progress and sys.stderr.isatty()
-    callbacks = [_plain_progress(total_steps)] if cfg.progress and not bar else []
+    callbacks = [*callbacks, *([_plain_progress(total_steps)] if cfg.progress and not bar else [])]
     accelerator = resolve_accelerator(cfg.accelerator)
     with quiet():
         trainer = pl.Trainer(
@@ -202,10 +204,12 @@ def confusion_matrix(
 ) -> np.ndarray:
     """``n_classes²`` counts of (true, predicted) pixels over ``loader``'s batches."""
     cm = torch.zeros(n_classes, n_classes, dtype=torch.int64)
+    param = next(iter(net.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
     net.eval()
     with torch.inference_mode():
         for batch in loader:
-            pred = net(batch["image"]).argmax(1).flatten()
+            pred = net(batch["image"].to(device)).argmax(1).flatten().cpu()
             true = batch["mask"].flatten()
             keep = (true >= 0) & (true < n_classes)
             if ignore is not None:

@@ -7,9 +7,13 @@ pairs them, ``RandomGeoSampler`` draws training patches and
 ``GridGeoSampler`` tiles a held-out area (the southern strip of each image,
 or separate validation scenes; :mod:`terraseg.models.datasets`); torchgeo's
 ``SemanticSegmentationTask`` trains under a Lightning ``Trainer`` with the
-card's small smp architecture (:mod:`terraseg.models.task`). The weights and
-card go to ``<out>.safetensors`` and ``<out>.card.yaml`` atomically, with
-per-class IoU on the held-out area in the card's ``metrics``.
+card's smp architecture (:mod:`terraseg.models.task`), validated after every
+epoch (:mod:`terraseg.models.records`). The weights of the best epoch (by
+``monitor``) and the card go to ``<out>.safetensors`` and ``<out>.card.yaml``
+atomically, with that epoch's per-class IoU on the held-out area in the
+card's ``metrics``; every epoch's figures go to ``<out>.metrics.csv``
+(written as ``<out>.metrics.csv.part`` while training runs, and left under
+that name if it fails).
 
 The settings are one :class:`~terraseg.config.TrainConfig`, shared with a
 workflow's ``train:`` section. ``accelerator="auto"`` (the default) trains
@@ -51,22 +55,14 @@ from terraseg.models.datasets import (
 )
 from terraseg.models.labels import DEFAULT_LAYERS, LabelWarning, PathLike, rasterize_labels
 from terraseg.models.loading import save_model
+from terraseg.models.records import TrainingRecord, metric_names, training_record
 from terraseg.models.spec import (
     BOUNDARY_CLASSES,
     DEFAULT_CLASSES,
-    IGNORE_LABEL,
     ClassInfo,
     InputSpec,
 )
-from terraseg.models.task import (
-    FitResult,
-    confusion_matrix,
-    fit_network,
-    hardware,
-    iou_metrics,
-    quiet,
-    versions,
-)
+from terraseg.models.task import FitResult, fit_network, hardware, quiet, versions
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -78,6 +74,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+METRICS_SUFFIX = ".metrics.csv"
+"""Per-epoch validation figures go to ``<out>.metrics.csv``, beside the weights and card."""
 
 DEMO_ARCHITECTURE: dict[str, Any] = {
     "library": "smp",
@@ -183,6 +182,13 @@ def train_semantic(
             overwrite=overwrite,
         )
     setup = _setup(cfg, stem=weights_path.name[: -len(".safetensors")])
+    csv_path = weights_path.with_name(weights_path.name[: -len(".safetensors")] + METRICS_SUFFIX)
+    if csv_path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output '{csv_path}' already exists; pass --overwrite (overwrite=True) to replace it",
+            path=csv_path,
+        )
+    partial_csv = csv_path.with_name(csv_path.name + ".part")
     with tempfile.TemporaryDirectory(prefix="terraseg-train-") as tmp:
         workdir = Path(tmp)
         areas = training_areas(
@@ -195,10 +201,12 @@ def train_semantic(
             n_classes=setup.card.n_classes,
             workdir=workdir,
         )
-        fit, metrics = _fit_and_score(setup, areas, workdir)
+        fit, record = _fit_and_score(setup, areas, workdir, partial_csv)
     seconds = time.perf_counter() - t0
-    card = _final_card(setup, areas, fit, metrics, seconds)
+    card = _final_card(setup, areas, fit, record, seconds, csv_path.name)
     save_model(fit.net, card, weights_path.with_suffix(""), dtype=cfg.dtype, overwrite=overwrite)
+    partial_csv.replace(csv_path)
+    metrics = card.metrics
     log.info("trained %s in %.0f s: %s", card.name, seconds, metrics)
     return load_card(card_path)
 
@@ -255,6 +263,11 @@ def _setup(cfg: TrainConfig, *, stem: str) -> _Setup:
         augment_names(cfg.augment)
     except ValueError as exc:
         raise ConfigError(f"augment: {exc}") from None
+    if cfg.monitor not in metric_names(classes):
+        raise ConfigError(
+            f"monitor '{cfg.monitor}' is not a validation metric; use one of "
+            f"{', '.join(metric_names(classes))}"
+        )
     layers = dict(cfg.layers or DEFAULT_LAYERS)
     if any(v >= len(classes) or v < 0 for v in layers.values()):
         raise ConfigError(f"layer classes {layers} must be class ids 0..{len(classes) - 1}")
@@ -333,9 +346,12 @@ def _schedule(cfg: TrainConfig) -> tuple[int, int]:
 
 
 def _fit_and_score(
-    setup: _Setup, areas: TrainingAreas, workdir: Path
-) -> tuple[FitResult, dict[str, float]]:
-    """Seed, build datasets and loaders, train, and measure IoU on the held-out patches."""
+    setup: _Setup, areas: TrainingAreas, workdir: Path, csv_path: Path
+) -> tuple[FitResult, TrainingRecord]:
+    """Seed, build datasets and loaders, train with validation after every epoch.
+
+    The returned network holds the weights of the best epoch by ``cfg.monitor``.
+    """
     import lightning.pytorch as pl
 
     cfg = setup.cfg
@@ -345,6 +361,16 @@ def _fit_and_score(
         val_sets = intersection_datasets(areas.val) if areas.held_out_scenes else train_sets
     total_steps, n_epochs = _schedule(cfg)
     train_loader, val_loader = make_loaders(train_sets, val_sets, areas, setup.card.input, cfg)
+    callback, record = training_record(
+        val_loader,
+        setup.card.classes,
+        monitor=cfg.monitor,
+        patience=cfg.patience,
+        csv_path=csv_path,
+        total_steps=total_steps,
+        n_epochs=n_epochs,
+        progress=cfg.progress,
+    )
     fit = fit_network(
         setup.card,
         train_loader,
@@ -353,20 +379,26 @@ def _fit_and_score(
         n_epochs=n_epochs,
         workdir=workdir,
         init_state=setup.init.state if setup.init else None,
+        callbacks=[callback],
     )
-    cm = confusion_matrix(fit.net, val_loader, setup.card.n_classes, IGNORE_LABEL)
-    return fit, iou_metrics(cm, setup.card.classes, "val_")
+    if record.best_state is not None:
+        fit.net.load_state_dict(record.best_state)
+    return fit, record
 
 
 def _final_card(
     setup: _Setup,
     areas: TrainingAreas,
     fit: FitResult,
-    metrics: dict[str, float],
+    record: TrainingRecord,
     seconds: float,
+    csv_name: str,
 ) -> ModelCard:
     """The provisional card with its GSD, ``training`` record, metrics and what they measure."""
     cfg = setup.cfg
+    best = record.best
+    if best is None:
+        raise ConfigError("training ran no step, so nothing was validated; give max_steps ≥ 1")
     gsds = [p.image.gsd_m for p in areas.train]
     held_out = (
         f"held-out scene(s) {', '.join(Path(p.image.path).name for p in areas.val)}"
@@ -383,8 +415,11 @@ def _final_card(
                 command=cfg.command,
                 init_from=setup.init.note if setup.init else None,
                 seed=cfg.seed,
-                epochs=fit.epochs,
+                epochs=len(record.epochs),
                 steps=fit.steps,
+                best_epoch=best.epoch,
+                best_step=best.step,
+                monitor=cfg.monitor,
                 batch_size=cfg.batch_size,
                 patch_px=cfg.patch_px,
                 lr=cfg.lr,
@@ -392,8 +427,11 @@ def _final_card(
                 hardware=hardware(cfg.accelerator),
                 software=versions(),
             ),
-            "metrics": metrics,
-            "evaluation": f"val_*: pixel IoU per class on {held_out}, {cfg.patch_px}-px patches",
+            "metrics": best.metrics,
+            "evaluation": f"val_*: pixel IoU per class on {held_out}, {cfg.patch_px}-px "
+            f"patches, after epoch {best.epoch} of {len(record.epochs)} (step {best.step}; the "
+            f"best {cfg.monitor}{', then stopped early' if record.stopped_early else ''}; "
+            f"every epoch in {csv_name})",
         }
     )
     return ModelCard.model_validate(card.model_dump())
