@@ -1,8 +1,8 @@
 """Superpixel-assisted labelling round trip: segment --for-labelling, fill classes, train, predict.
 
-The labelling GeoPackage of ``terraseg segment --for-labelling`` is filled the
-way QGIS saves an edit (an UPDATE of the ``class`` column in place), from the
-truth (the majority truth class of each segment; about half the segments left
+The labelling GeoPackage of ``terraseg segment --for-labelling`` is filled in
+place (:func:`~terraseg.export.labelling.set_segment_classes`; QGIS's own edit is
+checked in the QGIS test) from the truth (the majority truth class of each segment; about half the segments left
 unlabelled); its training labels must hold IGNORE_LABEL exactly on the
 unlabelled segments; ``terraseg train`` then trains on it and ``terraseg
 predict`` runs the model. The QGIS form and style are checked in real QGIS
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from numpy.typing import NDArray
 
 from terraseg.cli.main import main
 from terraseg.errors import ConfigError
+from terraseg.export.labelling import set_segment_classes
 from terraseg.export.qgis_forms import VALUE_MAP_NULL
 from terraseg.export.qgis_styles import read_layer_styles
 from terraseg.models.labels import is_labelling_file, rasterize_labels, read_labelled_segments
@@ -57,27 +57,6 @@ def _cli(*args: str) -> tuple[int, str, str]:
 def _read(path: Path) -> NDArray[np.int64]:
     with rasterio.open(path) as ds:
         return np.asarray(ds.read(1), np.int64)
-
-
-def _set_classes(gpkg: Path, classes: dict[int, int | None]) -> None:
-    """Set ``class`` per ``segment_id`` in place, as QGIS saves an edit.
-
-    GDAL's R-tree triggers name ``ST_IsEmpty`` and ``ST_MinX``.. ``ST_MaxY``, which
-    plain SQLite lacks; they are given here (GeoPackage binary header + shapely).
-    """
-    import shapely
-
-    def bounds(blob: bytes) -> NDArray[np.float64]:
-        envelope = {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}[(blob[3] >> 1) & 7]
-        return np.asarray(shapely.bounds(shapely.from_wkb(blob[8 + envelope :])))
-
-    with sqlite3.connect(gpkg) as conn:
-        conn.create_function("ST_IsEmpty", 1, lambda g: 1 if g is None else (g[3] >> 4) & 1)
-        for i, name in enumerate(("ST_MinX", "ST_MinY", "ST_MaxX", "ST_MaxY")):
-            conn.create_function(name, 1, lambda g, i=i: float(bounds(g)[i]))
-        conn.executemany("UPDATE segments SET class = ? WHERE segment_id = ?",
-                         [(c, s) for s, c in classes.items()])  # fmt: skip
-    conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +102,8 @@ def filled(labelling: Path, truth_classes: dict[int, int],
     rng = np.random.default_rng(0)
     ids = np.array(sorted(truth_classes))
     chosen = set(rng.choice(ids, len(ids) // 2, replace=False).tolist())
-    _set_classes(folder / "labelling.gpkg", {s: truth_classes[s] for s in chosen})
+    changed = set_segment_classes(folder / "labelling.gpkg", {s: truth_classes[s] for s in chosen})
+    assert changed >= len(chosen)  # a segment cut by nodata has one row per piece
     return folder / "labelling.gpkg", chosen
 
 
@@ -264,7 +244,7 @@ def test_train_refuses_bad_labelling_files(
 ) -> None:
     gpkg = tmp_path / "labelling.gpkg"
     shutil.copy(labelling / "labelling.gpkg", gpkg)
-    _set_classes(gpkg, setting)
+    set_segment_classes(gpkg, setting)
     code, _, stderr = _cli(
         "train",
         str(city.image),
@@ -429,3 +409,16 @@ def test_qgis_opens_the_labelling_layer_with_its_form_and_style(
     labelled = frame[frame["class"].notna()]
     assert labelled["segment_id"].tolist() == [int(segment_id)]
     assert labelled["class"].tolist() == [1]
+
+
+def test_set_segment_classes_resets_and_refuses_other_files(
+    labelling: Path, city: CityScene, tmp_path: Path
+) -> None:
+    gpkg = tmp_path / "labelling.gpkg"
+    shutil.copy(labelling / "labelling.gpkg", gpkg)
+    assert set_segment_classes(gpkg, {3: 2, 4: 1}) == 2
+    assert set_segment_classes(gpkg, {4: None}) == 1
+    frame = gpd.read_file(gpkg, layer="segments")
+    assert frame.loc[frame["class"].notna(), "segment_id"].tolist() == [3]
+    with pytest.raises(ConfigError, match="has no layer 'segments' with 'segment_id'"):
+        set_segment_classes(city.truth_gpkg, {1: 1})

@@ -8,12 +8,16 @@ form whose ``class`` widget is a Value Map (the class names, plus
 "unlabelled" for NULL), the other fields read-only. Stored as the layer's
 default style in the GeoPackage and in the ``.qgz``, so QGIS opens it ready to
 label: select segments, then set ``class`` from the drop-down (attribute
-table, form, or the field calculator bar).
+table, form, or the field calculator bar). :func:`set_segment_classes` does the
+same from code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from terraseg.export.qgis_forms import LayerForm
 from terraseg.export.qgis_renderers import CategorizedRenderer, Category, Symbol
@@ -26,6 +30,7 @@ __all__ = [
     "LabelClass",
     "label_classes",
     "labelling_style",
+    "set_segment_classes",
 ]
 
 #: The attribute a labeller fills: a class id, NULL while unlabelled.
@@ -127,3 +132,74 @@ def label_classes(
     }
     palette = ((78, 121, 167), (89, 161, 79), (176, 122, 161), (242, 142, 43), (118, 183, 178))
     return [(i, n, known.get(n, palette[i % len(palette)])) for i, n in enumerate(names)]
+
+
+def set_segment_classes(
+    gpkg: str | os.PathLike[str],
+    classes: Mapping[int, int | None],
+    *,
+    layer: str = "segments",
+) -> int:
+    """Set the ``class`` of segments in a labelling GeoPackage, in place; return rows changed.
+
+    What a labeller does by clicks in QGIS, done from code (rules, existing maps,
+    a notebook): every row whose ``segment_id`` is a key of ``classes`` gets that
+    class id (``None`` makes it unlabelled again). The file keeps its style, form
+    and spatial index; the update is one transaction.
+
+    Parameters
+    ----------
+    gpkg
+        A ``labelling.gpkg`` of ``terraseg segment --for-labelling``.
+    classes
+        ``{segment_id: class id or None}``.
+    layer
+        The segments layer.
+
+    Raises
+    ------
+    ConfigError
+        The file has no such layer with a ``segment_id`` and a ``class`` field.
+    """
+    from terraseg.errors import ConfigError
+
+    path = Path(gpkg)
+    conn = sqlite3.connect(path)
+    try:
+        columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{layer}")')}
+        if not {"segment_id", CLASS_FIELD} <= columns:
+            raise ConfigError(
+                f"'{path}' has no layer '{layer}' with 'segment_id' and '{CLASS_FIELD}' fields; "
+                "give a labelling.gpkg of terraseg segment --for-labelling",
+                path=path,
+            )
+        _gpkg_functions(conn)  # GDAL's R-tree triggers call them on every update
+        with conn:
+            cur = conn.executemany(
+                f'UPDATE "{layer}" SET "{CLASS_FIELD}" = ? WHERE segment_id = ?',
+                [(None if c is None else int(c), int(s)) for s, c in classes.items()],
+            )
+        return int(cur.rowcount)
+    finally:
+        conn.close()
+
+
+def _gpkg_functions(conn: sqlite3.Connection) -> None:
+    """``ST_IsEmpty`` and ``ST_MinX``..``ST_MaxY`` of GeoPackage geometry blobs (GDAL's
+    triggers name them; plain SQLite lacks them)."""
+    import shapely
+
+    def header(blob: bytes) -> int:
+        return 8 + {0: 0, 1: 32, 2: 48, 3: 48, 4: 64}.get((blob[3] >> 1) & 7, 0)
+
+    def bound(i: int) -> Callable[[bytes | None], float | None]:
+        def f(blob: bytes | None) -> float | None:
+            if blob is None:
+                return None
+            return float(shapely.bounds(shapely.from_wkb(blob[header(blob) :]))[i])
+
+        return f
+
+    conn.create_function("ST_IsEmpty", 1, lambda b: 1 if b is None else (b[3] >> 4) & 1)
+    for i, name in enumerate(("ST_MinX", "ST_MinY", "ST_MaxX", "ST_MaxY")):
+        conn.create_function(name, 1, bound(i))

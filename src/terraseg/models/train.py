@@ -189,6 +189,7 @@ def train_semantic(
             path=csv_path,
         )
     partial_csv = csv_path.with_name(csv_path.name + ".part")
+    partial_csv.parent.mkdir(parents=True, exist_ok=True)  # a new output folder
     with tempfile.TemporaryDirectory(prefix="terraseg-train-") as tmp:
         workdir = Path(tmp)
         areas = training_areas(
