@@ -332,3 +332,44 @@ def test_monitor_and_metrics_csv_errors(city: Path, tmp_path: Path) -> None:
     (tmp_path / "m.metrics.csv").write_text("x")
     with pytest.raises(OutputExistsError, match="m.metrics.csv' already exists"):
         train_semantic(city, gpkg, tmp_path / "m", **TINY)
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+@pytest.mark.parametrize("arch", ["Unet", "unet++", "FPN", "deeplabv3+"])
+def test_each_architecture_trains_saves_and_loads(arch: str, city: Path, tmp_path: Path) -> None:
+    card = train_semantic(
+        city,
+        city.with_name("city.truth.gpkg"),
+        tmp_path / "a",
+        arch=arch,
+        encoder="tu-mobilenetv3_small_050",
+        dtype="float16",
+        **{**TINY, "max_steps": 1},
+    )
+    expected = {"unet++": "UnetPlusPlus", "deeplabv3+": "DeepLabV3Plus"}.get(arch, arch)
+    assert card.architecture.name == expected
+    assert card.architecture.kwargs["encoder_name"] == "tu-mobilenetv3_small_050"
+    net, loaded = load_model(tmp_path / "a.safetensors")
+    assert loaded == card
+    with torch.inference_mode():
+        assert net(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)
+
+
+def test_architecture_errors(city: Path, tmp_path: Path) -> None:
+    gpkg = city.with_name("city.truth.gpkg")
+    with pytest.raises(ConfigError, match="unknown smp architecture 'Segnet'"):
+        train_semantic(city, gpkg, tmp_path / "m", arch="Segnet", **TINY)
+    with pytest.raises(ConfigError, match="DeepLabV3Plus needs batch_size ≥ 2"):
+        train_semantic(city, gpkg, tmp_path / "m", arch="deeplabv3+", **{**TINY, "batch_size": 1})
+    with pytest.raises(ConfigError, match="give architecture or arch/encoder, not both"):
+        train_semantic(
+            city, gpkg, tmp_path / "m", arch="FPN", architecture={"library": "smp"}, **TINY
+        )
+    with pytest.raises(
+        ConfigError,
+        match=r"cannot build smp.Unet\(encoder_name='no-such-net'.*"
+        r"check arch/encoder \(--arch/--encoder\) or architecture",
+    ):
+        train_semantic(city, gpkg, tmp_path / "m", encoder="no-such-net", **TINY)

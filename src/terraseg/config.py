@@ -202,6 +202,16 @@ class TrainConfig(_Model):
         description="Network as {library: smp, name, kwargs}; in_channels and classes are filled "
         "in. Default: the demo U-Net (timm ResNet-10-T encoder, depth 4).",
     )
+    arch: str | None = Field(
+        default=None,
+        description="Short for architecture: an smp network, Unet, UnetPlusPlus (unet++), FPN or "
+        "DeepLabV3Plus (deeplabv3+), with 'encoder' and smp's defaults (encoder depth 5).",
+    )
+    encoder: str | None = Field(
+        default=None,
+        description="Encoder of 'arch': any smp or timm ('tu-...') encoder, built with random "
+        "weights (nothing is downloaded); default tu-resnet10t.",
+    )
     classes: list[dict[str, Any]] | None = Field(
         default=None,
         description="Output classes as [{id, name, color}], ids 0..K-1. Default: background, "

@@ -161,6 +161,20 @@ def train_command(
             "Once for all images or once per image (IMAGE, then each --extra, in order).",
         ),
     ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="Network: Unet, UnetPlusPlus (unet++), FPN or DeepLabV3Plus (deeplabv3+), any "
+            "smp name; default the small demo U-Net.",
+        ),
+    ] = None,
+    encoder: Annotated[
+        str | None,
+        typer.Option(
+            help="Encoder of --arch: any smp/timm name (e.g. resnet34, efficientnet-b0, "
+            "tu-convnext_tiny), random weights; default tu-resnet10t.",
+        ),
+    ] = None,
     monitor: Annotated[
         str,
         typer.Option(
@@ -213,7 +227,7 @@ def train_command(
         "command": "terraseg " + shlex.join(sys.argv[1:]), "task": task, "edge_px": edge_px,
         "loss": loss, "init_from": init_from, "augment": augment,
         "accelerator": accelerator, "label_extent": label_extent or None,
-        "monitor": monitor, "patience": patience,
+        "monitor": monitor, "patience": patience, "arch": arch, "encoder": encoder,
         "class_weights": _parse_floats(class_weights, "--class-weights"),
     })
     card = train_semantic(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,12 +18,30 @@ from terraseg.errors import ModelLoadError
 from terraseg.models.card import Architecture, ModelCard
 from terraseg.models.checkpoints import last_reason
 
-__all__ = ["build_network", "check_forward", "load_into"]
+__all__ = ["SMP_ALIASES", "build_network", "check_forward", "load_into", "smp_architecture"]
+
+SMP_ALIASES = {
+    "unet": "Unet",
+    "unet++": "UnetPlusPlus",
+    "unetplusplus": "UnetPlusPlus",
+    "fpn": "FPN",
+    "deeplabv3+": "DeepLabV3Plus",
+    "deeplabv3plus": "DeepLabV3Plus",
+}
+"""Short names of the smp architectures for training (``--arch``), lower case."""
+
+DEFAULT_ENCODER = "tu-resnet10t"
+"""Encoder of ``--arch`` without ``--encoder``: timm's ResNet-10-T (4.9 M parameters)."""
 
 _Named = tuple[str, nn.Module]
 
 
-def build_network(arch: Architecture, *, source: str = "card") -> nn.Module:
+def build_network(
+    arch: Architecture,
+    *,
+    source: str = "card",
+    fix: str = "fix architecture.kwargs in the card",
+) -> nn.Module:
     """Build the (randomly initialised) network an :class:`Architecture` describes.
 
     Nothing is downloaded: smp encoders are always built with
@@ -53,9 +72,31 @@ def build_network(arch: Architecture, *, source: str = "card") -> nn.Module:
         args = ", ".join(f"{k}={v!r}" for k, v in arch.kwargs.items())
         raise ModelLoadError(
             f"cannot build {arch.library}.{arch.name}({args}) from {source}: "
-            f"{type(exc).__name__}: {exc}; fix architecture.kwargs in the card",
+            f"{type(exc).__name__}: {last_reason(str(exc))}; {fix}",
         ) from None
     return net
+
+
+def smp_architecture(arch: str | None, encoder: str | None) -> dict[str, Any]:
+    """The ``{library, name, kwargs}`` of an smp network from short names.
+
+    ``arch`` is an smp class name or alias (:data:`SMP_ALIASES`, any case),
+    default ``Unet``; ``encoder`` any smp or timm (``tu-...``) encoder, default
+    :data:`DEFAULT_ENCODER`. smp's defaults do the rest (encoder depth 5, so
+    patches are multiples of 32); ``in_channels`` and ``classes`` are filled
+    in by training. Unknown names are refused when the network is built.
+
+    Examples
+    --------
+    >>> smp_architecture("deeplabv3+", "resnet18")
+    {'library': 'smp', 'name': 'DeepLabV3Plus', 'kwargs': {'encoder_name': 'resnet18'}}
+    """
+    name = "Unet" if arch is None else SMP_ALIASES.get(arch.lower(), arch)
+    return {
+        "library": "smp",
+        "name": name,
+        "kwargs": {"encoder_name": encoder or DEFAULT_ENCODER},
+    }
 
 
 def _first_last_conv(net: nn.Module) -> tuple[_Named | None, _Named | None]:

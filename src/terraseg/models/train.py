@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from terraseg.config import TrainConfig
-from terraseg.errors import ConfigError, OutputExistsError
+from terraseg.errors import ConfigError, ModelLoadError, OutputExistsError
 from terraseg.models.augment import augment_names
 from terraseg.models.card import (
     CARD_SUFFIX,
@@ -55,6 +55,7 @@ from terraseg.models.datasets import (
 )
 from terraseg.models.labels import DEFAULT_LAYERS, LabelWarning, PathLike, rasterize_labels
 from terraseg.models.loading import save_model
+from terraseg.models.networks import build_network, smp_architecture
 from terraseg.models.records import TrainingRecord, metric_names, training_record
 from terraseg.models.spec import (
     BOUNDARY_CLASSES,
@@ -242,13 +243,28 @@ def _setup(cfg: TrainConfig, *, stem: str) -> _Setup:
     except ValidationError as exc:
         raise ConfigError(f"invalid classes: {_one_line(exc)}") from None
     init = _load_init(cfg, classes)
-    arch_data = dict(cfg.architecture or (init.architecture if init else DEMO_ARCHITECTURE))
+    if cfg.architecture is not None and (cfg.arch or cfg.encoder):
+        raise ConfigError("give architecture or arch/encoder, not both")
+    if cfg.arch or cfg.encoder:
+        arch_data = smp_architecture(cfg.arch, cfg.encoder)
+    else:
+        arch_data = dict(cfg.architecture or (init.architecture if init else DEMO_ARCHITECTURE))
     kwargs = dict(arch_data.get("kwargs") or {})
     kwargs.update(in_channels=len(cfg.bands), classes=len(classes))
     try:
         arch = Architecture.model_validate({**arch_data, "kwargs": kwargs})
     except ValidationError as exc:
         raise ConfigError(f"invalid architecture {arch_data}: {_one_line(exc)}") from None
+    try:  # before any data is read: an unknown encoder or a bad keyword fails here
+        build_network(arch, source="the training settings", fix="check arch/encoder "
+                      "(--arch/--encoder) or architecture")
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from None
+    if arch.name == "DeepLabV3Plus" and cfg.batch_size < 2:
+        raise ConfigError(
+            "DeepLabV3Plus needs batch_size ≥ 2 (its image pooling normalises over the batch); "
+            "e.g. --batch-size 4"
+        )
     depth = int(kwargs.get("encoder_depth", 5))
     if cfg.patch_px < 32 or cfg.patch_px % (2**depth):
         raise ConfigError(
