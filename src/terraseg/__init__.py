@@ -7,6 +7,7 @@ The notebook API::
     classes = terraseg.predict(scene, window=(0, 0, 1024, 1024))   # DataArray with CRS
     layers = terraseg.vectorize(classes)             # GeoDataFrames in the scene CRS
     ids, segs = terraseg.segment(scene, method="slic")   # no model: superpixels, k-means...
+    obj = terraseg.extract(scene, point=(x, y))      # the building (or region) at a point
     summary = terraseg.run("workflows/demo.yaml")    # a batch run on Dask
 """
 
@@ -17,11 +18,14 @@ from typing import TYPE_CHECKING, Any
 from terraseg._version import __version__
 
 if TYPE_CHECKING:  # the real signatures, for type checkers and IDEs
-    from terraseg.api import predict, run, segment, vectorize
+    from terraseg.api import extract, predict, run, segment, vectorize
     from terraseg.config import load_workflow
     from terraseg.io.scene import open_scene
 
-__all__ = ["__version__", "load_workflow", "open_scene", "predict", "run", "segment", "vectorize"]
+__all__ = [
+    "__version__", "extract", "load_workflow", "open_scene", "predict", "run", "segment",
+    "vectorize",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -30,7 +34,7 @@ def __getattr__(name: str) -> Any:
         from terraseg.io.scene import open_scene
 
         return open_scene
-    if name in ("predict", "vectorize", "run", "segment"):
+    if name in ("predict", "vectorize", "run", "segment", "extract"):
         from terraseg import api
 
         return getattr(api, name)

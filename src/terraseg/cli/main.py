@@ -354,6 +354,7 @@ def validate(
 
 
 from terraseg.cli.evaluate import evaluate_command  # noqa: E402
+from terraseg.cli.extract import extract_command  # noqa: E402
 from terraseg.cli.models import models_app, train_command  # noqa: E402
 from terraseg.cli.segment import segment_command  # noqa: E402
 
@@ -361,6 +362,7 @@ app.add_typer(models_app, name="models")
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("segment")(segment_command)
+app.command("extract")(extract_command)
 
 
 def main() -> None:
