@@ -17,7 +17,7 @@ from terraseg.models.train import DEMO_ARCHITECTURE, train_semantic
 from terraseg.synthetic import make_city
 
 
-def _task(loss: str) -> torch.nn.Module:
+def _task(loss: str, class_weights: list[float] | None = None) -> torch.nn.Module:
     card = ModelCard(
         name="t",
         task="semantic",
@@ -36,20 +36,35 @@ def _task(loss: str) -> torch.nn.Module:
         num_classes=3,
         loss=loss,
         ignore_index=IGNORE_LABEL,
-        class_weights=None,
+        class_weights=class_weights,
         lr=1e-3,
     )
 
 
-@pytest.mark.parametrize("loss", ["ce", "focal", "dice", "ce+dice"])
-def test_logits_at_unlabelled_pixels_do_not_change_the_loss(loss: str) -> None:
+@pytest.mark.parametrize(
+    ("loss", "weights"),
+    [
+        ("ce", None),
+        ("focal", None),
+        ("dice", None),
+        ("ce+dice", None),
+        ("jaccard", None),
+        ("lovasz", None),
+        ("ce", [0.2, 1.0, 3.0]),
+        ("focal", [0.2, 1.0, 3.0]),
+        ("ce+dice", [0.2, 1.0, 3.0]),
+    ],
+)
+def test_logits_at_unlabelled_pixels_do_not_change_the_loss(
+    loss: str, weights: list[float] | None
+) -> None:
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (2, 16, 16), generator=g)
     y[:, :, 8:] = IGNORE_LABEL
     logits = torch.randn(2, 3, 16, 16, generator=g)
     other = logits.clone()
     other[:, :, :, 8:] = torch.randn(2, 3, 16, 8, generator=g) * 10
-    criterion = _task(loss).criterion
+    criterion = _task(loss, weights).criterion
     a, b = float(criterion(logits, y)), float(criterion(other, y))
     assert np.isfinite(a) and a > 0
     assert a == pytest.approx(b, rel=1e-6, abs=1e-7)
@@ -105,3 +120,25 @@ def test_an_image_exactly_one_patch_high_trains(tmp_path: Path) -> None:
         TrainConfig(max_steps=1, steps_per_epoch=1, batch_size=2, patch_px=256, val_fraction=0.5),
     )
     assert card.training is not None and card.training.steps == 1
+
+
+@pytest.mark.parametrize("loss", ["ce", "focal"])
+def test_class_weights_change_the_loss(loss: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 3, (2, 16, 16), generator=g)
+    logits = torch.randn(2, 3, 16, 16, generator=g)
+    plain = float(_task(loss).criterion(logits, y))
+    weighted = float(_task(loss, [1.0, 1.0, 1.0]).criterion(logits, y))
+    heavy = float(_task(loss, [0.1, 0.1, 5.0]).criterion(logits, y))
+    if loss == "ce":
+        assert weighted == pytest.approx(plain, rel=1e-6)  # equal weights: the plain loss
+    assert heavy != pytest.approx(weighted, rel=1e-3)
+
+
+def test_jaccard_is_zero_for_a_perfect_prediction_and_skips_absent_classes() -> None:
+    y = torch.zeros(1, 8, 8, dtype=torch.long)
+    y[0, :4] = 1
+    y[0, :, 6:] = IGNORE_LABEL
+    logits = torch.nn.functional.one_hot(y.clamp(0, 2) % 3, 3).permute(0, 3, 1, 2).float() * 50
+    assert float(_task("jaccard").criterion(logits, y)) == pytest.approx(0.0, abs=1e-6)
+    assert float(_task("jaccard").criterion(-logits, y)) > 0.5

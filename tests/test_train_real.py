@@ -373,3 +373,13 @@ def test_architecture_errors(city: Path, tmp_path: Path) -> None:
         r"check arch/encoder \(--arch/--encoder\) or architecture",
     ):
         train_semantic(city, gpkg, tmp_path / "m", encoder="no-such-net", **TINY)
+
+
+def test_lovasz_trains_and_class_weights_need_a_weighted_loss(city: Path, tmp_path: Path) -> None:
+    gpkg = city.with_name("city.truth.gpkg")
+    card = train_semantic(city, gpkg, tmp_path / "l", loss="lovasz", **{**TINY, "max_steps": 1})
+    assert np.isfinite(card.metrics["val_miou"])
+    with pytest.raises(
+        ConfigError, match="class_weights apply to the losses ce, ce\\+dice and focal, not dice"
+    ):
+        train_semantic(city, gpkg, tmp_path / "m", loss="dice", class_weights=[1, 2, 3], **TINY)

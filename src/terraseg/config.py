@@ -254,13 +254,15 @@ class TrainConfig(_Model):
         ge=1,
         description="Width of the building edge ring of task 'boundary', pixels.",
     )
-    loss: Literal["ce", "focal", "jaccard", "dice", "ce+dice"] = Field(
+    loss: Literal["ce", "focal", "jaccard", "dice", "ce+dice", "lovasz"] = Field(
         default="ce",
-        description="Loss: torchgeo's 'ce', 'focal', 'jaccard'; smp's multiclass 'dice'; or "
-        "'ce+dice' (their sum: thin classes such as the building edge need the Dice term).",
+        description="Loss: 'ce' (cross-entropy), 'focal', 'jaccard' (soft IoU), 'dice', "
+        "'ce+dice' (their sum: thin classes such as the building edge need the Dice term) or "
+        "'lovasz' (Lovász-softmax); all skip unlabelled pixels (255).",
     )
     class_weights: list[float] | None = Field(
-        default=None, description="Per-class loss weights for 'ce', one per class."
+        default=None,
+        description="Per-class loss weights for 'ce', 'ce+dice' and 'focal', one per class.",
     )
     augment: str | list[str] = Field(
         default="basic",

@@ -140,10 +140,14 @@ def train_command(
     edge_px: Annotated[
         int, typer.Option("--edge-px", help="Edge ring width of --task boundary, pixels.")
     ] = 2,
-    loss: Annotated[str, typer.Option(help="ce, focal, jaccard, dice or ce+dice.")] = "ce",
+    loss: Annotated[
+        str, typer.Option(help="ce, focal, jaccard, dice, ce+dice or lovasz.")
+    ] = "ce",
     class_weights: Annotated[
         str | None,
-        typer.Option("--class-weights", help="Per-class loss weights of ce, comma-separated."),
+        typer.Option(
+            "--class-weights", help="Per-class weights of ce, ce+dice or focal, comma-separated."
+        ),
     ] = None,
     init_from: Annotated[
         str | None,

@@ -55,20 +55,6 @@ class FitResult:
     epochs: int
 
 
-class SumLoss(nn.Module):
-    """The sum of several losses over the same logits and targets (cross-entropy + Dice)."""
-
-    def __init__(self, *losses: nn.Module) -> None:
-        super().__init__()
-        self.losses = nn.ModuleList(losses)
-
-    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros((), device=y_hat.device)
-        for loss in self.losses:
-            total = total + loss(y_hat, y)
-        return total
-
-
 def _task_class() -> Callable[..., SemanticSegmentationTask]:
     from torch.optim import AdamW
     from torch.optim.lr_scheduler import OneCycleLR
@@ -86,24 +72,14 @@ def _task_class() -> Callable[..., SemanticSegmentationTask]:
             super().__init__(**kwargs)  # saves terraseg_card/total_steps as hyper-parameters
 
         def configure_losses(self) -> None:
-            """torchgeo's losses, plus smp's multiclass Dice alone or added to cross-entropy."""
-            loss = self.hparams["loss"]
-            if loss not in ("dice", "ce+dice"):
-                super().configure_losses()
-                return
-            import segmentation_models_pytorch as smp
+            """The loss of :func:`terraseg.models.losses.build_loss` (all skip ignore_index)."""
+            from terraseg.models.losses import build_loss
 
-            ignore = self.hparams["ignore_index"]
-            dice = smp.losses.DiceLoss("multiclass", ignore_index=ignore)
-            if loss == "dice":
-                self.criterion = dice
-                return
-            weights = self.hparams["class_weights"]
-            ce = nn.CrossEntropyLoss(
-                ignore_index=-1000 if ignore is None else ignore,
-                weight=None if weights is None else torch.tensor(weights, dtype=torch.float32),
+            self.criterion = build_loss(
+                self.hparams["loss"],
+                ignore_index=self.hparams["ignore_index"],
+                class_weights=self.hparams["class_weights"],
             )
-            self.criterion = SumLoss(ce, dice)
 
         def configure_models(self) -> None:
             arch = Architecture.model_validate(self.hparams["terraseg_card"]["architecture"])

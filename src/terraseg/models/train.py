@@ -271,6 +271,11 @@ def _setup(cfg: TrainConfig, *, stem: str) -> _Setup:
             f"patch_px={cfg.patch_px} must be ≥ 32 and a multiple of {2**depth} "
             f"(encoder depth {depth}); e.g. 256",
         )
+    if cfg.class_weights is not None and cfg.loss not in ("ce", "ce+dice", "focal"):
+        raise ConfigError(
+            f"class_weights apply to the losses ce, ce+dice and focal, not {cfg.loss}; drop "
+            "--class-weights or choose one of those"
+        )
     if cfg.class_weights is not None and len(cfg.class_weights) != len(classes):
         raise ConfigError(
             f"class_weights has {len(cfg.class_weights)} values for {len(classes)} classes "
