@@ -105,8 +105,13 @@ class AdaptedScene(Scene):
         return f"AdaptedScene({self.source!r}, {grid}, bands {list(self.input.bands)})"
 
     def __dask_tokenize__(self) -> tuple[object, ...]:
-        return ("terraseg.AdaptedScene", self.source.__dask_tokenize__(), self.gridmap,
-                self.input.model_dump_json(), self.clip)
+        return (
+            "terraseg.AdaptedScene",
+            self.source.__dask_tokenize__(),
+            self.gridmap,
+            self.input.model_dump_json(),
+            self.clip,
+        )
 
     def _read(
         self,
@@ -202,7 +207,8 @@ def _adapt_bands(scene: Scene, spec: ModelSpec) -> tuple[tuple[int, ...], dict[s
     data = _data_bands(scene)
     wanted = spec.input.bands
     record: dict[str, Any] = {
-        "scene_bands": scene.count, "alpha_band": scene.alpha_band,
+        "scene_bands": scene.count,
+        "alpha_band": scene.alpha_band,
         "mask": "alpha" if scene.has_alpha else ("nodata" if scene.nodata is not None else None),
     }
     if max(wanted) <= scene.count and scene.alpha_band not in wanted:
@@ -232,8 +238,12 @@ def _gridmap(
     scene: Scene, gsd: tuple[float, float, str] | None, *, resample: bool
 ) -> tuple[GridMap | None, dict[str, Any]]:
     """The model grid when the scene's GSD is outside the card's tolerance (or refuse)."""
-    record: dict[str, Any] = {"scene_gsd_m": round(scene.gsd_m, 6), "model_gsd_m": None,
-                              "resampled": False, "factor": None}
+    record: dict[str, Any] = {
+        "scene_gsd_m": round(scene.gsd_m, 6),
+        "model_gsd_m": None,
+        "resampled": False,
+        "factor": None,
+    }
     if gsd is None:
         return None, record
     model_m, tol, name = gsd
@@ -250,13 +260,17 @@ def _gridmap(
             f"trained at {model_m:g} m (±{tol:.0%}); drop --no-resample (resample=False) to "
             f"resample it to {model_m:g} m on the fly, or resample the file first "
             f"(gdalwarp -tr {model_m:g} {model_m:g} -r average)",
-            gsd_m=scene.gsd_m, model_gsd_m=model_m,
+            gsd_m=scene.gsd_m,
+            model_gsd_m=model_m,
         )
     gx, gy = scene.gsd_xy_m
     gridmap = GridMap(scene.shape, model_m / gy, model_m / gx)
-    record.update(resampled=True, factor=[round(gridmap.fy, 6), round(gridmap.fx, 6)],
-                  model_grid_shape=list(gridmap.model_shape),
-                  resampling=warp_resampling(gridmap))
+    record.update(
+        resampled=True,
+        factor=[round(gridmap.fy, 6), round(gridmap.fx, 6)],
+        model_grid_shape=list(gridmap.model_shape),
+        resampling=warp_resampling(gridmap),
+    )
     return gridmap, record
 
 
@@ -280,11 +294,22 @@ def _fit_scaling(
     unique = sorted(set(inp.bands))
     stats = compute_band_stats(scene, unique)
     per = {b: i for i, b in enumerate(stats.bands)}
-    record: dict[str, Any] = {"dtype": dtype, "sample_px": stats.count,
-                              "sample_decimation": stats.decimation}
+    record: dict[str, Any] = {
+        "dtype": dtype,
+        "sample_px": stats.count,
+        "sample_decimation": stats.decimation,
+    }
     if not needs_stats and max(stats.max) <= 255.0:
-        return inp, None, record | {"method": "card", "normalization": inp.normalization,
-                                    "note": "values already within 0-255"}
+        return (
+            inp,
+            None,
+            record
+            | {
+                "method": "card",
+                "normalization": inp.normalization,
+                "note": "values already within 0-255",
+            },
+        )
     if inp.normalization == "minmax":
         lo = [stats.min[per[b]] for b in inp.bands]
         hi = [stats.max[per[b]] for b in inp.bands]
@@ -306,11 +331,16 @@ def _fit_scaling(
     if method != "minmax":
         for b, lo_, h in zip(inp.bands, lo, hi, strict=True):
             clip[b - 1] = (float(lo_), float(h))
-    fitted = inp.model_copy(update={"normalization": "meanstd", "mean": tuple(sub),
-                                    "std": tuple(div)})
-    record |= {"method": method, "card_normalization": inp.normalization,
-               "percentiles": [2.0, 98.0] if method != "minmax" else None,
-               "low": [round(v, 4) for v in lo], "high": [round(v, 4) for v in hi]}
+    fitted = inp.model_copy(
+        update={"normalization": "meanstd", "mean": tuple(sub), "std": tuple(div)}
+    )
+    record |= {
+        "method": method,
+        "card_normalization": inp.normalization,
+        "percentiles": [2.0, 98.0] if method != "minmax" else None,
+        "low": [round(v, 4) for v in lo],
+        "high": [round(v, 4) for v in hi],
+    }
     return fitted, tuple(clip), record
 
 
@@ -361,20 +391,43 @@ def adapt_scene(
     inp, clip, scale_record = _fit_scaling(scene, spec.input.model_copy(update={"bands": bands}))
     record = {"bands": band_record, "gsd": gsd_record, "scaling": scale_record}
     if gridmap is None:
-        geo = (scene.transform, scene.shape, scene.block_shape, scene.overview_factors,
-               scene.gsd_xy_m)
+        geo = (
+            scene.transform,
+            scene.shape,
+            scene.block_shape,
+            scene.overview_factors,
+            scene.gsd_xy_m,
+        )
     else:
         gx, gy = scene.gsd_xy_m
-        geo = (model_transform(scene.transform, gridmap), gridmap.model_shape, (256, 256), (),
-               (gx * gridmap.fx, gy * gridmap.fy))
+        geo = (
+            model_transform(scene.transform, gridmap),
+            gridmap.model_shape,
+            (256, 256),
+            (),
+            (gx * gridmap.fx, gy * gridmap.fy),
+        )
     transform, shape, block_shape, overviews, gsd_xy = geo
     view = AdaptedScene(
-        source=scene, gridmap=gridmap, input=inp, clip=clip, record=record,
-        path=scene.path, crs=scene.crs, count=scene.count, dtypes=scene.dtypes,
-        nodata=scene.nodata, colorinterp=scene.colorinterp,
-        band_descriptions=scene.band_descriptions, crs_assumed=scene.crs_assumed,
-        mtime_ns=scene.mtime_ns, transform=transform, shape=shape, block_shape=block_shape,
-        overview_factors=overviews, gsd_xy_m=gsd_xy,
+        source=scene,
+        gridmap=gridmap,
+        input=inp,
+        clip=clip,
+        record=record,
+        path=scene.path,
+        crs=scene.crs,
+        count=scene.count,
+        dtypes=scene.dtypes,
+        nodata=scene.nodata,
+        colorinterp=scene.colorinterp,
+        band_descriptions=scene.band_descriptions,
+        crs_assumed=scene.crs_assumed,
+        mtime_ns=scene.mtime_ns,
+        transform=transform,
+        shape=shape,
+        block_shape=block_shape,
+        overview_factors=overviews,
+        gsd_xy_m=gsd_xy,
     )
     return view, spec.model_copy(update={"input": inp})
 

@@ -115,8 +115,10 @@ def read_model_window(
     data = np.empty((len(bands), *window.shape), dtype=scene.dtype)
     valid = np.empty(window.shape, dtype=bool) if with_mask else None
     kw: dict[str, Any] = {
-        "crs": scene.crs, "transform": model_transform(scene.transform, gridmap),
-        "width": cols, "height": rows,
+        "crs": scene.crs,
+        "transform": model_transform(scene.transform, gridmap),
+        "width": cols,
+        "height": rows,
         "resampling": Resampling[warp_resampling(gridmap)],
     }
     if scene.crs_assumed:
@@ -138,8 +140,11 @@ def read_model_window(
                         valid[dst] = valid_mask(vrt, list(bands), arr, window=win)[src]
     except (RasterioError, OSError) as exc:
         HANDLES.discard((scene.path, scene.mtime_ns))
-        why = (remote_failure(scene.path, exc) if is_remote(scene.path)
-               else f"{failure_reason(exc)}; {FILE_FIX}")
+        why = (
+            remote_failure(scene.path, exc)
+            if is_remote(scene.path)
+            else f"{failure_reason(exc)}; {FILE_FIX}"
+        )
         raise SceneReadError(
             f"cannot read window {window} of scene '{scene.path}' resampled to the model's "
             f"GSD: {why}",
