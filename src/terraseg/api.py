@@ -503,7 +503,7 @@ def segment(
         The method's parameters (``expression``, ``band``, ``index``, ``threshold``,
         ``k``, ``segment_size_m2``, ``compactness``, ``scale``, ``min_size_m2``,
         ``sigma_px``, ``edge_low``, ``edge_high``, ``min_length_m``, ``chunk_px``,
-        ``seed``), as :func:`~terraseg.engine.segment.segment_scene` takes them.
+        ``seed``, ``labelling``, ``classes``), as :func:`~terraseg.engine.segment.segment_scene`.
 
     Returns
     -------

@@ -101,7 +101,7 @@ def _parse_pairs(items: list[str] | None, option: str) -> tuple[list[Path], list
 def train_command(
     image: Annotated[Path, typer.Argument(help="Training GeoTIFF.")],
     labels: Annotated[
-        Path, typer.Argument(help="Labels: GeoPackage (one layer per class) or class raster.")
+        Path, typer.Argument(help="Labels: GeoPackage (one layer per class), class raster, or the labelling.gpkg of `terraseg segment --for-labelling` (unlabelled segments are ignored).")
     ],
     out: Annotated[
         Path, typer.Option("--out", help="Output stem: writes OUT.safetensors + OUT.card.yaml.")

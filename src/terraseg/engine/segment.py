@@ -22,7 +22,8 @@ COG, global ids, 0 = nodata). Each writes
 ``segments.gpkg`` (layer ``segments``, or ``edges``; QGIS default styles and a
 ``runs`` table), ``segments.qgz`` (a QGIS project showing the layer and the raster
 over the source scene) and ``segment.json`` (the resolved parameters: the fitted
-threshold or centres, the seed step).
+threshold or centres, the seed step). ``labelling=True`` (region methods) writes
+``labelling.gpkg``/``.qgz`` instead, with an empty ``class`` and a QGIS form.
 
 Global statistics come from one decimated read (:meth:`Scene.read_decimated`,
 served from overviews when the file has them); each chunk is then read on its
