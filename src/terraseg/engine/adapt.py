@@ -277,7 +277,7 @@ def _gridmap(
 def _expects_8bit(inp: InputSpec) -> bool:
     """Whether a normalisation was made for 0-255 values (``scale: 255``, 0-255 means)."""
     if inp.normalization == "scale":
-        return inp.scale <= 255.0
+        return inp.scale == 255.0  # scale 1 (raw values) or 2047/65535 state their own range
     if inp.normalization == "meanstd" and inp.mean is not None:
         return max(inp.mean) <= 255.0
     return False

@@ -503,9 +503,9 @@ def check_gsd(
 
     Notes
     -----
-    terraseg does not resample on the fly: a model sees objects at the size
-    it was trained on only if the scene is resampled first (e.g. with
-    ``gdalwarp -tr``).
+    This check does not resample. ``terraseg predict`` (and ``terraseg run``,
+    :func:`terraseg.predict`) resamples a scene outside the tolerance on the fly
+    to the model's GSD (:mod:`terraseg.engine.adapt`), unless told not to.
 
     Examples
     --------
@@ -526,8 +526,9 @@ def check_gsd(
     msg = (
         f"{scene} has a GSD of {scene_gsd_m:.3g} m but model '{card.name}' was trained at "
         f"{gsd:g} m (±{tol:.0%}); resample the scene to {gsd:g} m first "
-        f"(e.g. gdalwarp -tr {gsd:g} {gsd:g} -r bilinear), terraseg does not resample on the "
-        "fly, or accept the mismatch with gsd_policy='warn'"
+        f"(e.g. gdalwarp -tr {gsd:g} {gsd:g} -r bilinear), this check does not resample on the "
+        "fly (terraseg predict does unless --no-resample), or accept the mismatch with "
+        "gsd_policy='warn'"
     )
     if policy == "refuse":
         raise ConfigError(msg, gsd_m=scene_gsd_m, model_gsd_m=gsd)
