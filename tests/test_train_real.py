@@ -383,3 +383,47 @@ def test_lovasz_trains_and_class_weights_need_a_weighted_loss(city: Path, tmp_pa
         ConfigError, match="class_weights apply to the losses ce, ce\\+dice and focal, not dice"
     ):
         train_semantic(city, gpkg, tmp_path / "m", loss="dice", class_weights=[1, 2, 3], **TINY)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 7])
+def test_adapt_input_conv_keeps_the_response_to_grey(n: int) -> None:
+    from terraseg.models.finetune import adapt_input_conv
+
+    w = torch.randn(8, 3, 3, 3)
+    grey = torch.rand(1, 1, 16, 16)
+    rgb_out = torch.nn.functional.conv2d(grey.repeat(1, 3, 1, 1), w)
+    wn = adapt_input_conv(w, n)
+    assert wn.shape == (8, n, 3, 3)
+    assert torch.allclose(
+        torch.nn.functional.conv2d(grey.repeat(1, n, 1, 1), wn), rgb_out, atol=1e-5
+    )
+    if n == 4:  # G and B keep their kernels; R is split between bands 1 and 4
+        assert torch.equal(wn[:, 1:3], w[:, 1:3])
+        assert torch.allclose(wn[:, 0] + wn[:, 3], w[:, 0])
+
+
+@pytest.mark.parametrize("bands", [(1,), (1, 2, 3, 1)])
+def test_init_from_a_3_band_model_fits_other_band_counts(
+    bands: tuple[int, ...], city: Path, tmp_path: Path
+) -> None:
+
+    gpkg = city.with_name("city.truth.gpkg")
+    start = tmp_path / "rgb"
+    train_semantic(city, gpkg, start, **{**TINY, "max_steps": 1})
+    card = train_semantic(
+        city,
+        gpkg,
+        tmp_path / "ft",
+        init_from=f"{start}.safetensors",
+        bands=bands,
+        **{**TINY, "max_steps": 1},
+    )
+    assert card.input.bands == bands and card.architecture.kwargs["in_channels"] == len(bands)
+    assert card.training is not None and card.training.init_from is not None
+    assert f"first convolution fitted from 3 to {len(bands)} band(s)" in card.training.init_from
+    net, _ = load_model(tmp_path / "ft.safetensors")
+    with torch.inference_mode():
+        assert net(torch.rand(1, len(bands), 64, 64)).shape == (1, 3, 64, 64)

@@ -290,8 +290,8 @@ class TrainConfig(_Model):
     init_from: str | None = Field(
         default=None,
         description="Start from this model's weights (a bundled name such as 'demo-instance', or "
-        "a checkpoint path): fine-tuning. Its task, bands and classes must be the ones trained; "
-        "its architecture is used.",
+        "a checkpoint path): fine-tuning. Its task and classes must be the ones trained; its "
+        "architecture is used, its first convolution fitted when the band count differs.",
     )
     seed: int = Field(default=0, description="Seeds Lightning, the samplers and augmentations.")
     name: str | None = Field(

@@ -152,9 +152,10 @@ def train_command(
     init_from: Annotated[
         str | None,
         typer.Option(
+            "--init",
             "--init-from",
-            help="Fine-tune: start from this model (bundled name or checkpoint); same task, "
-            "bands and classes.",
+            help="Fine-tune: start from this model (bundled name or checkpoint); same task and "
+            "classes; another band count is fine (its first convolution is fitted).",
         ),
     ] = None,
     label_extent: Annotated[

@@ -328,7 +328,7 @@ class _Start:
 
 
 def _load_init(cfg: TrainConfig, classes: tuple[ClassInfo, ...]) -> _Start | None:
-    """The weights of ``cfg.init_from``, checked against the task, bands and classes trained."""
+    """The weights of ``cfg.init_from``, checked against task and classes, fitted to the bands."""
     if cfg.init_from is None:
         return None
     from terraseg.models.card import file_sha256
@@ -338,8 +338,6 @@ def _load_init(cfg: TrainConfig, classes: tuple[ClassInfo, ...]) -> _Start | Non
     problems = []
     if card.task != cfg.task:
         problems.append(f"its task is {card.task}, not {cfg.task}")
-    if tuple(card.input.bands) != tuple(cfg.bands):
-        problems.append(f"it reads bands {list(card.input.bands)}, not {list(cfg.bands)}")
     if [c.name for c in card.classes] != [c.name for c in classes]:
         problems.append(
             f"its classes are {[c.name for c in card.classes]}, not {[c.name for c in classes]}"
@@ -349,13 +347,29 @@ def _load_init(cfg: TrainConfig, classes: tuple[ClassInfo, ...]) -> _Start | Non
     if problems:
         raise ConfigError(
             f"cannot fine-tune from '{cfg.init_from}': {'; '.join(problems)}; pick a model "
-            "trained for the same task, bands and classes",
+            "trained for the same task and classes",
             init_from=cfg.init_from,
         )
     given = Path(cfg.init_from)
     sha = card.weights_sha256 or (file_sha256(given) if given.is_file() else None)
     note = card.name + (f" (weights sha256 {sha[:12]}…)" if sha else "")
-    return _Start(dict(net.state_dict()), card.architecture, note)
+    state = dict(net.state_dict())
+    old_n, new_n = card.input.n_bands, len(cfg.bands)
+    if old_n != new_n:  # 3-band model, 1-band or 4-band data: fit the first convolution
+        from terraseg.models.finetune import adapt_input_conv, first_conv_key
+
+        key = first_conv_key(state, old_n)
+        if key is None:
+            raise ConfigError(
+                f"cannot fine-tune from '{cfg.init_from}': it reads {old_n} band(s) and its first "
+                f"convolution was not found to fit it to {new_n}; give --bands with {old_n} bands",
+                init_from=cfg.init_from,
+            )
+        state[key] = adapt_input_conv(state[key], new_n)
+        note += f"; first convolution fitted from {old_n} to {new_n} band(s)"
+    arch = card.architecture
+    kwargs = {**arch.kwargs, "in_channels": new_n}
+    return _Start(state, arch.model_copy(update={"kwargs": kwargs}), note)
 
 
 def _schedule(cfg: TrainConfig) -> tuple[int, int]:
