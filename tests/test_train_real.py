@@ -427,3 +427,41 @@ def test_init_from_a_3_band_model_fits_other_band_counts(
     net, _ = load_model(tmp_path / "ft.safetensors")
     with torch.inference_mode():
         assert net(torch.rand(1, len(bands), 64, 64)).shape == (1, 3, 64, 64)
+
+
+# --------------------------------------------------------------------------- GSD
+
+
+def test_target_grid_and_resampling(city: Path, tmp_path: Path) -> None:
+    from terraseg.io.scene import open_scene
+    from terraseg.models.resample import resample_to_grid, target_grid
+
+    scene = open_scene(city)  # 256² at 0.5 m
+    grid = target_grid(scene, 1.0)
+    transform, rows, cols = grid
+    assert (rows, cols) == (128, 128) and transform.a == pytest.approx(1.0, rel=1e-3)  # UTM k
+    img = resample_to_grid(city, tmp_path / "i.tif", scene, grid, labels=False)
+    lab = resample_to_grid(
+        city.with_name("city.truth.tif"), tmp_path / "l.tif", scene, grid, labels=True
+    )
+    with rasterio.open(img) as a, rasterio.open(lab) as b, rasterio.open(city) as c:
+        assert a.bounds == pytest.approx(c.bounds) and a.crs == c.crs and a.count == c.count
+        src = c.read().astype(float)
+        avg = src.reshape(3, 128, 2, 128, 2).mean((2, 4))
+        err = np.abs(a.read().astype(float) - avg)  # 2x2 averages (the grid is 0.04 % off)
+        assert err.mean() < 0.6 and np.percentile(err, 95) <= 2.0
+        labels = b.read(1)
+        assert set(np.unique(labels)) <= {0, 1, 2}
+
+
+def test_training_at_another_gsd(city: Path, tmp_path: Path) -> None:
+    card = train_semantic(
+        city,
+        city.with_name("city.truth.gpkg"),
+        tmp_path / "g",
+        gsd_m=1.0,
+        task="boundary",
+        **{**TINY, "max_steps": 1},
+    )
+    assert card.gsd_m == 1.0
+    assert card.training is not None and card.training.data == ["city.tif"]

@@ -276,6 +276,14 @@ class TrainConfig(_Model):
         "images or one per image. Label pixels outside are unlabelled (255) and count in no loss "
         "or metric; patches and the held-out strip are drawn within the extent's bounding box.",
     )
+    gsd_m: float | None = Field(
+        default=None,
+        gt=0,
+        description="Resample training and validation images to this GSD, metres per pixel, "
+        "before training (average when coarser, bilinear when finer; vector labels rasterized "
+        "on the new grid, class rasters read with nearest); the card's gsd_m. Default: each "
+        "image's own GSD.",
+    )
     monitor: str = Field(
         default="val_miou",
         description="Validation metric (measured after every epoch) that picks the epoch whose "

@@ -180,6 +180,14 @@ def train_command(
             "tu-convnext_tiny), random weights; default tu-resnet10t.",
         ),
     ] = None,
+    gsd_m: Annotated[
+        float | None,
+        typer.Option(
+            "--gsd-m",
+            help="Resample the training (and validation) images to this GSD, m/px, first; "
+            "the model's card says it.",
+        ),
+    ] = None,
     monitor: Annotated[
         str,
         typer.Option(
@@ -233,6 +241,7 @@ def train_command(
         "loss": loss, "init_from": init_from, "augment": augment,
         "accelerator": accelerator, "label_extent": label_extent or None,
         "monitor": monitor, "patience": patience, "arch": arch, "encoder": encoder,
+        "gsd_m": gsd_m,
         "class_weights": _parse_floats(class_weights, "--class-weights"),
     })
     card = train_semantic(

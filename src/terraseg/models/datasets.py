@@ -139,22 +139,23 @@ def training_areas(
 
     Vector labels are rasterized into ``workdir``; without validation scenes
     the southern ``cfg.val_fraction`` of each training image is held out. With
+    ``cfg.gsd_m``, images are first resampled to that GSD (in ``workdir``). With
     ``cfg.label_extent``, training labels outside the extent are
     ``IGNORE_LABEL``, and patches (and the held-out strip) are drawn within the
     extent's bounding box.
     """
     edge_px = cfg.edge_px if cfg.task == "boundary" else None
     pairs = prepare_pairs(
-        as_paths(images), as_paths(labels), layers, cfg.bands, workdir, "train", n_classes,
-        edge_px,
+        _at_gsd(as_paths(images), cfg.gsd_m, workdir, "train"), as_paths(labels), layers,
+        cfg.bands, workdir, "train", n_classes, edge_px,
     )
     pairs, areas = _with_extents(pairs, cfg.label_extent, workdir)
     if val_images is not None:
         if val_labels is None:
             raise ConfigError("val_image needs val_labels (one label file per image)")
         val_pairs = prepare_pairs(
-            as_paths(val_images), as_paths(val_labels), layers, cfg.bands, workdir, "val",
-            n_classes, edge_px,
+            _at_gsd(as_paths(val_images), cfg.gsd_m, workdir, "val"), as_paths(val_labels),
+            layers, cfg.bands, workdir, "val", n_classes, edge_px,
         )
         train_rois: list[shapely.Polygon | None] = [
             None if area is None else _labelled_box(p.image, area, cfg.patch_px)
@@ -170,6 +171,25 @@ def training_areas(
         for p, area in zip(pairs, areas, strict=True)
     ]
     return TrainingAreas(pairs, pairs, [s[0] for s in split], [s[1] for s in split])
+
+
+def _at_gsd(images: list[Path], gsd_m: float | None, workdir: Path, tag: str) -> list[Path]:
+    """The images, or (``gsd_m``) copies resampled to it in ``workdir`` (names kept).
+
+    Vector labels are then rasterized on the resampled grid (edge rings stay
+    ``edge_px`` wide); class rasters are read onto it by torchgeo (nearest).
+    """
+    if gsd_m is None:
+        return images
+    from terraseg.models.resample import resample_to_grid, target_grid
+
+    out = []
+    for k, path in enumerate(images):
+        scene = open_scene(path)
+        grid = target_grid(scene, gsd_m)
+        out.append(resample_to_grid(path, workdir / f"{tag}{k}" / path.name, scene, grid,
+                                    labels=False))
+    return out
 
 
 def _with_extents(

@@ -444,7 +444,7 @@ def _final_card(
     )
     card = setup.card.model_copy(
         update={
-            "gsd_m": float(f"{np.mean(gsds):.3g}"),
+            "gsd_m": cfg.gsd_m if cfg.gsd_m is not None else float(f"{np.mean(gsds):.3g}"),
             "gsd_tolerance": cfg.gsd_tolerance,
             "training": TrainingInfo(
                 data=list(cfg.data_notes) or [Path(p.image.path).name for p in areas.train],
