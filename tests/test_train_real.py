@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -465,3 +466,74 @@ def test_training_at_another_gsd(city: Path, tmp_path: Path) -> None:
     )
     assert card.gsd_m == 1.0
     assert card.training is not None and card.training.data == ["city.tif"]
+
+
+# --------------------------------------------------------------------------- CLI and workflow
+
+
+def test_cli_train_with_the_real_data_options(
+    city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from terraseg.cli.main import main
+
+    extent = _west_half_extent(city, tmp_path / "extent.geojson")
+    out = tmp_path / "cli"
+    argv = [
+        "terraseg", "train", str(city), str(city.with_name("city.truth.gpkg")), "--out", str(out),
+        "--epochs", "2", "--steps-per-epoch", "1", "--batch-size", "2", "--patch-px", "64",
+        "--arch", "fpn", "--encoder", "tu-mobilenetv3_small_050", "--loss", "lovasz",
+        "--augment", "full", "--label-extent", str(extent), "--gsd-m", "0.5",
+        "--monitor", "val_iou_building", "--patience", "3", "--accelerator", "auto",
+    ]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    main()
+    said = capsys.readouterr().out
+    assert f"wrote {out}.safetensors" in said and f"every epoch in {out}.metrics.csv" in said
+    _, card = load_model(f"{out}.card.yaml")
+    assert card.architecture.name == "FPN" and card.gsd_m == 0.5
+    assert card.training is not None and card.training.monitor == "val_iou_building"
+    assert card.training.hardware is not None and card.training.hardware.startswith("cpu")
+    assert len((tmp_path / "cli.metrics.csv").read_text().splitlines()) == 3
+    monkeypatch.setattr(
+        sys, "argv", [*argv[:6], "--augment", "rotate", "--max-steps", "1", "--overwrite"]
+    )
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "terraseg: error: augment: unknown augmentation(s) ['rotate']; use a preset (none, "
+        "basic, full) or names from d4, brightness, contrast, hue, scale, blur, noise"
+    )
+
+
+def test_workflow_train_stage_takes_the_new_keys(city: Path, tmp_path: Path) -> None:
+    from terraseg.config import load_workflow
+    from terraseg.engine.batch import run_workflow
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _west_half_extent(city, data / "extent.geojson")
+    wf_path = tmp_path / "train.yaml"
+    wf_path.write_text(
+        f"""
+version: 1
+name: t
+stages: [train]
+outputs: {{dir: {tmp_path / "out"}}}
+train:
+  image: {city}
+  labels: {city.with_name("city.truth.gpkg")}
+  out: m
+  label_extent: data/extent.geojson
+  augment: [d4, noise]
+  max_steps: 2
+  steps_per_epoch: 1
+  batch_size: 2
+  patch_px: 64
+  monitor: val_iou_building
+""",
+        encoding="utf-8",
+    )
+    result = run_workflow(load_workflow(wf_path))
+    weights = Path(result.scenes[0].outputs["weights"])
+    assert weights.exists() and weights.with_name("m.metrics.csv").exists()
