@@ -224,7 +224,12 @@ def train_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
-    """Train a semantic or boundary model (torchgeo + Lightning); write its weights and card."""
+    """Train a semantic or boundary model (torchgeo + Lightning); write its weights and card.
+
+    \f
+    Long because every training setting is an option here (typer declares
+    options as parameters); the body is a dozen lines.
+    """
     from terraseg.config import TrainConfig
     from terraseg.models.train import train_semantic
 

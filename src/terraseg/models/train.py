@@ -168,7 +168,7 @@ def train_semantic(
         ``<out>.*`` exists and ``overwrite`` is false (checked before training).
     """
     t0 = time.perf_counter()
-    weights_path, card_path = _out_paths(out, overwrite=overwrite)
+    weights_path, card_path, csv_path = _out_paths(out, overwrite=overwrite)
     cfg = (config if config is not None else TrainConfig()).with_overrides(overrides)
     if cfg.task == "detection":
         if cfg.epochs is None and cfg.max_steps is None:
@@ -183,12 +183,6 @@ def train_semantic(
             overwrite=overwrite,
         )
     setup = _setup(cfg, stem=weights_path.name[: -len(".safetensors")])
-    csv_path = weights_path.with_name(weights_path.name[: -len(".safetensors")] + METRICS_SUFFIX)
-    if csv_path.exists() and not overwrite:
-        raise OutputExistsError(
-            f"output '{csv_path}' already exists; pass --overwrite (overwrite=True) to replace it",
-            path=csv_path,
-        )
     partial_csv = csv_path.with_name(csv_path.name + ".part")
     partial_csv.parent.mkdir(parents=True, exist_ok=True)  # a new output folder
     with tempfile.TemporaryDirectory(prefix="terraseg-train-") as tmp:
@@ -213,12 +207,19 @@ def train_semantic(
     return load_card(card_path)
 
 
-def _out_paths(out: PathLike, *, overwrite: bool) -> tuple[Path, Path]:
-    """``<out>.safetensors`` and ``<out>.card.yaml``, refused if present unless ``overwrite``."""
+def _out_paths(out: PathLike, *, overwrite: bool) -> tuple[Path, Path, Path]:
+    """``<out>.safetensors``, ``.card.yaml`` and ``.metrics.csv``, refused if present.
+
+    (Unless ``overwrite``.)
+    """
     p = Path(out)
     if p.suffix == ".safetensors":
         p = p.with_suffix("")
-    paths = p.with_name(p.name + ".safetensors"), p.with_name(p.name + CARD_SUFFIX)
+    paths = (
+        p.with_name(p.name + ".safetensors"),
+        p.with_name(p.name + CARD_SUFFIX),
+        p.with_name(p.name + METRICS_SUFFIX),
+    )
     for path in paths:
         if path.exists() and not overwrite:
             raise OutputExistsError(
