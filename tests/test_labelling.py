@@ -422,3 +422,35 @@ def test_set_segment_classes_resets_and_refuses_other_files(
     assert frame.loc[frame["class"].notna(), "segment_id"].tolist() == [3]
     with pytest.raises(ConfigError, match="has no layer 'segments' with 'segment_id'"):
         set_segment_classes(city.truth_gpkg, {1: 1})
+
+
+def test_training_patches_are_drawn_from_the_labelled_part(
+    city: CityScene, labelling: Path, truth_classes: dict[int, int], tmp_path: Path
+) -> None:
+    """Segments labelled in one corner: the training and held-out areas lie around them."""
+    import shapely
+
+    from terraseg.config import TrainConfig
+    from terraseg.models.datasets import training_areas
+    from terraseg.models.labels import DEFAULT_LAYERS
+
+    gpkg = tmp_path / "labelling.gpkg"
+    shutil.copy(labelling / "labelling.gpkg", gpkg)
+    ids = _read(labelling / "segments.tif")
+    corner = [int(s) for s in np.unique(ids[:100, :100]) if s > 0]
+    set_segment_classes(gpkg, {s: truth_classes[s] for s in corner})
+    cfg = TrainConfig(max_steps=1, patch_px=64)
+    areas = training_areas(city.image, gpkg, None, None, layers=DEFAULT_LAYERS, cfg=cfg,
+                           n_classes=3, workdir=tmp_path)  # fmt: skip
+    frame = gpd.read_file(gpkg, layer="segments")
+    labelled = shapely.union_all(frame[frame["class"].notna()].geometry.to_numpy())
+    train, val = areas.train_rois[0], areas.val_rois[0]
+    assert train is not None
+    with rasterio.open(city.image) as ds:
+        scene_area = (ds.bounds.right - ds.bounds.left) * (ds.bounds.top - ds.bounds.bottom)
+        res = ds.res[0]
+    drawn = shapely.union_all([train, val])
+    assert drawn.area < 0.3 * scene_area  # not the whole image
+    assert labelled.buffer(2 * 64 * res).contains(drawn)  # around the labelled corner
+    assert val.intersection(labelled).area > 0.5 * val.area  # validation sees labels
+    assert train.intersection(labelled).area > 0.5 * train.area

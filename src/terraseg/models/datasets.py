@@ -30,6 +30,7 @@ from terraseg.models.labels import (
     PathLike,
     check_label_values,
     check_raster_overlap,
+    labelled_area,
     rasterize_labels,
 )
 from terraseg.models.spec import InputSpec
@@ -150,6 +151,11 @@ def training_areas(
         cfg.bands, workdir, "train", n_classes, edge_px,
     )
     pairs, areas = _with_extents(pairs, cfg.label_extent, workdir)
+    areas = [  # a labelling file: patches within its labelled segments (unless an extent is given)
+        labelled_area(lab, p.image, layers, min_px=(2 * cfg.patch_px + 2, cfg.patch_px + 2))
+        if area is None else area
+        for p, area, lab in zip(pairs, areas, as_paths(labels), strict=True)
+    ]
     if val_images is not None:
         if val_labels is None:
             raise ConfigError("val_image needs val_labels (one label file per image)")

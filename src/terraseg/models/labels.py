@@ -44,6 +44,7 @@ __all__ = [
     "check_label_values",
     "check_raster_overlap",
     "is_labelling_file",
+    "labelled_area",
     "rasterize_labels",
     "read_labelled_segments",
 ]
@@ -162,6 +163,42 @@ def is_labelling_file(labels: PathLike, layers: Mapping[str, int] = DEFAULT_LAYE
     if CLASS_FIELD not in fields:
         return False
     return np.dtype(info["dtypes"][fields.index(CLASS_FIELD)]).kind in "iu"
+
+
+def labelled_area(
+    labels: PathLike,
+    scene: Scene,
+    layers: Mapping[str, int] = DEFAULT_LAYERS,
+    *,
+    min_px: tuple[int, int] = (0, 0),
+) -> shapely.Polygon | None:
+    """The bounding box of a labelling file's segments that have a class, in the scene CRS.
+
+    Training draws its patches (and the held-out strip) within it, as within a
+    label extent: the rest of the image is unlabelled. A box smaller than
+    ``min_px`` ``(rows, cols)`` is grown to it about its centre, kept inside the
+    scene where the scene allows. ``None`` for other label files, or when no
+    segment has a class (:func:`read_labelled_segments` says so).
+    """
+    import geopandas as gpd
+    import shapely
+
+    if not is_labelling_file(labels, layers):
+        return None
+    gdf = gpd.read_file(labels, layer=LABELLING_LAYER, columns=[CLASS_FIELD])
+    gdf = gdf[gdf[CLASS_FIELD].notna()]
+    if not len(gdf) or gdf.crs is None:
+        return None
+    box = np.asarray(gdf.to_crs(scene.crs).total_bounds, dtype=float)
+    bounds = np.asarray(scene.bounds, dtype=float)
+    res_x, res_y = scene.res
+    for axis, size in ((0, min_px[1] * res_x), (1, min_px[0] * res_y)):
+        lo, hi = box[axis], box[axis + 2]
+        if hi - lo < size:
+            lo = (lo + hi - size) / 2
+            lo = max(bounds[axis], min(lo, bounds[axis + 2] - size))
+            box[axis], box[axis + 2] = lo, min(lo + size, bounds[axis + 2])
+    return shapely.box(*box)
 
 
 def read_labelled_segments(
