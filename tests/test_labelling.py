@@ -81,6 +81,7 @@ def labelling(city: CityScene, tmp_path_factory: pytest.TempPathFactory) -> Path
     )
     assert code == 0, stderr
     assert "labelling.gpkg" in stdout
+    assert f"terraseg train {city.image} {out / 'labelling.gpkg'}" in stdout  # the next step
     return out
 
 

@@ -94,3 +94,6 @@ def segment_command(
         fitted += " (Otsu)" if res.params.get("otsu") else ""
     what = "edge lines" if method == "canny" else "segments"
     typer.echo(f"wrote {res.raster} and {res.vectors} ({res.n_segments} {what}{fitted})")
+    if for_labelling:
+        typer.echo(f"label: open {res.vectors.with_suffix('.qgz')} in QGIS, toggle editing, set "
+                   f"'class' on segments; then: terraseg train {scene} {res.vectors} --out MODEL")
