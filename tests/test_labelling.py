@@ -400,6 +400,10 @@ def test_qgis_opens_the_labelling_layer_with_its_form_and_style(
         ]
         assert "segment_id" in layer["widgets"]["_read_only"]
     assert report["gpkg"]["segments"]["db_styles"]["names"] == ["terraseg labelling"]
+    # segments over the image, no raster of segment ids hiding it
+    layers = [(ly["name"], ly.get("kind"), ly["valid"]) for ly in report["project"]["layers"]]
+    assert layers == [("segments", "vector", True), ("runs", "vector", True),
+                      ("scene", "raster", True)]  # fmt: skip
     # an edit saved by QGIS is what training reads
     edit = subprocess.run([QGIS_PYTHON, "-c", QGIS_EDIT, str(moved / "labelling.gpkg")],
                           env=env, capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -448,6 +448,7 @@ def segment_scene(
             batches, empty, out, layer=layer, raster=raster, overwrite=overwrite, name=name,
             run_info={k: v for k, v in params.items() if not isinstance(v, list | dict)},
             imagery=Path(sc.path) if Path(sc.path).is_file() else None, style=style,
+            show_raster=not labelling,
         )
         info.write_text(json.dumps({"scene": sc.path, **params}, indent=2) + "\n")
         return SegmentResult(method, raster, vectors, layer, n, params)

@@ -65,6 +65,7 @@ def stream_segments(
     flush_rows: int = FLUSH_ROWS,
     name: str = "segments",
     style: VectorStyle | None = None,
+    show_raster: bool = True,
 ) -> int:
     """Write ``batches`` as layer ``layer`` of ``out_dir/<name>.gpkg``; return the row count.
 
@@ -93,13 +94,17 @@ def stream_segments(
         Stem of the GeoPackage and the project.
     style
         The layer's style instead of the default one (a labelling form).
+    show_raster
+        Put ``raster`` in the project (visible, over the scene); a labelling
+        project leaves it out, so the labeller sees the image under the segments.
     """
     from terraseg.export.writers import export_run
 
     pools = _pooled((b for b in batches if len(b)), flush_rows)
     first = next(pools, empty)
     result = export_run({layer: first}, out_dir, scene_name=name,
-                        masks={raster.stem: raster}, run_info=dict(run_info),
+                        masks={raster.stem: raster} if show_raster else {},
+                        run_info=dict(run_info),
                         overwrite=overwrite, imagery=imagery,
                         styles=None if style is None else {layer: style})
     gpkg = out_dir / f"{name}.gpkg"
