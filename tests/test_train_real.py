@@ -466,6 +466,7 @@ def test_training_at_another_gsd(city: Path, tmp_path: Path) -> None:
     )
     assert card.gsd_m == 1.0
     assert card.training is not None and card.training.data == ["city.tif"]
+    assert 0.0 <= card.metrics["val_f1_building"] <= 1.0  # a boundary model: instance F1 too
 
 
 # --------------------------------------------------------------------------- CLI and workflow
@@ -537,3 +538,33 @@ train:
     result = run_workflow(load_workflow(wf_path))
     weights = Path(result.scenes[0].outputs["weights"])
     assert weights.exists() and weights.with_name("m.metrics.csv").exists()
+
+
+def test_instance_f1_of_boundary_validation() -> None:
+    from terraseg.models.records import InstanceCounts
+
+    labels = torch.zeros(1, 32, 32, dtype=torch.long)
+    for c0 in (2, 12):  # two touching 10x10 buildings: edge ring 3, interior 1
+        labels[0, 2:12, c0 : c0 + 10] = 3
+        labels[0, 3:11, c0 + 1 : c0 + 9] = 1
+    labels[0, 20:28, 20:28] = 3
+    labels[0, 21:27, 21:27] = 1
+
+    def logits_of(lab: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(lab.clamp(0, 3), 4).permute(0, 3, 1, 2).float() * 20
+
+    perfect = InstanceCounts(1, 3)
+    perfect(logits_of(labels), labels)
+    assert (perfect.tp, perfect.n_pred, perfect.n_true) == (3, 3, 3) and perfect.f1() == 1.0
+    merged = labels.clone()
+    merged[merged == 3] = 1  # no edges predicted: the touching pair comes out as one blob
+    blob = InstanceCounts(1, 3)
+    blob(logits_of(merged), labels)
+    # the blob has IoU 0.5 with each of the pair but matches one (one-to-one), plus the third
+    assert blob.tp == 2 and blob.n_pred == 2 and blob.f1() == pytest.approx(4 / 5)
+    # a predicted building on unlabelled pixels is no false positive
+    unlabelled = labels.clone()
+    unlabelled[0, 20:28, 20:28] = IGNORE_LABEL
+    ignored = InstanceCounts(1, 3)
+    ignored(logits_of(labels), unlabelled)
+    assert (ignored.tp, ignored.n_pred, ignored.n_true) == (2, 2, 2)

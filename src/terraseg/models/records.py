@@ -1,8 +1,9 @@
 """The training record: validation after every epoch, ``metrics.csv``, best weights, early stop.
 
 After each training epoch the network is scored on the held-out patches
-(per-class pixel IoU, mean IoU, pixel accuracy: :func:`terraseg.models.task.iou_metrics`),
-and one row is appended to ``<out>.metrics.csv`` (``epoch, step, seconds,
+(per-class pixel IoU, mean IoU, pixel accuracy: :func:`terraseg.models.task.iou_metrics`;
+for a ``boundary`` model also building F1@0.5 of the instances per patch,
+:class:`InstanceCounts`), and one row is appended to ``<out>.metrics.csv`` (``epoch, step, seconds,
 train_loss, val_*``). The weights of the epoch with the best ``monitor``
 metric are kept (a CPU copy) and are the ones saved; after ``patience``
 epochs without a better value training stops. A NaN metric (a class absent
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from terraseg.models.spec import IGNORE_LABEL, ClassInfo
@@ -40,13 +42,80 @@ log = logging.getLogger(__name__)
 def metric_names(classes: Sequence[ClassInfo]) -> list[str]:
     """The validation metrics of each epoch (the values ``monitor`` may take).
 
+    With a ``building edge`` class (task ``boundary``) also ``val_f1_building``.
+
     Examples
     --------
     >>> from terraseg.models.spec import DEFAULT_CLASSES
     >>> metric_names(DEFAULT_CLASSES[:2])
     ['val_iou_background', 'val_iou_building', 'val_miou', 'val_pixel_accuracy']
     """
-    return [*(f"val_iou_{c.name}" for c in classes), "val_miou", "val_pixel_accuracy"]
+    names = [*(f"val_iou_{c.name}" for c in classes), "val_miou", "val_pixel_accuracy"]
+    return [*names, "val_f1_building"] if _edge_ids(classes) else names
+
+
+def _edge_ids(classes: Sequence[ClassInfo]) -> tuple[int, int] | None:
+    ids = {c.name: c.id for c in classes}
+    if "building" in ids and "building edge" in ids:
+        return ids["building"], ids["building edge"]
+    return None
+
+
+class InstanceCounts:
+    """Building instances matched at IoU ≥ 0.5 per validation patch (SpaceNet rule, in pixels).
+
+    Predicted instances come from the seeded watershed of the predicted
+    probabilities, true ones from the class labels (interior and edge ring), as
+    :func:`~terraseg.instances.watershed.instances_from_boundary` makes them at
+    predict time. A building cut by the patch border counts as the part inside;
+    predicted instances mostly on unlabelled pixels are left out.
+    """
+
+    def __init__(self, interior: int, edge: int) -> None:
+        self.interior, self.edge = interior, edge
+        self.tp = self.n_pred = self.n_true = 0
+
+    def __call__(self, logits: torch.Tensor, mask: torch.Tensor) -> None:
+        from terraseg.instances.watershed import instances_from_boundary
+
+        probs = logits.float().softmax(1).numpy()
+        labels = mask.numpy()
+        for k in range(len(labels)):
+            pred = instances_from_boundary(
+                probs[k], interior_class=self.interior, edge_class=self.edge
+            )
+            true = instances_from_boundary(
+                labels[k].astype(np.int64), interior_class=self.interior, edge_class=self.edge
+            )
+            self._match(pred, true, labels[k] == IGNORE_LABEL)
+
+    def _match(self, pred: np.ndarray, true: np.ndarray, ignored: np.ndarray) -> None:
+        n_p, n_t = int(pred.max()), int(true.max())
+        area_p = np.bincount(pred.ravel(), minlength=n_p + 1)
+        off = np.bincount(pred[ignored], minlength=n_p + 1)
+        counted = (off * 2 <= area_p)[1:]  # instances mostly on labelled pixels
+        area_t = np.bincount(true.ravel(), minlength=n_t + 1)
+        both = (pred > 0) & (true > 0)
+        pairs, inter = np.unique(
+            pred[both].astype(np.int64) * (n_t + 1) + true[both], return_counts=True
+        )
+        p_id, t_id = pairs // (n_t + 1), pairs % (n_t + 1)
+        iou = inter / (area_p[p_id] + area_t[t_id] - inter)
+        used_p: set[int] = set()
+        used_t: set[int] = set()
+        for j in np.argsort(-iou, kind="stable"):  # one-to-one (IoU = 0.5 could pair twice)
+            if iou[j] < 0.5:
+                break
+            if int(p_id[j]) not in used_p and int(t_id[j]) not in used_t:
+                used_p.add(int(p_id[j]))
+                used_t.add(int(t_id[j]))
+        self.tp += len(used_p)
+        self.n_pred += int(counted.sum())
+        self.n_true += n_t
+
+    def f1(self) -> float:
+        denom = self.n_pred + self.n_true
+        return round(2 * self.tp / denom, 4) if denom else float("nan")
 
 
 @dataclass(slots=True)
@@ -144,9 +213,13 @@ def training_record(
             self.validated_step = step
             net = pl_module.model
             was_training = net.training
-            cm = confusion_matrix(net, val_loader, len(classes), IGNORE_LABEL)
+            edges = _edge_ids(classes)
+            counts = InstanceCounts(*edges) if edges else None
+            cm = confusion_matrix(net, val_loader, len(classes), IGNORE_LABEL, counts)
             net.train(was_training)
             metrics = iou_metrics(cm, classes, "val_")
+            if counts is not None:
+                metrics["val_f1_building"] = counts.f1()
             rec = EpochRecord(
                 epoch=len(record.epochs) + 1,
                 step=step,
@@ -180,7 +253,10 @@ def _epoch_line(
     rec: EpochRecord, n_epochs: int, total_steps: int, monitor: str, *, best: bool
 ) -> str:
     """``epoch 3/10 (step 300/1000): train_loss 0.412, val_miou 0.613 (best), ...``."""
-    shown = [monitor, *(k for k in ("val_miou", "val_iou_building") if k != monitor)]
+    shown = [
+        monitor,
+        *(k for k in ("val_miou", "val_iou_building", "val_f1_building") if k != monitor),
+    ]
     parts = [f"train_loss {rec.train_loss:.4f}"]
     for key in shown:
         if key in rec.metrics:

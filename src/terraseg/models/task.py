@@ -176,16 +176,27 @@ def _plain_progress(total_steps: int) -> Any:
 
 
 def confusion_matrix(
-    net: nn.Module, loader: Iterable[Batch], n_classes: int, ignore: int | None
+    net: nn.Module,
+    loader: Iterable[Batch],
+    n_classes: int,
+    ignore: int | None,
+    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> np.ndarray:
-    """``n_classes²`` counts of (true, predicted) pixels over ``loader``'s batches."""
+    """``n_classes²`` counts of (true, predicted) pixels over ``loader``'s batches.
+
+    ``on_batch(logits, mask)`` (CPU tensors) sees every batch too, e.g. to count
+    building instances in the same pass.
+    """
     cm = torch.zeros(n_classes, n_classes, dtype=torch.int64)
     param = next(iter(net.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     net.eval()
     with torch.inference_mode():
         for batch in loader:
-            pred = net(batch["image"].to(device)).argmax(1).flatten().cpu()
+            logits = net(batch["image"].to(device)).cpu()
+            if on_batch is not None:
+                on_batch(logits, batch["mask"])
+            pred = logits.argmax(1).flatten()
             true = batch["mask"].flatten()
             keep = (true >= 0) & (true < n_classes)
             if ignore is not None:
