@@ -287,7 +287,8 @@ class TrainConfig(_Model):
     monitor: str = Field(
         default="val_miou",
         description="Validation metric (measured after every epoch) that picks the epoch whose "
-        "weights are kept: val_miou, val_pixel_accuracy or val_iou_<class> (val_iou_building).",
+        "weights are kept: val_miou, val_pixel_accuracy, val_iou_<class> (val_iou_building) or, "
+        "for task 'boundary', val_f1_building (building F1@0.5 per patch).",
     )
     patience: int | None = Field(
         default=None,

@@ -192,7 +192,7 @@ def train_command(
         str,
         typer.Option(
             help="Validation metric (after every epoch) whose best epoch's weights are kept: "
-            "val_miou, val_iou_building, ...",
+            "val_miou, val_iou_building, val_f1_building (boundary), ...",
         ),
     ] = "val_miou",
     patience: Annotated[
