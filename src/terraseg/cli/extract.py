@@ -1,7 +1,8 @@
 """CLI command ``terraseg extract``: the polygon of the object at a point of a scene.
 
 Registered on the main app in :mod:`terraseg.cli.main`. Thin: parse the point,
-call :func:`terraseg.api.extract`, write the one-row GeoPackage atomically (a
+place it in the scene (a bad point or CRS fails before torch is imported), call
+:func:`terraseg.api.extract`, write the one-row GeoPackage atomically (a
 temporary name, then a rename), print what was written.
 """
 
@@ -94,11 +95,17 @@ def extract_command(
         raise OutputExistsError(
             f"output '{out}' already exists; pass --overwrite to replace it", path=out
         )
+    from terraseg.engine.extract import locate_point
+    from terraseg.io.inputs import open_input, scene_input
+
+    sc = open_input(scene_input(scene))
+    locate_point(sc, xy, crs)  # a point outside the scene fails here, before torch loads
+
     from terraseg.api import extract
     from terraseg.io.atomic import atomic_output
 
     gdf = extract(
-        scene,
+        sc,
         point=xy,
         crs=crs,
         model=None if model.lower() == "none" else model,

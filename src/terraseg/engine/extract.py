@@ -21,7 +21,9 @@
    in true metres (:class:`~terraseg.core.metric.MetricFrame`).
 
 Loaded models are kept (:func:`load_extractor`, a small LRU cache), so repeated
-clicks cost one window read and one forward pass each.
+clicks cost one window read and one forward pass each. Importing this module
+does not import torch (the model machinery loads on the first model call), so
+``terraseg extract`` checks the point before paying for it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyproj
@@ -51,14 +53,14 @@ from terraseg.engine.extract_methods import (
     to_unit_rgb,
     touches_edge,
 )
-from terraseg.engine.inference import TilePredictor
-from terraseg.engine.pipeline import check_bands
-from terraseg.engine.postprocess import BOUNDARY_MIN_SEED_PX, BOUNDARY_SEED_P
 from terraseg.errors import ConfigError
 from terraseg.io.scene import Scene
-from terraseg.models.spec import ModelSpec
 from terraseg.vector.polygonize import polygonize_labels
 from terraseg.vector.regularize import regularize_polygons
+
+if TYPE_CHECKING:
+    from terraseg.engine.inference import TilePredictor
+    from terraseg.models.spec import ModelSpec
 
 __all__ = [
     "ExtractMethod",
@@ -206,6 +208,7 @@ def load_extractor(model: str, *, device: str = "auto") -> tuple[TilePredictor, 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(key: tuple[str, int | None], device: str) -> tuple[TilePredictor, ModelSpec]:
+    from terraseg.engine.inference import TilePredictor
     from terraseg.models.combine import resolve_models
 
     net, spec = resolve_models(key[0], None)
@@ -253,6 +256,8 @@ def _instance_mask(
 
     Returns ``(mask, window, score, cut)``; ``cut`` when it left even the largest window.
     """
+    from terraseg.engine.postprocess import BOUNDARY_MIN_SEED_PX, BOUNDARY_SEED_P
+
     building = spec.class_id("building")
     assert building is not None  # load_extractor checked it
     edge = spec.class_id("building edge")
@@ -424,6 +429,8 @@ def extract_object(
     window = _window_around(rc, first)
     cut = False
     if model is not None:
+        from terraseg.engine.pipeline import check_bands
+
         predictor, spec = load_extractor(model, device=device)
         check_bands(scene, spec)
         mask, window, score, cut = _instance_mask(
