@@ -568,3 +568,16 @@ def test_instance_f1_of_boundary_validation() -> None:
     ignored = InstanceCounts(1, 3)
     ignored(logits_of(labels), unlabelled)
     assert (ignored.tp, ignored.n_pred, ignored.n_true) == (2, 2, 2)
+
+
+def test_detection_refuses_the_semantic_only_settings(city: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="task 'detection' does not take gsd_m, patience"):
+        train_semantic(
+            city,
+            city.with_name("city.truth.gpkg"),
+            tmp_path / "d",
+            task="detection",
+            gsd_m=1.0,
+            patience=2,
+            **TINY,
+        )

@@ -76,6 +76,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_SEMANTIC_ONLY = ("label_extent", "gsd_m", "arch", "encoder", "patience")
+"""Settings the detection trainer does not implement (refused there, not ignored)."""
+
 METRICS_SUFFIX = ".metrics.csv"
 """Per-epoch validation figures go to ``<out>.metrics.csv``, beside the weights and card."""
 
@@ -171,17 +174,7 @@ def train_semantic(
     weights_path, card_path, csv_path = _out_paths(out, overwrite=overwrite)
     cfg = (config if config is not None else TrainConfig()).with_overrides(overrides)
     if cfg.task == "detection":
-        if cfg.epochs is None and cfg.max_steps is None:
-            raise ConfigError("give epochs or max_steps (e.g. --epochs 10)")
-        from terraseg.models.train_detection import train_detection
-
-        return train_detection(
-            as_paths(image),
-            as_paths(labels),
-            weights_path.with_suffix(""),
-            cfg,
-            overwrite=overwrite,
-        )
+        return _detection(image, labels, weights_path, cfg, overwrite=overwrite)
     setup = _setup(cfg, stem=weights_path.name[: -len(".safetensors")])
     partial_csv = csv_path.with_name(csv_path.name + ".part")
     partial_csv.parent.mkdir(parents=True, exist_ok=True)  # a new output folder
@@ -205,6 +198,30 @@ def train_semantic(
     metrics = card.metrics
     log.info("trained %s in %.0f s: %s", card.name, seconds, metrics)
     return load_card(card_path)
+
+
+def _detection(
+    image: PathLike | Sequence[PathLike],
+    labels: PathLike | Sequence[PathLike],
+    weights_path: Path,
+    cfg: TrainConfig,
+    *,
+    overwrite: bool,
+) -> ModelCard:
+    """Task ``detection``: :func:`~terraseg.models.train_detection.train_detection`."""
+    if cfg.epochs is None and cfg.max_steps is None:
+        raise ConfigError("give epochs or max_steps (e.g. --epochs 10)")
+    unsupported = [k for k in _SEMANTIC_ONLY if getattr(cfg, k) is not None]
+    if unsupported:
+        raise ConfigError(
+            f"task 'detection' does not take {', '.join(unsupported)} (semantic and boundary "
+            "training only); drop them or train --task boundary"
+        )
+    from terraseg.models.train_detection import train_detection
+
+    return train_detection(
+        as_paths(image), as_paths(labels), weights_path.with_suffix(""), cfg, overwrite=overwrite
+    )
 
 
 def _out_paths(out: PathLike, *, overwrite: bool) -> tuple[Path, Path, Path]:
