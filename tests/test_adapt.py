@@ -325,7 +325,7 @@ def test_rgba_alpha_zero_is_nodata_also_when_resampled(tmp_path: Path) -> None:
 
 def test_two_band_scene_gets_the_card_checker_message(tmp_path: Path) -> None:
     path = _write(tmp_path / "two.tif", np.zeros((2, 64, 64), np.uint8) + 9)
-    with pytest.raises(BandError, match=r"has 2 band\(s\); pass 3 bands from 1..2"):
+    with pytest.raises(BandError, match=r"has 2 band\(s\); choose a scene with 3\+ bands"):
         predict_to_dir(path, tmp_path / "o", model="cheap", device="cpu", show_progress=False)
     assert not (tmp_path / "o").exists()
 
@@ -484,3 +484,31 @@ def test_real_scenes_run_and_outputs_lie_on_the_scene(rel: str, tmp_path: Path) 
     else:
         assert info["bands"]["repeated"] is True
         assert info["scaling"]["method"] == "percentile-to-8bit"
+
+
+@pytest.mark.slow  # starts a LocalCluster (~30 s)
+def test_dask_workers_read_the_adapted_scene(tmp_path: Path) -> None:
+    """Workers rebuild the card's spec; the pickled AdaptedScene still gives them the fitted input."""
+    from terraseg.config import Workflow
+    from terraseg.engine.batch import run_workflow
+
+    rng = np.random.default_rng(2)
+    pan = (rng.gamma(2.0, 300.0, (1, 900, 700)) + 60).astype(np.uint16)
+    path = _write(tmp_path / "pan.tif", pan, gsd=0.075)
+    results = {}
+    for kind in ("synchronous", "local"):
+        wf = {
+            "name": "dask-adapt",
+            "stages": ["predict"],
+            "inputs": {"paths": [str(path)]},
+            "models": {"semantic": "demo-instance"},
+            "tiling": {"tile_px": 64, "overlap_px": 16, "chunk_px": 64},
+            "cluster": {"type": kind, "n_workers": 2},
+            "outputs": {"dir": str(tmp_path / kind), "probabilities": False},
+            "inference": {"device": "cpu", "tta": "d4"},
+        }
+        with pytest.warns(BandWarning):
+            res = run_workflow(Workflow.model_validate(wf))
+        results[kind] = read(Path(res.scenes[0].outputs["classes"]))[0]
+    assert results["local"].shape == (900, 700)
+    assert np.array_equal(results["local"], results["synchronous"])

@@ -222,8 +222,19 @@ def _adapt_bands(scene: Scene, spec: ModelSpec) -> tuple[tuple[int, ...], dict[s
             stacklevel=3,
         )
         return bands, record | {"model_bands": list(bands), "repeated": True}
-    # let the card's checker word the error (too few bands, or the alpha band selected)
-    chosen = adapt_bands(spec, len(data), scene=f"scene '{scene.path}'").bands
+    if max(wanted) <= len(data):  # the model's bands exist once the alpha band is left out
+        chosen = adapt_bands(spec, len(data), scene=f"scene '{scene.path}'").bands
+    else:
+        raise BandError(
+            f"model '{spec.name}' reads bands {list(wanted)} but scene '{scene.path}' has "
+            f"{scene.count} band(s)"
+            + (f" (band {scene.alpha_band} is its alpha mask)" if scene.has_alpha else "")
+            + f"; choose a scene with {need}+ bands or set the model's input bands (a "
+            f"one-band scene is repeated to all {need})",
+            path=scene.path,
+            bands=wanted,
+            count=scene.count,
+        )
     if scene.alpha_band in chosen:
         raise BandError(
             f"model '{spec.name}' reads bands {list(chosen)} but band {scene.alpha_band} of "
