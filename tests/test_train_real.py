@@ -581,3 +581,27 @@ def test_detection_refuses_the_semantic_only_settings(city: Path, tmp_path: Path
             patience=2,
             **TINY,
         )
+
+
+def test_validation_scenes_take_a_label_extent(city: Path, tmp_path: Path) -> None:
+    extent = _west_half_extent(city, tmp_path / "extent.geojson")
+    gpkg = city.with_name("city.truth.gpkg")
+    cfg = TrainConfig(val_label_extent=str(extent), **TINY)
+    areas = training_areas(
+        city, gpkg, city, gpkg, layers=DEFAULT_LAYERS, cfg=cfg, n_classes=3, workdir=tmp_path
+    )
+    with rasterio.open(areas.val[0].labels) as v, rasterio.open(areas.train[0].labels) as t:
+        assert (v.read(1)[:, 130:] == IGNORE_LABEL).all()
+        assert not (t.read(1) == IGNORE_LABEL).any()  # the training scene is whole
+    with pytest.raises(ConfigError, match="val_label_extent lists 2 files for 1 validation"):
+        train_semantic(
+            city,
+            gpkg,
+            tmp_path / "m",
+            val_image=city,
+            val_labels=gpkg,
+            val_label_extent=[str(extent)] * 2,
+            **TINY,
+        )
+    with pytest.raises(ConfigError, match=r"val_label_extent needs validation scenes \(--val"):
+        train_semantic(city, gpkg, tmp_path / "m", val_label_extent=str(extent), **TINY)

@@ -276,6 +276,11 @@ class TrainConfig(_Model):
         "images or one per image. Label pixels outside are unlabelled (255) and count in no loss "
         "or metric; patches and the held-out strip are drawn within the extent's bounding box.",
     )
+    val_label_extent: str | list[str] | None = Field(
+        default=None,
+        description="label_extent of the validation scenes (val_image): one for all or one per "
+        "scene; validation counts only the pixels inside.",
+    )
     gsd_m: float | None = Field(
         default=None,
         gt=0,

@@ -199,6 +199,13 @@ def train_command(
         int | None,
         typer.Option(help="Stop after N epochs without a better --monitor (early stopping)."),
     ] = None,
+    val_label_extent: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--val-label-extent",
+            help="--label-extent of the --val scenes (once for all or once per scene).",
+        ),
+    ] = None,
     augment: Annotated[
         str,
         typer.Option(
@@ -245,6 +252,7 @@ def train_command(
         "command": "terraseg " + shlex.join(sys.argv[1:]), "task": task, "edge_px": edge_px,
         "loss": loss, "init_from": init_from, "augment": augment,
         "accelerator": accelerator, "label_extent": label_extent or None,
+        "val_label_extent": val_label_extent or None,
         "monitor": monitor, "patience": patience, "arch": arch, "encoder": encoder,
         "gsd_m": gsd_m,
         "class_weights": _parse_floats(class_weights, "--class-weights"),

@@ -150,7 +150,7 @@ def training_areas(
         _at_gsd(as_paths(images), cfg.gsd_m, workdir, "train"), as_paths(labels), layers,
         cfg.bands, workdir, "train", n_classes, edge_px,
     )
-    pairs, areas = _with_extents(pairs, cfg.label_extent, workdir)
+    pairs, areas = _with_extents(pairs, cfg.label_extent, workdir, "train")
     areas = [  # a labelling file: patches within its labelled segments (unless an extent is given)
         labelled_area(lab, p.image, layers, min_px=(2 * cfg.patch_px + 2, cfg.patch_px + 2))
         if area is None else area
@@ -163,12 +163,18 @@ def training_areas(
             _at_gsd(as_paths(val_images), cfg.gsd_m, workdir, "val"), as_paths(val_labels),
             layers, cfg.bands, workdir, "val", n_classes, edge_px,
         )
+        val_pairs, _ = _with_extents(val_pairs, cfg.val_label_extent, workdir, "val")
         train_rois: list[shapely.Polygon | None] = [
             None if area is None else _labelled_box(p.image, area, cfg.patch_px)
             for p, area in zip(pairs, areas, strict=True)
         ]
         val_rois = [_whole_box(p.image, cfg.patch_px) for p in val_pairs]
         return TrainingAreas(pairs, val_pairs, train_rois, val_rois)
+    if cfg.val_label_extent is not None:
+        raise ConfigError(
+            "val_label_extent needs validation scenes (--val IMAGE,LABELS); the held-out strips "
+            "of the training images follow label_extent"
+        )
     split = [
         _boxes(
             p.image, cfg.val_fraction, cfg.patch_px,
@@ -199,22 +205,25 @@ def _at_gsd(images: list[Path], gsd_m: float | None, workdir: Path, tag: str) ->
 
 
 def _with_extents(
-    pairs: list[ScenePair], label_extent: str | Sequence[str] | None, workdir: Path
+    pairs: list[ScenePair], label_extent: str | Sequence[str] | None, workdir: Path, tag: str
 ) -> tuple[list[ScenePair], list[shapely.Geometry | None]]:
-    """Pairs whose labels are ``IGNORE_LABEL`` outside their label extent, and the extents."""
+    """Pairs whose labels are ``IGNORE_LABEL`` outside their label extent, and the extents.
+
+    ``tag``: ``"train"`` or ``"val"``, names the files and the messages.
+    """
     from terraseg.models.extent import extent_paths, mask_outside_extent
 
     out: list[ScenePair] = []
     areas: list[shapely.Geometry | None] = []
     for k, (pair, extent) in enumerate(
-        zip(pairs, extent_paths(label_extent, len(pairs)), strict=True)
+        zip(pairs, extent_paths(label_extent, len(pairs), tag), strict=True)
     ):
         if extent is None:
             out.append(pair)
             areas.append(None)
             continue
         masked, area = mask_outside_extent(
-            pair.labels, extent, workdir / f"train{k}.extent.labels.tif"
+            pair.labels, extent, workdir / f"{tag}{k}.extent.labels.tif"
         )
         out.append(ScenePair(pair.image, masked))
         areas.append(_to_crs(area, open_scene(masked).crs, pair.image.crs))

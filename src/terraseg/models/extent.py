@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 __all__ = ["extent_paths", "mask_outside_extent", "read_extent"]
 
 
-def extent_paths(label_extent: str | Sequence[str] | None, n_images: int) -> list[Path | None]:
-    """One extent file (or ``None``) per training image: one for all, or one each.
+def extent_paths(
+    label_extent: str | Sequence[str] | None, n_images: int, tag: str = "train"
+) -> list[Path | None]:
+    """One extent file (or ``None``) per image (``tag`` train or val): one for all, or one each.
 
     Raises
     ------
@@ -47,8 +49,9 @@ def extent_paths(label_extent: str | Sequence[str] | None, n_images: int) -> lis
         return [Path(files[0])] * n_images
     if len(files) != n_images:
         raise ConfigError(
-            f"label_extent lists {len(files)} files for {n_images} training image(s); give one "
-            "for all images or one per image, in the same order",
+            f"{'label_extent' if tag == 'train' else 'val_label_extent'} lists {len(files)} "
+            f"files for {n_images} {'training' if tag == 'train' else 'validation'} image(s); "
+            "give one for all images or one per image, in the same order",
         )
     return [Path(f) for f in files]
 
