@@ -213,6 +213,40 @@ def test_off_building_point_falls_back_to_a_region(city_scene: CityScene) -> Non
     assert obj["method"].iloc[0] == "region"
 
 
+def test_area_is_in_metres_for_a_lon_lat_scene(tmp_path: Path) -> None:
+    """A scene in EPSG:4326: the polygon comes back in degrees, its area in true m²."""
+    rng = np.random.default_rng(4)
+    img = np.empty((3, 160, 160), np.float64)
+    img[0], img[1], img[2] = 80, 120, 60
+    img[:, 50:110, 40:120] = np.array([185, 70, 60])[:, None, None]
+    img += rng.normal(0, 4, img.shape)
+    img[:, :, :10] = 0  # a nodata strip on the west
+    path = tmp_path / "lonlat.tif"
+    deg = 0.5 / 111_320.0  # about 0.5 m of latitude per pixel
+    transform = from_origin(15.0, 42.0, deg, deg)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=160,
+        width=160,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=transform,
+        nodata=0,
+    ) as ds:
+        ds.write(np.clip(img, 1, 255).astype(np.uint8) * (img > 0))
+    x, y = transform * (80.5, 80.5)
+    obj = terraseg.extract(path, point=(x, y), model=None)
+    assert obj.crs == pyproj.CRS.from_epsg(4326)
+    metric = obj.to_crs(obj.estimate_utm_crs())
+    assert obj["area_m2"].iloc[0] == pytest.approx(metric.area.iloc[0], rel=2e-3)
+    assert obj["area_m2"].iloc[0] == pytest.approx(60 * 80 * 0.5 * 0.5 * 0.74, rel=0.15)
+    with pytest.raises(ConfigError, match="falls on a nodata pixel"):
+        terraseg.extract(path, point=transform * (3.5, 80.5), model=None)
+
+
 # ------------------------------------------------------------------ bad input (API)
 
 

@@ -567,8 +567,9 @@ def extract(
     Parameters
     ----------
     scene
-        A path or URL, a :class:`~terraseg.io.scene.Scene`, or an in-memory
-        ``(band, y, x)`` DataArray with a CRS.
+        A path or URL, a :class:`~terraseg.io.scene.Scene` (opened once: the
+        cheapest for many clicks), or an in-memory ``(band, y, x)`` DataArray with
+        a CRS (written whole to a temporary GeoTIFF on every call: small arrays only).
     point
         ``(x, y)`` in ``crs``: easting, northing in the scene CRS by default;
         ``(lon, lat)`` with ``crs="EPSG:4326"``.
