@@ -556,35 +556,17 @@ def extract(
     device: str = "auto",
     regularize: bool = True,
 ) -> gpd.GeoDataFrame:
-    """The polygon of the object at ``point``, read from a window around it only.
+    """The polygon of the object at ``point`` (``(x, y)`` in ``crs``, default the scene's).
 
-    A building of the instance model when the point falls on one; otherwise
-    (or with ``model=None``) the union of the similar-colour superpixels around
-    the point. See :func:`terraseg.engine.extract.extract_object`. The model is
-    loaded once and kept, so later calls cost a window read and a forward pass
-    (about 0.1 s for a 256-px window on a CPU).
-
-    Parameters
-    ----------
-    scene
-        A path or URL, a :class:`~terraseg.io.scene.Scene` (opened once: the
-        cheapest for many clicks), or an in-memory ``(band, y, x)`` DataArray with
-        a CRS (written whole to a temporary GeoTIFF on every call: small arrays only).
-    point
-        ``(x, y)`` in ``crs``: easting, northing in the scene CRS by default;
-        ``(lon, lat)`` with ``crs="EPSG:4326"``.
-    crs
-        CRS of ``point`` (default: the scene's).
-    model
-        Instance model (bundled name or checkpoint; default ``demo-instance``), or
-        ``None`` for the model-free colour region.
-    window_px, max_window_px
-        First and largest window side, pixels (multiples of 32); the window
-        doubles while the building reaches its edge.
-    device
-        ``auto``, ``cpu`` or ``cuda[:N]``.
-    regularize
-        Square the outline as ``terraseg predict`` squares buildings.
+    Reads only a window around the point (``window_px``, doubled up to
+    ``max_window_px`` while the building reaches its edge): the building of the
+    instance ``model`` under the point, or (``model=None``, or no building there)
+    the union of the similar-colour superpixels around it. Parameters as
+    :func:`terraseg.engine.extract.extract_object`; ``crs="EPSG:4326"`` for
+    ``(lon, lat)``. ``scene`` is a path or URL, a :class:`~terraseg.io.scene.Scene`
+    (opened once: the cheapest for many clicks) or a small ``(band, y, x)``
+    DataArray with a CRS (written to a temporary GeoTIFF on every call). The model
+    is loaded once and kept: later calls cost a window read and a forward pass.
 
     Returns
     -------
@@ -593,15 +575,8 @@ def extract(
         ``area_m2`` (true metres), ``model`` (None for a region), ``score`` (mean
         building probability; NaN for a region), ``x``, ``y`` (the point in the
         scene CRS), ``window_px`` (side of the last window read), ``geometry``.
-
-    Raises
-    ------
-    ConfigError
-        The point is outside the scene or on nodata; bad window sizes.
-    CRSError
-        ``crs`` is unknown.
-    ModelLoadError
-        The model cannot be loaded.
+        A point outside the scene or on nodata raises ConfigError, an unknown
+        ``crs`` CRSError, an unknown model ModelLoadError.
     """
     import tempfile
 

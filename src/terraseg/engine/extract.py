@@ -411,16 +411,14 @@ def extract_object(
     Raises
     ------
     ConfigError
-        The point is outside the scene or on nodata; a bad window size; a
-        model without a building class.
-    CRSError
-        ``crs`` is unknown.
-    ModelLoadError
-        The model cannot be loaded.
+        The point is outside the scene or on nodata; a bad window size or region
+        parameter; a model without a building class. (CRSError: ``crs`` is
+        unknown; ModelLoadError: the model cannot be loaded.)
     """
     t0 = time.perf_counter()
     first, largest = _parse_window_px(window_px, max_window_px)
     r_first, r_largest = _parse_window_px(region_window_px, max_region_window_px)
+    params = _region_params(segment_size_px, max_color_distance, lightness_weight)
     xy, rc = locate_point(scene, point, crs)
     _check_valid(scene, rc, xy)
     method: ExtractMethod = "region"
@@ -438,11 +436,6 @@ def extract_object(
         )
         method = "instance" if mask.any() else "region"
     if method == "region":
-        params = {
-            "segment_size_px": segment_size_px,
-            "max_color_distance": max_color_distance,
-            "lightness_weight": lightness_weight,
-        }
         mask, window, cut = _region_mask(scene, rc, _windows(rc, r_first, r_largest), params)
     if cut:
         warnings.warn(
@@ -465,6 +458,28 @@ def extract_object(
         score=score,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _region_params(
+    segment_size_px: float, max_color_distance: float, lightness_weight: float
+) -> dict[str, float]:
+    """The colour region's parameters, checked before any pixel is read."""
+    checks = (
+        ("segment_size_px", segment_size_px, 1.0, "16"),
+        ("max_color_distance", max_color_distance, 1e-9, f"{DEFAULT_MAX_COLOR_DISTANCE:g}"),
+        ("lightness_weight", lightness_weight, 0.0, f"{DEFAULT_LIGHTNESS_WEIGHT:g}"),
+    )
+    for name, value, low, example in checks:
+        if not (math.isfinite(value) and value >= low):
+            raise ConfigError(
+                f"{name} must be a finite number >= {low:g}, got {value}; e.g. {example}",
+                **{name: value},
+            )
+    return {
+        "segment_size_px": segment_size_px,
+        "max_color_distance": max_color_distance,
+        "lightness_weight": lightness_weight,
+    }
 
 
 def _check_valid(scene: Scene, rc: tuple[int, int], xy: tuple[float, float]) -> None:
