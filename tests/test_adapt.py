@@ -28,6 +28,7 @@ from terraseg.core.regrid import GridMap
 from terraseg.engine.adapt import BandWarning, adapt_scene, model_gsd
 from terraseg.engine.inference import TilePredictor
 from terraseg.errors import BandError, ConfigError
+from terraseg.io import warped
 from terraseg.io.scene import open_scene
 from terraseg.io.warped import read_model_window
 from terraseg.models.builtin import CheapColorModel
@@ -291,7 +292,9 @@ def test_one_band_uint16_is_repeated_and_stretched(tmp_path: Path) -> None:
         assert (CheapColorModel()(raw)[0].numpy().argmax(0)[valid] == 2).mean() > 0.95
 
 
-def test_rgba_alpha_zero_is_nodata_also_when_resampled(tmp_path: Path) -> None:
+def test_rgba_alpha_zero_is_nodata_also_when_resampled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     city = make_city(tmp_path / "c.tif", size_px=(700, 640), seed=4, gsd_m=0.075)
     with rasterio.open(city.image) as ds:
         rgb = ds.read()
@@ -321,6 +324,18 @@ def test_rgba_alpha_zero_is_nodata_also_when_resampled(tmp_path: Path) -> None:
     bands = res.stats["input"]["bands"]
     assert bands["mask"] == "alpha" and bands["model_bands"] == [1, 2, 3]
     assert res.stats["input"]["gsd"]["resampled"] is True
+    # written back in strips of a few rows: the same raster
+    monkeypatch.setattr(warped, "STRIP_PX", 997)
+    again = predict_to_dir(
+        path,
+        tmp_path / "strips",
+        model="demo-instance",
+        device="cpu",
+        tile_px=64,
+        overlap_px=16,
+        show_progress=False,
+    )
+    assert np.array_equal(read(again.classes_path)[0], classes)
 
 
 def test_two_band_scene_gets_the_card_checker_message(tmp_path: Path) -> None:
@@ -512,3 +527,43 @@ def test_dask_workers_read_the_adapted_scene(tmp_path: Path) -> None:
         results[kind] = read(Path(res.scenes[0].outputs["classes"]))[0]
     assert results["local"].shape == (900, 700)
     assert np.array_equal(results["local"], results["synchronous"])
+
+
+MEMORY_SCRIPT = """
+import json, resource, sys
+import numpy as np, rasterio
+from rasterio.transform import from_origin
+from terraseg.api import predict_to_dir
+size = int(sys.argv[1]); tmp = sys.argv[2]
+path = f"{tmp}/s{size}.tif"
+prof = dict(driver="GTiff", height=size, width=size, count=3, dtype="uint8",
+            crs="EPSG:32633", transform=from_origin(400000, 5000000, 0.075, 0.075),
+            tiled=True, blockxsize=512, blockysize=512, compress="deflate")
+block = np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8)
+with rasterio.open(path, "w", **prof) as ds:
+    for r in range(0, size, 512):
+        for c in range(0, size, 512):
+            ds.write(block, window=((r, r + 512), (c, c + 512)))
+res = predict_to_dir(path, f"{tmp}/out{size}", model="demo-instance", tile_px=128,
+                     overlap_px=32, chunk_px=256, device="cpu", show_progress=False)
+assert res.stats["input"]["gsd"]["resampled"]
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+@pytest.mark.slow  # ~1 min: two resampled runs in subprocesses
+def test_resampled_peak_memory_flat_in_scene_size(tmp_path: Path) -> None:
+    def peak(size: int) -> float:
+        env = {"GDAL_CACHEMAX": "64", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+        out = subprocess.run(
+            [sys.executable, "-c", MEMORY_SCRIPT, str(size), str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+            check=True,
+        )
+        return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
+
+    small, large = peak(2048), peak(6144)  # 9x the pixels, 5 x 5 model-grid chunks at most
+    assert large <= 1.2 * small, (small, large)
