@@ -7,7 +7,9 @@
    refused with one line;
 2. with a model (default ``demo-instance``, a boundary model; any model
    :func:`~terraseg.models.combine.resolve_models` accepts), the model runs on a
-   ``window_px`` window centred on the point and the building instance under it
+   ``window_px`` window centred on the point (of the scene as the model sees it,
+   :func:`~terraseg.engine.adapt.adapt_scene`: resampled to the card's GSD when
+   outside its tolerance, one band repeated to RGB) and the building instance under it
    is labelled as the engine labels instances (seeded watershed of the interior
    and edge probabilities, :func:`~terraseg.engine.extract_methods.instance_at`).
    A building that reaches the window's edge (not the scene's) is labelled again
@@ -103,7 +105,8 @@ class Extraction:
     point_px
         ``(row, col)`` of the pixel holding the point.
     window
-        The last window read, scene pixels.
+        The last window read, in pixels of the grid the object was found on: the
+        scene's, or the model's when the scene was resampled to the model's GSD.
     model
         The model's name, or ``None`` for the region method.
     score
@@ -221,6 +224,23 @@ def _load_cached(key: tuple[str, int | None], device: str) -> tuple[TilePredicto
         )
     predictor = TilePredictor(net, device=device, batch_size=1, activation=spec.activation)
     return predictor, spec
+
+
+def _model_view(
+    scene: Scene, model: str, device: str
+) -> tuple[Scene, tuple[TilePredictor, ModelSpec]]:
+    """The scene as ``model`` sees it (its GSD, bands, value range), and the model.
+
+    :func:`terraseg.engine.adapt.adapt_scene`, as ``terraseg predict`` does: a
+    scene outside the card's GSD tolerance is read resampled to the model's GSD.
+    """
+    from terraseg.engine.adapt import adapt_scene, model_gsd
+    from terraseg.engine.pipeline import check_bands
+
+    predictor, spec = load_extractor(model, device=device)
+    view, spec = adapt_scene(scene, spec, gsd=model_gsd(model))
+    check_bands(view, spec)
+    return view, (predictor, spec)
 
 
 def _window_around(rc: tuple[int, int], size_px: int) -> PixelWindow:
@@ -426,16 +446,16 @@ def extract_object(
     score = math.nan
     window = _window_around(rc, first)
     cut = False
+    grid = scene  # the grid the answer was found on: the model's, or the scene's own
     if model is not None:
-        from terraseg.engine.pipeline import check_bands
-
-        predictor, spec = load_extractor(model, device=device)
-        check_bands(scene, spec)
+        grid, (predictor, spec) = _model_view(scene, model, device)
+        at = locate_point(grid, xy)[1]
         mask, window, score, cut = _instance_mask(
-            scene, rc, predictor, spec, _windows(rc, first, largest)
+            grid, at, predictor, spec, _windows(at, first, largest)
         )
         method = "instance" if mask.any() else "region"
     if method == "region":
+        grid = scene
         mask, window, cut = _region_mask(scene, rc, _windows(rc, r_first, r_largest), params)
     if cut:
         warnings.warn(
@@ -444,8 +464,8 @@ def extract_object(
             ObjectCutWarning,
             stacklevel=2,
         )
-    frame = MetricFrame.from_scene(scene.transform, scene.crs, scene.shape)
-    geom, area = _polygon(mask, window, scene, frame, regularize=regularize)
+    frame = MetricFrame.from_scene(grid.transform, grid.crs, grid.shape)
+    geom, area = _polygon(mask, window, grid, frame, regularize=regularize)
     return Extraction(
         geometry=geom,
         area_m2=area,
