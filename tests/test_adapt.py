@@ -292,6 +292,22 @@ def test_one_band_uint16_is_repeated_and_stretched(tmp_path: Path) -> None:
         assert (CheapColorModel()(raw)[0].numpy().argmax(0)[valid] == 2).mean() > 0.95
 
 
+def test_lazy_dataarray_gets_the_same_bands_and_stretch(tmp_path: Path) -> None:
+    import rioxarray
+
+    rng = np.random.default_rng(5)
+    pan = (rng.gamma(2.0, 300.0, (1, 260, 300)) + 60).astype(np.uint16)
+    pan[:, :, :15] = 0
+    path = _write(tmp_path / "pan.tif", pan, nodata=0)
+    with pytest.warns(BandWarning):
+        eager = predict(path, model="cheap", device="cpu", tile_px=64, overlap_px=16, chunk_px=128)
+    da = rioxarray.open_rasterio(path, chunks={"x": 128, "y": 128})
+    with pytest.warns(BandWarning, match="the DataArray has one band"):
+        lazy = predict(da, model="cheap", device="cpu", tile_px=64, overlap_px=16, chunk_px=128)
+    assert np.array_equal(lazy.compute().values, eager.values)
+    assert (eager.values[:, :15] == 255).all() and (eager.values[:, 15:] != 255).all()
+
+
 def test_rgba_alpha_zero_is_nodata_also_when_resampled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

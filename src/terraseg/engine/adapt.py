@@ -43,7 +43,7 @@ from affine import Affine
 from terraseg.core.grid import PixelWindow
 from terraseg.core.regrid import GridMap
 from terraseg.errors import BandError, ConfigError
-from terraseg.io.bandstats import compute_band_stats
+from terraseg.io.bandstats import BandStats, compute_band_stats
 from terraseg.io.boundless import PadMode, fill_window, plan_read
 from terraseg.io.scene import Scene
 from terraseg.io.warped import model_transform, read_model_window, warp_resampling
@@ -54,7 +54,10 @@ __all__ = [
     "AdaptedScene",
     "BandWarning",
     "adapt_scene",
+    "fit_scaling",
     "model_gsd",
+    "needs_scaling",
+    "sample_stats",
     "source_of",
     "with_input",
 ]
@@ -298,12 +301,54 @@ def _fit_scaling(
     scene: Scene, inp: InputSpec
 ) -> tuple[InputSpec, tuple[tuple[float, float] | None, ...] | None, dict[str, Any]]:
     """The input spec with a fitted normalisation, the per-band clip range, and their record."""
-    dtype = str(scene.dtype)
-    needs_stats = inp.normalization in ("percentile", "minmax")
-    if not needs_stats and (not _expects_8bit(inp) or dtype in ("uint8", "int8")):
+    if not needs_scaling(inp, str(scene.dtype)):
+        return fit_scaling(inp, None, str(scene.dtype), scene.count)
+    return fit_scaling(
+        inp, compute_band_stats(scene, sorted(set(inp.bands))), str(scene.dtype), scene.count
+    )
+
+
+def needs_scaling(inp: InputSpec, dtype: str) -> bool:
+    """Whether ``inp`` needs band statistics of a ``dtype`` scene (see :func:`fit_scaling`)."""
+    if inp.normalization in ("percentile", "minmax"):
+        return True
+    return _expects_8bit(inp) and dtype not in ("uint8", "int8")
+
+
+def sample_stats(
+    data: npt.NDArray[Any], valid: npt.NDArray[np.bool_], bands: Sequence[int], decimation: int
+) -> BandStats:
+    """:class:`~terraseg.io.bandstats.BandStats` of a decimated sample ``(band, y, x)``.
+
+    ``bands`` names the sample's bands (1-based); only ``valid`` pixels count.
+    """
+    rows = [data[i][valid].astype(np.float64) for i in range(len(bands))]
+    if not valid.any():
+        raise BandError("the input holds no valid pixels (all nodata); nothing to predict")
+    return BandStats(
+        bands=tuple(bands),
+        mean=tuple(float(v.mean()) for v in rows),
+        std=tuple(float(v.std()) for v in rows),
+        min=tuple(float(v.min()) for v in rows),
+        max=tuple(float(v.max()) for v in rows),
+        p2=tuple(float(np.percentile(v, 2.0)) for v in rows),
+        p98=tuple(float(np.percentile(v, 98.0)) for v in rows),
+        count=int(valid.sum()),
+        decimation=decimation,
+    )
+
+
+def fit_scaling(
+    inp: InputSpec, stats: BandStats | None, dtype: str, n_bands: int
+) -> tuple[InputSpec, tuple[tuple[float, float] | None, ...] | None, dict[str, Any]]:
+    """The input spec with a fitted normalisation, the per-band clip range, and their record.
+
+    ``stats`` covers ``inp``'s bands (``None`` when :func:`needs_scaling` is false);
+    ``n_bands`` is the scene's band count (the clip tuple has one entry per band).
+    """
+    if stats is None:
         return inp, None, {"dtype": dtype, "method": "card", "normalization": inp.normalization}
-    unique = sorted(set(inp.bands))
-    stats = compute_band_stats(scene, unique)
+    needs_stats = inp.normalization in ("percentile", "minmax")
     per = {b: i for i, b in enumerate(stats.bands)}
     record: dict[str, Any] = {
         "dtype": dtype,
@@ -328,7 +373,7 @@ def _fit_scaling(
     else:
         lo = [stats.p2[per[b]] for b in inp.bands]
         hi = [max(stats.p98[per[b]], lo_ + 1.0) for b, lo_ in zip(inp.bands, lo, strict=True)]
-        if np.issubdtype(scene.dtype, np.integer):  # the clip range holds in the data's dtype
+        if np.issubdtype(np.dtype(dtype), np.integer):  # the clip range holds in the dtype
             lo, hi = [math.floor(v) for v in lo], [math.ceil(v) for v in hi]
         spread = [h - lo_ for lo_, h in zip(lo, hi, strict=True)]
         if inp.normalization == "percentile":
@@ -338,7 +383,7 @@ def _fit_scaling(
             sub = [lo_ + float(s0) * s / 255.0 for lo_, s0, s in zip(lo, sub0, spread, strict=True)]
             div = [float(d0) * s / 255.0 for d0, s in zip(div0, spread, strict=True)]
             method = "percentile-to-8bit"
-    clip: list[tuple[float, float] | None] = [None] * scene.count
+    clip: list[tuple[float, float] | None] = [None] * n_bands
     if method != "minmax":
         for b, lo_, h in zip(inp.bands, lo, hi, strict=True):
             clip[b - 1] = (float(lo_), float(h))

@@ -52,6 +52,10 @@ if TYPE_CHECKING:
 __all__ = ["InputWindow", "LazyChunk", "assemble_core", "part_for", "predict_dataarray"]
 
 Output = Literal["labels", "probabilities"]
+#: ``((sub, div), clip)``: the fitted normalisation per model band, and the clip range per
+#: model band (``None``: no clipping).
+Scaling = tuple[tuple[tuple[float, ...], tuple[float, ...]],
+                tuple[tuple[float, float], ...] | None]
 
 _MODEL_POOL: list[cf.ThreadPoolExecutor] = []
 _MODEL_POOL_LOCK = threading.Lock()
@@ -134,16 +138,27 @@ def _chunk_task(
     pad: PadMode,
     ramp: Ramp,
     output: Output,
+    scaling: Scaling,
 ) -> LazyChunk:
-    """Read ``window`` (the input over the chunk's source window), pad it, predict the chunk."""
+    """Read ``window`` (the input over the chunk's source window), pad it, predict the chunk.
+
+    ``scaling`` is the fitted ``((sub, div), clip)`` of the client's adapted input (clip
+    ranges per model band, or ``None``): the worker's own spec holds the card's.
+    """
     predictor, spec = get_worker_predictor(opts)
     block = window.compute()
     plan = plan_read(chunk.read_window, grid.shape, pad)
     valid = values_valid(block, nodata)
     data, full_valid = fill_window(plan, block, valid, fill=0 if nodata is None else nodata)
     assert full_valid is not None  # internal invariant: a mask was passed in
+    normalize, clip = scaling
+    if clip is not None:
+        data = data.copy() if data is block else data
+        for k, (lo, hi) in enumerate(clip):
+            np.clip(data[k], *np.asarray((lo, hi)).astype(data.dtype), out=data[k])
     x = data if full_valid.any() else np.empty((0, 0, 0), data.dtype)
-    inp = ChunkInput(chunk, x, full_valid, {"read": 0.0}, spec.input.affine())
+    norm = (np.asarray(normalize[0], np.float32), np.asarray(normalize[1], np.float32))
+    inp = ChunkInput(chunk, x, full_valid, {"read": 0.0}, norm)
     del block, data
     return _model_thread().submit(_predict, inp, grid, predictor, spec, ramp, output).result()
 
@@ -240,6 +255,59 @@ def _input_metadata(da: xr.DataArray) -> tuple[Any, Any, float | None]:
     return crs, transform, None if nodata is None else float(nodata)
 
 
+def _bands(da: xr.DataArray, spec: Any) -> tuple[int, ...]:
+    """The DataArray bands to feed the model: the card's, or a single band repeated (warns)."""
+    import warnings
+
+    from terraseg.engine.adapt import BandWarning
+
+    need = int(spec.input.n_bands)
+    wanted: tuple[int, ...] = tuple(int(b) for b in spec.input.bands)
+    if max(wanted) <= da.shape[0]:
+        return wanted
+    if da.shape[0] == 1:
+        warnings.warn(
+            f"the DataArray has one band; it is repeated to the {need} input bands of model "
+            f"'{spec.name}' (bands {[1] * need})",
+            BandWarning,
+            stacklevel=3,
+        )
+        return (1,) * need
+    raise BandError(
+        f"model '{spec.name}' reads bands {list(wanted)} but the DataArray has "
+        f"{da.shape[0]} band(s); pass a (band, y, x) array with {max(wanted)}+ bands",
+        bands=wanted,
+    )
+
+
+def _scaling(da: xr.DataArray, inp: Any, nodata: float | None) -> Scaling:
+    """The fitted normalisation of ``da`` for ``inp``, from one decimated sample (≤ 4 Mpx).
+
+    As :func:`terraseg.engine.adapt.adapt_scene` does for files: values above 255
+    given to a model that normalises 8-bit values are stretched from their 2-98 %
+    percentiles; ``percentile``/``minmax`` cards get their statistics.
+    """
+    import math
+
+    from terraseg.engine.adapt import fit_scaling, needs_scaling, sample_stats
+
+    dtype = str(da.dtype)
+    stats = None
+    if needs_scaling(inp, dtype):
+        unique = sorted(set(inp.bands))
+        step = max(1, math.ceil(math.sqrt(da.shape[1] * da.shape[2] / 4_000_000)))
+        sample = np.asarray(
+            da.data[[b - 1 for b in unique]][:, ::step, ::step].compute(scheduler="synchronous")
+        )
+        stats = sample_stats(sample, values_valid(sample, nodata), unique, step)
+    fitted, clip, _ = fit_scaling(inp, stats, dtype, int(da.shape[0]))
+    sub, div = fitted.affine()
+    per_band = None
+    if clip is not None:  # fit_scaling sets a range for every model band, or none
+        per_band = tuple(cast("tuple[float, float]", clip[b - 1]) for b in inp.bands)
+    return (tuple(float(v) for v in sub), tuple(float(v) for v in div)), per_band
+
+
 def _check_gsd(crs: Any, transform: Any, shape: tuple[int, int], model: str) -> None:
     """Refuse a DataArray whose GSD is outside the model card's tolerance (one line)."""
     import math
@@ -273,20 +341,21 @@ def _graph(
     pad: PadMode,
     ramp: Ramp,
     output: Output,
+    scaling: Scaling,
 ) -> Any:
     """The Dask array of the result: chunk tasks, their parts, one core block per chunk."""
     import dask.array as dsa
     from dask.base import tokenize
     from dask.delayed import delayed
 
-    name = tokenize(arr.name, opts, grid, pad, ramp, output)
+    name = tokenize(arr.name, opts, grid, pad, ramp, output, scaling)
     outs = {}
     for chunk in grid:
         src = plan_read(chunk.read_window, grid.shape, pad).source
         assert src is not None  # a chunk's read window always holds its core
         block = arr[:, src.row_off : src.row_stop, src.col_off : src.col_stop]
         outs[chunk.index] = delayed(_chunk_task, pure=True)(
-            InputWindow(block), chunk, grid, opts, nodata, pad, ramp, output,
+            InputWindow(block), chunk, grid, opts, nodata, pad, ramp, output, scaling,
             dask_key_name=f"terraseg-chunk-{name}-{chunk.index[0]}-{chunk.index[1]}",
         )
     parts = {}
@@ -369,17 +438,13 @@ def predict_dataarray(
     opts = PredictorOptions(model=model, device=device, batch_size=batch_size, tta=tta)
     _, spec = get_worker_predictor(opts)  # validates the model before the graph exists
     _check_gsd(crs, transform, (int(da.shape[1]), int(da.shape[2])), model)
-    if max(spec.input.bands) > da.shape[0]:
-        raise BandError(
-            f"model '{spec.name}' reads bands {list(spec.input.bands)} but the DataArray has "
-            f"{da.shape[0]} band(s); pass a (band, y, x) array with {max(spec.input.bands)}+ bands",
-            bands=spec.input.bands,
-        )
+    bands = _bands(da, spec)
+    scaling = _scaling(da, spec.input.model_copy(update={"bands": bands}), nodata)
     shape = (int(da.shape[1]), int(da.shape[2]))
     grid = ChunkGrid.from_shape(shape, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
     output: Output = "probabilities" if probabilities else "labels"
-    data = _graph(da.data[[b - 1 for b in spec.input.bands]], grid, opts,
-                  n_classes=spec.n_classes, nodata=nodata, pad=pad, ramp=ramp, output=output)
+    data = _graph(da.data[[b - 1 for b in bands]], grid, opts, n_classes=spec.n_classes,
+                  nodata=nodata, pad=pad, ramp=ramp, output=output, scaling=scaling)
     dims = ("class", "y", "x") if probabilities else ("y", "x")
     coords: dict[str, Any] = {"y": da["y"].values, "x": da["x"].values}
     if probabilities:
