@@ -108,6 +108,11 @@ def test_augmentation_is_deterministic_from_the_seed() -> None:
 
 
 def test_augment_names() -> None:
+    from terraseg.config import AUGMENT_NAMES, AUGMENT_PRESETS
+
+    assert AUGMENT_NAMES == tuple(AUGMENTATIONS) and AUGMENT_PRESETS == tuple(PRESETS)
+    with pytest.raises(ConfigError, match=r"augment: unknown augmentation\(s\) \['flip'\]"):
+        TrainConfig.checked({"augment": ["d4", "flip"]})
     assert augment_names("none") == ()
     assert augment_names("full") == tuple(AUGMENTATIONS)
     assert augment_names("noise,d4") == ("d4", "noise")

@@ -183,6 +183,12 @@ class ClusterConfig(_Model):
         return self
 
 
+AUGMENT_NAMES = ("d4", "brightness", "contrast", "hue", "scale", "blur", "noise")
+"""Training augmentations (:data:`terraseg.models.augment.AUGMENTATIONS`, same order)."""
+AUGMENT_PRESETS = ("none", "basic", "full")
+"""Named sets of augmentations (:data:`terraseg.models.augment.PRESETS`)."""
+
+
 class TrainConfig(_Model):
     """How to train a semantic model: :func:`terraseg.models.train.train_semantic`'s settings.
 
@@ -348,6 +354,22 @@ class TrainConfig(_Model):
     def _at_least_one(cls, value: int, info: ValidationInfo) -> int:
         if value < 1:
             raise ValueError(f"{info.field_name} must be ≥ 1, got {value}")
+        return value
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, value: str | list[str]) -> str | list[str]:
+        """Known names only, so a workflow's typo fails at load (``terraseg validate``)."""
+        if isinstance(value, str) and value in AUGMENT_PRESETS:
+            return value
+        names = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        unknown = [v for v in names if v not in AUGMENT_NAMES]
+        if unknown:
+            raise ValueError(
+                f"augment: unknown augmentation(s) {unknown}; use a preset "
+                f"({', '.join(AUGMENT_PRESETS)}) "
+                f"or names from {', '.join(AUGMENT_NAMES)}"
+            )
         return value
 
     @field_validator("val_fraction")
