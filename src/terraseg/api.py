@@ -307,12 +307,10 @@ def predict(
     """
     import tempfile
 
-    import numpy as np
     import xarray as xr
 
-    from terraseg.core.grid import ChunkGrid
-    from terraseg.core.stitch import labels_from_acc, normalize
-    from terraseg.engine.pipeline import check_bands, iter_predictions
+    from terraseg.engine.pipeline import check_bands
+    from terraseg.engine.window import predict_window
 
     check_tta(tta)
     if isinstance(scene, xr.DataArray) and _is_dask(scene):
@@ -327,56 +325,9 @@ def predict(
         check_bands(view, spec)
         predictor = TilePredictor(net, device=device, batch_size=batch_size,
                                   activation=spec.activation, tta=cast(TTA, tta))
-        # the model-grid window whose results cover `win` (the same window without resampling)
-        model_win = view.gridmap.cover(win) if view.gridmap is not None else win
-        if chunk_px is None:
-            chunk_px = max(tile_px, min(2048, max(model_win.height, model_win.width)))
-        grid = ChunkGrid.from_shape(view.shape, tile_px=tile_px, overlap_px=overlap_px,
-                                    chunk_px=chunk_px)
-        chunks = [c for c in grid if not c.core.intersection(model_win).is_empty]
-        k = spec.n_classes
-        out = (np.zeros((k, win.height, win.width), np.float32) if probabilities
-               else np.full((win.height, win.width), 255, np.uint8))
-        for region, acc, valid in iter_predictions(view, grid, predictor, spec, chunks=chunks):
-            if acc is None:
-                continue
-            if probabilities:
-                p, ok = normalize(acc)
-                result = np.where(valid & ok, p, np.nan)
-            else:
-                result = labels_from_acc(acc, valid)[0][None]
-            _paste(out, win, region, result, view)
+        out = predict_window(view, spec, predictor, win, tile_px=tile_px, overlap_px=overlap_px,
+                             chunk_px=chunk_px, probabilities=probabilities)
         return _result_dataarray(out, sc, win, spec)
-
-
-def _paste(out: Any, win: PixelWindow, region: PixelWindow, result: Any, view: Any) -> None:
-    """Put ``result`` ``(band, y, x)`` over ``region`` (model grid) into ``out`` over ``win``.
-
-    ``out`` is ``(y, x)`` labels or ``(class, y, x)`` probabilities on the scene's
-    grid; a resampled view's regions come back by nearest neighbour, with
-    nodata where the scene itself is invalid at its own resolution.
-    """
-    import numpy as np
-
-    rows = cols = None
-    if view.gridmap is not None:
-        region, rows, cols = view.gridmap.to_scene(region)
-    inter = region.intersection(win)
-    if inter.is_empty:
-        return
-    src_r, src_c = inter.relative_to(region).to_slices()
-    dst = inter.relative_to(win).to_slices()
-    if rows is not None and cols is not None:
-        part = result[:, rows[src_r][:, None], cols[src_c][None, :]].astype(out.dtype)
-        valid = view.source.read_window_with_mask(
-            inter, bands=sorted(set(view.input.bands)), pad="nodata")[1]
-        part[:, ~valid] = 255 if out.ndim == 2 else np.nan
-    else:
-        part = result[:, src_r, src_c]
-    if out.ndim == 2:
-        out[dst] = part[0]
-    else:
-        out[(slice(None), *dst)] = part
 
 
 def _result_dataarray(out: Any, sc: Scene, win: PixelWindow, spec: Any) -> xr.DataArray:
