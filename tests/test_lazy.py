@@ -160,9 +160,15 @@ def test_lazy_predict_refuses_an_array_without_crs_or_with_too_few_bands() -> No
                          coords={"y": np.arange(64)[::-1] + 0.5, "x": np.arange(64) + 0.5})
     with pytest.raises(CRSError, match="no CRS.*write_crs"):
         terraseg.predict(plain, model="cheap")
+    two_bands = plain.isel(band=[0, 1]).rio.write_crs("EPSG:32633")
+    with pytest.raises(ValueError, match=r"reads bands \[1, 2, 3\].*2 band"):
+        terraseg.predict(two_bands, model="cheap")
+    # one band (panchromatic) is repeated to the model's three, with a warning
+    from terraseg.engine.adapt import BandWarning
+
     one_band = plain.isel(band=[0]).rio.write_crs("EPSG:32633")
-    with pytest.raises(ValueError, match=r"reads bands \[1, 2, 3\].*1 band"):
-        terraseg.predict(one_band, model="cheap")
+    with pytest.warns(BandWarning, match="one band; it is repeated"):
+        assert terraseg.predict(one_band, model="cheap").shape == (64, 64)
 
 
 MEMORY_SCRIPT = textwrap.dedent(
