@@ -286,6 +286,8 @@ def test_bad_points_and_models_raise_one_line(city_scene: CityScene) -> None:
         terraseg.extract(sc, point=(left + 20.0, bottom + 20.0), model="no-such-model")
     with pytest.raises(ConfigError, match="multiple of 32"):
         terraseg.extract(sc, point=(left + 20.0, bottom + 20.0), window_px=100)
+    with pytest.raises(ConfigError, match="max_window_px .* multiple of 32 and at least"):
+        terraseg.extract(sc, point=(left + 20.0, bottom + 20.0), max_window_px=1000)
     with pytest.raises(ConfigError, match="max_color_distance must be a finite number >= "):
         extract_mod.extract_object(sc, (left + 20.0, bottom + 20.0), max_color_distance=-1.0)
 

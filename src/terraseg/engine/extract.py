@@ -134,10 +134,10 @@ def _parse_window_px(window_px: int, max_window_px: int) -> tuple[int, int]:
             "e.g. 256",
             window_px=window_px,
         )
-    if max_window_px < window_px:
+    if max_window_px < window_px or max_window_px % _ALIGN_PX:
         raise ConfigError(
-            f"max_window_px ({max_window_px}) is smaller than window_px ({window_px}); "
-            f"e.g. max_window_px={4 * window_px}",
+            f"max_window_px ({max_window_px}) must be a multiple of {_ALIGN_PX} and at least "
+            f"window_px ({window_px}); e.g. max_window_px={4 * window_px}",
             max_window_px=max_window_px,
         )
     return window_px, max_window_px
