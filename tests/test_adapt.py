@@ -431,7 +431,7 @@ def test_tta_through_the_cli(tmp_path: Path) -> None:
 
 def test_workflow_resamples_and_refuses(fine_city: Path, tmp_path: Path) -> None:
     from terraseg.config import Workflow
-    from terraseg.engine.batch import run_workflow
+    from terraseg.engine.batch import plan_workflow, run_workflow
 
     base = {
         "name": "adapt",
@@ -443,6 +443,8 @@ def test_workflow_resamples_and_refuses(fine_city: Path, tmp_path: Path) -> None
         "outputs": {"dir": str(tmp_path / "wf"), "probabilities": False},
         "inference": {"device": "cpu"},
     }
+    plan = plan_workflow(Workflow.model_validate(base))["scenes"][0]
+    assert plan["shape"] == plan["model_grid"] != [1400, 1300]  # chunks on the model grid
     res = run_workflow(Workflow.model_validate(base))
     classes, transform, _ = read(Path(res.scenes[0].outputs["classes"]))
     with rasterio.open(fine_city) as ds:
@@ -456,6 +458,8 @@ def test_workflow_resamples_and_refuses(fine_city: Path, tmp_path: Path) -> None
     }
     with pytest.raises(ConfigError, match="resample"):
         run_workflow(Workflow.model_validate(refuse))
+    with pytest.raises(ConfigError, match="resample"):  # terraseg validate says so too
+        plan_workflow(Workflow.model_validate(refuse))
     assert not (tmp_path / "wf2").exists()
 
 

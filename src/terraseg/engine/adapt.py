@@ -55,6 +55,7 @@ __all__ = [
     "BandWarning",
     "adapt_scene",
     "fit_scaling",
+    "model_grid",
     "model_gsd",
     "needs_scaling",
     "sample_stats",
@@ -248,7 +249,7 @@ def _adapt_bands(scene: Scene, spec: ModelSpec) -> tuple[tuple[int, ...], dict[s
     return chosen, record | {"model_bands": list(chosen), "repeated": False}
 
 
-def _gridmap(
+def model_grid(
     scene: Scene, gsd: tuple[float, float, str] | None, *, resample: bool
 ) -> tuple[GridMap | None, dict[str, Any]]:
     """The model grid when the scene's GSD is outside the card's tolerance (or refuse)."""
@@ -443,7 +444,7 @@ def adapt_scene(
     if isinstance(scene, AdaptedScene):
         scene = scene.source
     bands, band_record = _adapt_bands(scene, spec)
-    gridmap, gsd_record = _gridmap(scene, gsd, resample=resample)
+    gridmap, gsd_record = model_grid(scene, gsd, resample=resample)
     inp, clip, scale_record = _fit_scaling(scene, spec.input.model_copy(update={"bands": bands}))
     record = {"bands": band_record, "gsd": gsd_record, "scaling": scale_record}
     if gridmap is None:

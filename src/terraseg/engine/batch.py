@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from terraseg._version import __version__
 from terraseg.config import Workflow
+from terraseg.core.grid import ChunkGrid
 from terraseg.errors import ConfigError, TerrasegError
 from terraseg.io.atomic import atomic_output
 from terraseg.io.inputs import SceneInput, open_input, resolve_inputs
@@ -27,7 +28,6 @@ from terraseg.io.scene import Scene
 from terraseg.models.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from terraseg.core.grid import ChunkGrid
     from terraseg.engine.distributed import PredictorOptions
     from terraseg.engine.inference import TilePredictor
 
@@ -75,24 +75,38 @@ def _scene_out(root: Path, stem: str, taken: set[str]) -> Path:
 
 
 def plan_workflow(wf: Workflow, *, out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Dry run: every scene's chunk plan and task count, validating inputs; reads no pixels."""
-    from terraseg.engine.pipeline import plan_scene
+    """Dry run: every scene's chunk plan and task count, validating inputs; reads no pixels.
+
+    With a ``predict`` stage, a scene whose GSD is outside the model card's
+    tolerance is planned on the model-GSD grid it will run on (``model_grid``), or
+    refused here with ``inference.resample: false``.
+    """
+    from terraseg.engine.adapt import model_grid, model_gsd
 
     scenes = []
     total_tasks = 0
     total_mpx = 0.0
     root = wf.output_dir(out)
     taken: set[str] = set()
+    gsd = None
+    if "predict" in wf.stages and (wf.models.semantic or wf.models.instance):
+        try:
+            gsd = model_gsd(wf.models.semantic, wf.models.instance)
+        except TerrasegError:  # a plan reads no model: the run reports a bad one
+            gsd = None
     for inp in resolve_inputs(wf.scene_paths(), asset=wf.inputs.asset):
         sc = open_input(inp, assume_crs=wf.inputs.assume_crs)
-        grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
-                          chunk_px=wf.tiling.chunk_px)
+        gridmap, _ = model_grid(sc, gsd, resample=wf.inference.resample)
+        shape = gridmap.model_shape if gridmap is not None else sc.shape
+        grid = ChunkGrid.from_shape(shape, tile_px=wf.tiling.tile_px,
+                                    overlap_px=wf.tiling.overlap_px, chunk_px=wf.tiling.chunk_px)
         summary = grid.summary()
         total_tasks += summary["n_chunks"]
         total_mpx += sc.shape[0] * sc.shape[1] / 1e6
         scenes.append({"scene": inp.href, **inp.run_info(),
                        "out_dir": str(_scene_out(root, inp.name, taken)),
-                       "crs": sc.crs.to_string(), "gsd_m": round(sc.gsd_m, 4), **summary})
+                       "crs": sc.crs.to_string(), "gsd_m": round(sc.gsd_m, 4), **summary,
+                       **({"model_grid": list(shape)} if gridmap is not None else {})})
     return {
         "workflow": wf.name,
         "stages": list(wf.stages),
