@@ -60,7 +60,6 @@ __all__ = [
     "needs_scaling",
     "sample_stats",
     "source_of",
-    "with_input",
 ]
 
 
@@ -487,11 +486,6 @@ def adapt_scene(
         gsd_xy_m=gsd_xy,
     )
     return view, spec.model_copy(update={"input": inp})
-
-
-def with_input(view: AdaptedScene, spec: ModelSpec) -> ModelSpec:
-    """``spec`` reading what ``view`` feeds it (its adapted bands and normalisation)."""
-    return spec.model_copy(update={"input": view.input})
 
 
 def source_of(scene: Scene) -> Scene:
