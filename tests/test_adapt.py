@@ -222,6 +222,22 @@ def test_resampled_output_does_not_depend_on_the_chunking(fine_city: Path, tmp_p
     assert np.array_equal(win.values, runs[96][0][301:561, 457:790])
 
 
+def test_coarse_scene_is_upsampled_independently_of_the_chunking(tmp_path: Path) -> None:
+    """A 1.2 m scene through a 0.5 m model: bilinear, the case whose warps depend on the window."""
+    city = make_city(tmp_path / "coarse.tif", size_px=(190, 170), seed=8, gsd_m=1.2)
+    runs = []
+    for chunk_px in (96, 512):
+        res = predict_to_dir(
+            city.image, tmp_path / f"c{chunk_px}", model="demo-instance", tile_px=64,
+            overlap_px=16, chunk_px=chunk_px, device="cpu", show_progress=False,
+        )  # fmt: skip
+        gsd = res.stats["input"]["gsd"]
+        assert gsd["resampling"] == "bilinear" and gsd["model_grid_shape"][0] > 190 * 2
+        runs.append(read(res.classes_path))
+    (a, ta, _), (b, tb, _) = runs
+    assert a.shape == (190, 170) and ta == tb and np.array_equal(a, b)
+
+
 def test_scene_within_tolerance_is_not_resampled(tmp_path: Path) -> None:
     city = make_city(tmp_path / "c.tif", size_px=300, seed=2, gsd_m=0.55)
     view, _ = adapt_scene(
