@@ -11,6 +11,7 @@ kernel is shut down is terminated by its id.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ psutil = pytest.importorskip("psutil")
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 STARTS_PROCESSES = {"02_batch_on_dask"}  # LocalCluster workers
+NEEDS_REAL_DATA = {"05_train_on_real_imagery"}  # ../shared/data/real (TERRASEG_REAL_DATA)
 CELL_TIMEOUT_S = 300
 
 
@@ -122,8 +124,18 @@ def test_python3_kernel_is_this_interpreter(tmp_path: Path) -> None:
     assert Path(printed).resolve() == Path(sys.prefix).resolve()
 
 
+def _real_data() -> Path:
+    env = os.environ.get("TERRASEG_REAL_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/real"
+
+
 @pytest.mark.parametrize("path", _params())
-def test_notebook_runs(path: Path, tmp_path: Path) -> None:
+def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if path.stem in NEEDS_REAL_DATA:
+        real = _real_data()
+        if not real.is_dir():
+            pytest.skip(f"real test data not found at {real} (set TERRASEG_REAL_DATA)")
+        monkeypatch.setenv("TERRASEG_REAL_DATA", str(real))  # the kernel inherits it
     nb = nbformat.read(path, as_version=4)
     executed, _ = _execute(nb, tmp_path)  # raises CellExecutionError on any error
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs

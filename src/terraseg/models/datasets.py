@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import shapely
     from torchgeo.datasets import IntersectionDataset, RasterDataset
     from torchgeo.datasets.utils import GeoSlice
-    from torchgeo.samplers import GridGeoSampler, RandomGeoSampler, Units
+    from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
 
 __all__ = [
     "Batch",

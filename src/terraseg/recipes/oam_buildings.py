@@ -1,0 +1,279 @@
+"""Reproduce the bundled ``oam-buildings`` model: buildings as instances on real aerial imagery.
+
+A boundary model (background, building, road, building edge; roads are not
+labelled in this data and come out empty) for aerial and drone imagery at about
+0.3 m, trained with this project's own code on the real labelled buildings of
+``../shared/data/real`` (OpenAerialMap imagery, OpenStreetMap and fAIr labels;
+see that folder's README for licences). Run from a checkout::
+
+    python -m terraseg.recipes.oam_buildings                 # train + evaluate
+    python -m terraseg.recipes.oam_buildings --eval-only
+
+The data is split by place, so that the test figures are on imagery the model
+never saw, neither in training nor in validation:
+
+* **training**: Zanzibar block 1, Catanduanes blocks 1–2, Banepa outskirts
+  blocks 1–2, Banepa centre (resampled from 0.149 m to 0.298 m) and Banepa
+  north (loss masked outside ``label_extent_bbox.geojson``, where buildings are
+  not labelled), all at OpenAerialMap's zoom 19 (0.30 m Mercator pixel);
+* **validation** (checkpoint choice): Zanzibar block 2;
+* **test**: Kampala block A at its native 7.46 cm (``terraseg predict``
+  resamples it to the model's 0.3 m) and Nairobi blocks 1–2 at 0.30 m, a city
+  not in training.
+
+Training starts from the bundled synthetic ``demo-instance`` (``init_from``).
+Truth polygons of the test scenes are clipped to the image; pieces with less
+than half their area inside are dropped (they cannot be matched fairly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from terraseg.config import TrainConfig
+from terraseg.models.spec import BOUNDARY_CLASSES
+from terraseg.recipes.demo_semantic import BUNDLED
+
+NAME = "oam-buildings"
+GSD_M = 0.3
+
+
+@dataclass(frozen=True)
+class Place:
+    """One labelled image of the shared real data."""
+
+    folder: str
+    image: str
+    labels: str
+    extent: str | None = None
+    factor: int = 1  # integer decimation to ~0.3 m (Banepa centre: 0.149 m -> 0.298 m)
+
+    @property
+    def name(self) -> str:
+        return Path(self.image).stem
+
+
+STAGE1 = (
+    Place("zanzibar_oam_buildings", "zanzibar_oam_z19_block1.tif", "labels_block1.geojson"),
+    Place("catanduanes_oam_buildings", "catanduanes_oam_z19_block1.tif", "labels_block1.geojson"),
+    Place("catanduanes_oam_buildings", "catanduanes_oam_z19_block2.tif", "labels_block2.geojson"),
+    Place("banepa_outskirts_oam_z21_buildings", "banepa_oam_z19_block1.tif",
+          "labels_block1.geojson"),
+    Place("banepa_outskirts_oam_z21_buildings", "banepa_oam_z19_block2.tif",
+          "labels_block2.geojson"),
+    Place("banepa_centre_oam_z19x512_buildings", "banepa_centre_oam_z19_512px.tif",
+          "labels_osm.geojson", factor=2),
+)
+"""Stage 1's training images (fully labelled)."""
+TRAIN = (
+    *STAGE1,
+    Place("banepa_north_oam_z19_buildings", "banepa_north_oam_z19.tif", "labels_osm.geojson",
+          extent="label_extent_bbox.geojson"),
+    Place("nairobi_oam_buildings", "nairobi_oam_z19_block2.tif", "labels_block2.geojson"),
+)
+"""Stage 2's training images: stage 1's, Banepa north (partly labelled) and Nairobi block 2
+(grey slab roofs, dense)."""
+VAL = (Place("zanzibar_oam_buildings", "zanzibar_oam_z19_block2.tif", "labels_block2.geojson"),)
+TEST = (
+    Place("kampala_block_a_buildings", "kampala_oam_z21_block_a.tif", "labels_block_a.geojson"),
+    Place("nairobi_oam_buildings", "nairobi_oam_z19_block1.tif", "labels_block1.geojson"),
+)
+
+#: Stage 1: from the synthetic demo-instance, basic augmentation, best epoch by mean IoU.
+STAGE1_SETTINGS = TrainConfig(
+    task="boundary",
+    edge_px=3,
+    loss="ce+dice",
+    class_weights=[1.0, 1.0, 1.0, 2.0],
+    classes=[c.model_dump() for c in BOUNDARY_CLASSES],
+    layers={"buildings": 1},
+    init_from="demo-instance",
+    augment="basic",
+    max_steps=200,
+    steps_per_epoch=100,
+    batch_size=8,
+    patch_px=256,
+    lr=1e-3,
+    seed=0,
+    num_workers=1,
+    name=NAME,
+    description="buildings as instances on real aerial/drone imagery at ~0.3 m "
+    "(OpenAerialMap: Zanzibar, Catanduanes, Banepa, Nairobi); roads are not trained",
+    dtype="float16",
+)
+#: Stage 2: from stage 1, all training images, full augmentation for real imagery.
+SETTINGS = STAGE1_SETTINGS.model_copy(
+    update={"augment": "full", "monitor": "val_iou_building", "seed": 1}
+)
+
+
+def data_root() -> Path:
+    """The shared real data (``TERRASEG_REAL_DATA`` or ``../shared/data/real`` of the checkout)."""
+    env = os.environ.get("TERRASEG_REAL_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[4] / "shared/data/real"
+    if not root.is_dir():
+        raise SystemExit(f"real data not found at {root}; set TERRASEG_REAL_DATA")
+    return root
+
+
+def prepared_image(place: Place, root: Path, workdir: Path) -> Path:
+    """The place's image, decimated by ``place.factor`` (area average) into ``workdir``."""
+    src_path = root / place.folder / place.image
+    if place.factor == 1:
+        return src_path
+    import rasterio
+    from rasterio.enums import Resampling
+
+    out = workdir / f"{place.name}_x{place.factor}.tif"
+    if out.exists():
+        return out
+    with rasterio.open(src_path) as src:
+        shape = (src.height // place.factor, src.width // place.factor)
+        data = src.read(out_shape=(src.count, *shape), resampling=Resampling.average)
+        profile = src.profile | {
+            "height": shape[0], "width": shape[1], "compress": "deflate", "photometric": "rgb",
+            "transform": src.transform * src.transform.scale(place.factor, place.factor),
+            "tiled": True, "blockxsize": 256, "blockysize": 256,
+        }
+    tmp = out.with_suffix(".part.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data)
+    tmp.replace(out)
+    return out
+
+
+def footprint(image: Path, workdir: Path) -> str:
+    """A GeoJSON of ``image``'s bounds: the label extent of a fully labelled image."""
+    import geopandas as gpd
+    import rasterio
+    import shapely
+
+    out = workdir / f"{image.stem}.extent.geojson"
+    if not out.exists():
+        with rasterio.open(image) as src:
+            frame = gpd.GeoDataFrame(geometry=[shapely.box(*src.bounds)], crs=src.crs)
+        frame.to_file(out, driver="GeoJSON")
+    return str(out)
+
+
+def clipped_truth(place: Place, root: Path, workdir: Path) -> Path:
+    """Truth: the labels in the image CRS, clipped to the image, half-outside pieces dropped."""
+    import geopandas as gpd
+    import rasterio
+    import shapely
+
+    out = workdir / f"{place.name}.truth.gpkg"
+    with rasterio.open(root / place.folder / place.image) as src:
+        crs, box = src.crs, shapely.box(*src.bounds)
+    gdf = gpd.read_file(root / place.folder / place.labels).to_crs(crs)
+    geoms = shapely.make_valid(gdf.geometry.values)
+    inside = shapely.intersection(geoms, box)
+    keep = shapely.area(inside) >= 0.5 * shapely.area(geoms)
+    truth = gpd.GeoDataFrame(geometry=inside[keep], crs=crs)
+    truth = truth[truth.geometry.area > 0]
+    truth.to_file(out, layer="buildings", driver="GPKG")
+    return out
+
+
+def train(root: Path, workdir: Path, stem: Path, places: Sequence[Place],
+          settings: TrainConfig, command: str) -> None:
+    """Train on ``places``, validated on :data:`VAL`, into ``<stem>.safetensors``."""
+    from terraseg.models.train import train_semantic
+
+    images = [prepared_image(p, root, workdir) for p in places]
+    labels = [root / p.folder / p.labels for p in places]
+    extents = [str(root / p.folder / p.extent) if p.extent else footprint(image, workdir)
+               for p, image in zip(places, images, strict=True)]
+    notes = [f"{p.folder}/{p.image} (training{', decimated x2' if p.factor > 1 else ''})"
+             for p in places] + [f"{p.folder}/{p.image} (validation)" for p in VAL]
+    train_semantic(
+        images, labels, stem, settings,
+        val_image=[prepared_image(p, root, workdir) for p in VAL],
+        val_labels=[root / p.folder / p.labels for p in VAL],
+        overwrite=True, command=command, data_notes=notes, progress=True,
+        label_extent=extents,
+    )
+
+
+def evaluate(stem: Path, root: Path, workdir: Path) -> dict[str, float]:
+    """Predict each :data:`VAL` and :data:`TEST` image with the engine; score its buildings.
+
+    Building F1, precision, recall and mean IoU at IoU >= 0.5 (SpaceNet rule) and the
+    count ratio, as ``val_<image>_*`` and ``test_<image>_*``.
+    """
+    from terraseg.api import predict_to_dir
+    from terraseg.engine.postprocess import vectorize_scene
+    from terraseg.evaluate.scores import evaluate as score
+
+    metrics: dict[str, float] = {}
+    for role, place in [*(("val", p) for p in VAL), *(("test", p) for p in TEST)]:
+        image = prepared_image(place, root, workdir)
+        out = workdir / f"test-{place.name}"
+        t0 = time.perf_counter()
+        result = predict_to_dir(image, out, model=str(stem.with_suffix(".safetensors")),
+                                device="cpu", write_probabilities=True, overwrite=True,
+                                show_progress=False)
+        vectorize_scene(result.classes_path, out / "instances.tif", out, scene_name=place.name,
+                        probabilities_path=result.probabilities_path, overwrite=True)
+        seconds = time.perf_counter() - t0
+        b = score(out / f"{place.name}.gpkg", clipped_truth(place, root, workdir),
+                  task="buildings").buildings
+        assert b is not None
+        key = f"{role}_{place.name}"
+        metrics.update({
+            f"{key}_building_f1": b.f1, f"{key}_building_precision": b.precision,
+            f"{key}_building_recall": b.recall, f"{key}_building_mean_iou": b.mean_iou,
+            f"{key}_count_ratio": b.n_pred / b.n_truth if b.n_truth else float("nan"),
+            f"{key}_seconds": seconds,
+        })
+        print(f"{role} {place.name}: F1 {b.f1:.3f} P {b.precision:.3f} R {b.recall:.3f} "
+              f"mIoU {b.mean_iou:.3f} pred {b.n_pred} truth {b.n_truth} ({seconds:.1f} s)",
+              flush=True)
+    return {k: round(float(v), 4) for k, v in metrics.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--workdir", type=Path, default=Path("oam-work"),
+                        help="Resampled images, truth files, stage 1 and test outputs.")
+    parser.add_argument("--out", type=Path, default=BUNDLED, help="Folder for weights and card.")
+    parser.add_argument("--stage1-steps", type=int, default=STAGE1_SETTINGS.max_steps)
+    parser.add_argument("--max-steps", type=int, default=SETTINGS.max_steps,
+                        help="Steps of stage 2.")
+    parser.add_argument("--stage1", type=Path, default=None,
+                        help="Use this model as stage 1's result instead of training it.")
+    parser.add_argument("--eval-only", action="store_true", help="Only re-measure val_/test_*.")
+    args = parser.parse_args(argv)
+    root = data_root()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    stem = args.out / NAME
+    if not args.eval_only:
+        stage1 = args.stage1
+        module = "python -m terraseg.recipes.oam_buildings"
+        if stage1 is None:
+            stage1 = args.workdir / f"{NAME}-stage1"
+            train(root, args.workdir, stage1, STAGE1, STAGE1_SETTINGS.model_copy(
+                update={"max_steps": args.stage1_steps}), f"{module} (stage 1)")
+            stage1 = stage1.with_suffix(".safetensors")
+        settings = SETTINGS.model_copy(update={"init_from": str(stage1),
+                                               "max_steps": args.max_steps})
+        train(root, args.workdir, stem, TRAIN, settings,
+              f"{module} --stage1-steps {args.stage1_steps} --max-steps {args.max_steps} "
+              "(stage 2, from stage 1)")
+    metrics = evaluate(stem, root, args.workdir)
+    from terraseg.models.card import load_card, save_card
+
+    card_path = stem.with_name(f"{stem.name}.card.yaml")
+    card = load_card(card_path)
+    card = card.model_copy(update={"metrics": {**card.metrics, **metrics}})
+    save_card(card, card_path, overwrite=True)
+    print(f"{card_path}: {card.metrics}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""The bundled real-imagery model ``oam-buildings``: its card, its data split, its figures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import rasterio
+import shapely
+
+from terraseg.models import load_model
+from terraseg.models.card import load_card
+from terraseg.recipes import oam_buildings as recipe
+
+BUNDLED = Path(recipe.__file__).resolve().parents[1] / "models/bundled"
+
+
+def _real() -> Path:
+    env = os.environ.get("TERRASEG_REAL_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/real"
+    if not path.is_dir():
+        pytest.skip(f"real test data not found at {path} (set TERRASEG_REAL_DATA)")
+    return path
+
+
+def test_card_states_data_command_and_figures() -> None:
+    card = load_card(BUNDLED / "oam-buildings.card.yaml")
+    assert card.task == "boundary" and card.gsd_m is not None and 0.25 < card.gsd_m < 0.32
+    assert (BUNDLED / "oam-buildings.safetensors").stat().st_size <= 20 * 2**20
+    assert card.training is not None and "terraseg.recipes.oam_buildings" in card.training.command
+    assert any("(validation)" in d for d in card.training.data)
+    for place in recipe.TEST:
+        assert not any(place.image in d for d in card.training.data)  # never trained or validated
+        for name in ("building_f1", "building_precision", "building_recall", "count_ratio"):
+            assert f"test_{place.name}_{name}" in card.metrics
+    net, loaded = load_model("oam-buildings")
+    assert loaded.name == "oam-buildings"
+
+
+def test_split_by_place_does_not_overlap() -> None:
+    """No test image shares ground with a training or validation image."""
+    root = _real()
+
+    def box(place: recipe.Place) -> shapely.Polygon:
+        with rasterio.open(root / place.folder / place.image) as src:
+            assert src.crs.to_epsg() == 3857
+            return shapely.box(*src.bounds)
+
+    seen = [box(p) for p in (*recipe.TRAIN, *recipe.VAL)]
+    for place in recipe.TEST:
+        test_box = box(place)
+        assert all(test_box.intersection(b).area == 0 for b in seen), place.image
+    assert {p.image for p in recipe.STAGE1} <= {p.image for p in recipe.TRAIN}
+
+
+def test_predict_reproduces_the_card_figure(tmp_path: Path) -> None:
+    """``terraseg predict --model oam-buildings`` on unseen Nairobi gives the card's F1."""
+    root = _real()
+    place = recipe.TEST[1]
+    from terraseg.api import predict_to_dir
+    from terraseg.engine.postprocess import vectorize_scene
+    from terraseg.evaluate.scores import evaluate
+
+    out = tmp_path / "out"
+    res = predict_to_dir(root / place.folder / place.image, out, model="oam-buildings",
+                         device="cpu", write_probabilities=True, show_progress=False)
+    vectorize_scene(res.classes_path, out / "instances.tif", out, scene_name=place.name,
+                    probabilities_path=res.probabilities_path)
+    truth = recipe.clipped_truth(place, root, tmp_path)
+    b = evaluate(out / f"{place.name}.gpkg", truth, task="buildings").buildings
+    assert b is not None
+    card = load_card(BUNDLED / "oam-buildings.card.yaml")
+    assert b.f1 == pytest.approx(card.metrics[f"test_{place.name}_building_f1"], abs=0.02)
