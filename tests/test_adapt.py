@@ -21,6 +21,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.transform import from_origin
+from real_data import real_file
 
 from terraseg.api import predict, predict_to_dir
 from terraseg.core.grid import PixelWindow
@@ -35,21 +36,6 @@ from terraseg.models.builtin import CheapColorModel
 from terraseg.synthetic import make_city
 
 TERRASEG = str(Path(sys.executable).with_name("terraseg"))
-
-
-def _real_root() -> Path:
-    env = os.environ.get("TERRASEG_REAL_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/real"
-
-
-REAL = _real_root()
-
-
-def real_file(rel: str) -> Path:
-    path = REAL / rel
-    if not path.exists():
-        pytest.skip(f"real test data not found at {path} (set TERRASEG_REAL_DATA)")
-    return path
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

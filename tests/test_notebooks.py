@@ -11,12 +11,12 @@ kernel is shut down is terminated by its id.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from real_data import real_root
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -124,15 +124,10 @@ def test_python3_kernel_is_this_interpreter(tmp_path: Path) -> None:
     assert Path(printed).resolve() == Path(sys.prefix).resolve()
 
 
-def _real_data() -> Path:
-    env = os.environ.get("TERRASEG_REAL_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/real"
-
-
 @pytest.mark.parametrize("path", _params())
 def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if path.stem in NEEDS_REAL_DATA:
-        real = _real_data()
+        real = real_root()
         if not real.is_dir():
             pytest.skip(f"real test data not found at {real} (set TERRASEG_REAL_DATA)")
         monkeypatch.setenv("TERRASEG_REAL_DATA", str(real))  # the kernel inherits it

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import rasterio
 import shapely
+from real_data import real_file
 
 from terraseg.models import load_model
 from terraseg.models.card import load_card
@@ -17,11 +17,7 @@ BUNDLED = Path(recipe.__file__).resolve().parents[1] / "models/bundled"
 
 
 def _real() -> Path:
-    env = os.environ.get("TERRASEG_REAL_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/real"
-    if not path.is_dir():
-        pytest.skip(f"real test data not found at {path} (set TERRASEG_REAL_DATA)")
-    return path
+    return real_file(".")
 
 
 def test_card_states_data_command_and_figures() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import warnings
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from affine import Affine
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
+from real_data import real_file
 
 from terraseg.core.grid import PixelWindow
 from terraseg.errors import BandError, CRSError, GridError, SceneReadError, TerrasegError
@@ -33,19 +33,6 @@ RES = 0.5
 UTM = "EPSG:32633"
 
 
-def _real_root() -> Path:
-    env = os.environ.get("TERRASEG_REAL_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/real"
-
-
-REAL = _real_root()
-
-
-def real_file(rel: str) -> Path:
-    path = REAL / rel
-    if not path.exists():
-        pytest.skip(f"real test data not found at {path} (set TERRASEG_REAL_DATA)")
-    return path
 
 
 def write_tif(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import rasterio
 import shapely
 import torch
+from real_data import real_root
 
 from terraseg.config import TrainConfig
 from terraseg.errors import ConfigError, OutputExistsError
@@ -203,13 +203,8 @@ def test_label_extent_errors(city: Path, tmp_path: Path) -> None:
         train_semantic(city, gpkg, tmp_path / "m", label_extent=[str(far)] * 2, **TINY)
 
 
-def _real_root() -> Path:
-    env = os.environ.get("TERRASEG_REAL_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared/data/real"
-
-
 def test_banepa_north_labels_are_masked_outside_the_label_extent(tmp_path: Path) -> None:
-    folder = _real_root() / "banepa_north_oam_z19_buildings"
+    folder = real_root() / "banepa_north_oam_z19_buildings"
     if not (folder / "banepa_north_oam_z19.tif").exists():
         pytest.skip(f"real data not found in {folder} (set TERRASEG_REAL_DATA)")
     image = folder / "banepa_north_oam_z19.tif"
