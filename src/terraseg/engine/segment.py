@@ -260,6 +260,12 @@ def _reader(path: Path) -> Callable[[PixelWindow], NDArray[Any]]:
     return read
 
 
+CUT_VERTICES = 200_000
+"""A class region whose parts waiting for their neighbours hold more vertices than
+this (a cluster of bare ground connected across the scene) is written as pieces cut
+at chunk borders, so the polygon stage's memory does not grow with the scene."""
+
+
 def _class_batches(
     scene: Scene, path: Path, names: dict[int, str], keep: list[int], grid: ChunkGrid
 ) -> Iterator[gpd.GeoDataFrame]:
@@ -270,7 +276,7 @@ def _class_batches(
     next_id = 1
     for value in keep:
         for frame in iter_roads(_reader(path), windows, scene.transform, scene.crs,
-                                road_class=value):
+                                road_class=value, max_vertices=CUT_VERTICES):
             frame["class"] = names[value]
             frame.insert(0, "class_id", np.full(len(frame), value, np.int64))
             frame.insert(0, "segment_id", np.arange(next_id, next_id + len(frame)))

@@ -200,10 +200,20 @@ def _overlap_rows(a: PixelWindow, b: PixelWindow) -> bool:
 
 
 class _Dissolver:
-    """Union-find over waiting parts; a group is done when no neighbour it needs is unread."""
+    """Union-find over waiting parts; a group is done when no neighbour it needs is unread.
 
-    def __init__(self, layout: ChunkLayout) -> None:
+    ``max_vertices`` bounds memory for regions as large as the scene (a k-means
+    cluster of bare ground, connected across every chunk): a group whose waiting
+    parts hold more vertices than that is *cut*, its parts given out one by one as
+    they arrive (each clipped to its chunk) instead of being held and unioned at
+    the end. ``None``: every group is dissolved exactly, whatever its size.
+    """
+
+    def __init__(self, layout: ChunkLayout, max_vertices: int | None = None) -> None:
         self.layout = layout
+        self.max_vertices = max_vertices
+        self.vertices: dict[int, int] = {}
+        self.cut: set[int] = set()
         self.parent: dict[int, int] = {}
         self.members: dict[int, list[int]] = {}
         self.outstanding: dict[int, set[int]] = {}
@@ -228,6 +238,8 @@ class _Dissolver:
         self.members[key] = [key]
         self.geom[key] = geom
         self.value[key] = value
+        if self.max_vertices is not None:
+            self.vertices[key] = int(shapely.get_num_coordinates(geom))
         need = self.layout.needs(chunk, edges) - self.done
         self.outstanding[key] = need
         for j in need:
@@ -243,13 +255,21 @@ class _Dissolver:
         self.parent[rb] = ra
         self.members[ra].extend(self.members.pop(rb))
         self.outstanding[ra] |= self.outstanding.pop(rb)
+        if self.max_vertices is not None:
+            self.vertices[ra] += self.vertices.pop(rb)
+            if rb in self.cut:
+                self.cut.discard(rb)
+                self.cut.add(ra)
         return ra
 
     def finish(self, chunk: int, touched: Iterable[int]) -> list[tuple[int, list[Any]]]:
-        """Mark ``chunk`` read; return ``(value, parts)`` of the groups now complete."""
+        """Mark ``chunk`` read; return ``(value, parts)`` of the groups now complete.
+
+        Pieces of a cut group (see ``max_vertices``) come out as groups of one part.
+        """
         roots = {self.find(k) for k in self.waiting.pop(chunk, [])}
         roots.update(self.find(k) for k in touched)
-        out = []
+        out: list[tuple[int, list[Any]]] = []
         for root in roots:
             need = self.outstanding[root]
             need.discard(chunk)
@@ -257,10 +277,23 @@ class _Dissolver:
             if not need:
                 keys = self.members.pop(root)
                 del self.outstanding[root]
-                out.append((self.value[root], [self.geom.pop(k) for k in keys]))
+                parts = [self.geom.pop(k) for k in keys if k in self.geom]
+                if root in self.cut:  # the last pieces of a cut group, one by one
+                    self.cut.discard(root)
+                    out.extend((self.value[root], [p]) for p in parts)
+                elif parts:
+                    out.append((self.value[root], parts))
                 for k in keys:
                     del self.parent[k]
                     del self.value[k]
+                self.vertices.pop(root, None)
+            elif self.max_vertices is not None and (
+                root in self.cut or self.vertices[root] > self.max_vertices
+            ):
+                self.cut.add(root)  # too large to hold: give out what waits, piece by piece
+                held = [k for k in self.members[root] if k in self.geom]
+                out.extend((self.value[root], [self.geom.pop(k)]) for k in held)
+                self.vertices[root] = 0
         return out
 
     def __len__(self) -> int:

@@ -365,16 +365,21 @@ def iter_roads(
     road_class: int = 2,
     min_area_m2: float = 0.0,
     simplify_m: float = 0.0,
+    max_vertices: int | None = None,
 ) -> Iterator[gpd.GeoDataFrame]:
     """Vectorize the road class of a class raster chunk by chunk, yielding batches.
 
     Same parameters and columns as :func:`vectorize_roads`; after each chunk, the
     road regions it completed (if any) are yielded as one GeoDataFrame.
+    ``max_vertices``: a region whose waiting parts exceed this many vertices is
+    written as pieces cut at chunk borders instead of one polygon, so memory
+    does not grow with a region as large as the scene; ``None`` (default): every
+    region is one polygon.
     """
     layout = ChunkLayout(windows)
     frame = MetricFrame.from_scene(transform, crs, layout.scene_shape)
     opts = _options(frame, layout.scene_shape, min_area_m2, simplify_m, False, None, 0.0)
-    dis = _Dissolver(layout)
+    dis = _Dissolver(layout, max_vertices)
     strips: dict[tuple[int, int], tuple[NDArray[np.int32], dict[int, int]]] = {}
     drops = _Drops()
     for i, window in enumerate(layout.windows):
