@@ -370,7 +370,9 @@ def test_real_scheduler_worker_killed_then_client_killed_and_resumed(
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out2 / "run.json").read_text())
     a = summary["scenes"][0]["stats"]
-    assert a["chunks_resumed"] == stored and a["chunks_computed"] == 12 - stored
+    # workers write their own chunks: a task already running when the client died may
+    # still store its chunk, so the resume can find more than were stored at the kill
+    assert a["chunks_resumed"] >= stored and a["chunks_computed"] == 12 - a["chunks_resumed"]
     for s in ("a", "b"):
         assert (read_classes(out2, s) == read_classes(reference, s)).all()
 

@@ -22,14 +22,13 @@ from terraseg.core.grid import ChunkGrid
 from terraseg.errors import ConfigError, TerrasegError
 from terraseg.io.atomic import atomic_output
 from terraseg.io.inputs import SceneInput, open_input, resolve_inputs
-from terraseg.io.manifest import manifest_token
 from terraseg.io.remote import is_remote
 from terraseg.io.scene import Scene
 from terraseg.models.spec import ModelSpec
 
 if TYPE_CHECKING:
+    from terraseg.engine.cluster import ScenePlan
     from terraseg.engine.distributed import PredictorOptions
-    from terraseg.engine.inference import TilePredictor
 
 __all__ = ["RunSummary", "SceneSummary", "plan_workflow", "run_workflow"]
 
@@ -148,6 +147,7 @@ def run_workflow(
         (e.g. the one a notebook already started).
     """
     from terraseg.engine.adapt import adapt_scene, model_gsd
+    from terraseg.engine.cluster import run_scenes
     from terraseg.engine.distributed import PredictorOptions, connect, get_worker_predictor
 
     t0 = time.perf_counter()
@@ -172,7 +172,7 @@ def run_workflow(
         batch_size=wf.inference.batch_size, amp=wf.inference.amp,
         backend=wf.inference.backend, tta=wf.inference.tta,
     )
-    local_predictor, card_spec = get_worker_predictor(opts)  # validates model, card and device
+    _, card_spec = get_worker_predictor(opts)  # validates model, card and device
     # each scene as the model sees it (GSD, bands, bit depth), all checked before any compute
     gsd = model_gsd(wf.models.semantic, wf.models.instance)
     adapted = [adapt_scene(sc, card_spec, gsd=gsd, resample=wf.inference.resample)
@@ -185,86 +185,111 @@ def run_workflow(
     }
     if scheduler:
         kwargs.update(type="address", address=scheduler)
-    summaries: list[SceneSummary] = []
     taken: set[str] = set()
     config = wf.model_dump(mode="json") | {"config_hash": wf.config_hash()}
+    plans = [  # every scene's outputs and resume state checked before any compute
+        _plan_scene(wf, sc, inp, _scene_out(root, inp.name, taken), opts=opts, spec=spec,
+                    config=config, resume=resume, overwrite=overwrite)
+        for inp, (sc, spec) in zip(inputs, adapted, strict=True)
+    ]
     ctx = contextlib.nullcontext(client) if client is not None else connect(**kwargs)
     with ctx as client:
-        for inp, (sc, spec) in zip(inputs, adapted, strict=True):
-            scene_dir = _scene_out(root, inp.name, taken)
-            summaries.append(_run_scene(
-                wf, sc, inp, scene_dir, client=client, opts=opts, local_predictor=local_predictor,
-                spec=spec, config=config, resume=resume, overwrite=overwrite, progress=progress,
-            ))
+        outcomes, _ = run_scenes(plans, client, in_flight=_in_flight(wf), progress=progress,
+                                 resources=_resources(wf.inference.device))
+    summaries = [SceneSummary(scene=o.job.scene.path, out_dir=o.job.out_dir,
+                              outputs=o.outputs, stats=o.stats or _resumed_stats(o.job))
+                 for o in outcomes]
     result = RunSummary(wf.name, str(root), summaries, time.perf_counter() - t0)
     _write_summary(root, wf, result)
     return result
 
 
-def _run_scene(
+def _plan_scene(
     wf: Workflow,
     sc: Scene,
     inp: SceneInput,
     scene_dir: Path,
     *,
-    client: Any,
     opts: PredictorOptions,
-    local_predictor: TilePredictor,
     spec: ModelSpec,
     config: dict[str, Any],
     resume: bool,
     overwrite: bool,
-    progress: Callable[[str, int, int], None] | None,
-) -> SceneSummary:
-    """Run the workflow's stages on one scene into ``scene_dir``."""
-    from terraseg.engine.distributed import DaskRunner
-    from terraseg.engine.pipeline import local_runner, plan_scene, predict_scene_resumable
+) -> ScenePlan:
+    """One scene's job for :func:`~terraseg.engine.cluster.run_scenes`, checked before any compute.
+
+    Refuses existing outputs (unless ``overwrite``) and a resume of another
+    configuration; writes the chunk store's manifest; a resumed scene whose
+    outputs are finished is not predicted (nor vectorized) again.
+    """
+    from terraseg.engine.cluster import ScenePlan
+    from terraseg.engine.outputs import output_paths
+    from terraseg.engine.pipeline import _resumable_chunks, check_bands, plan_scene
     from terraseg.engine.resume import check_finished
+    from terraseg.engine.tasks import SceneJob
 
     stages = list(wf.stages)
-    summary = SceneSummary(scene=sc.path, out_dir=str(scene_dir))
     classes_path = scene_dir / "classes.tif"
-    if "predict" in stages:
-        grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
-                          chunk_px=wf.tiling.chunk_px)
+    grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
+                      chunk_px=wf.tiling.chunk_px)
+    predict = "predict" in stages
+    manifest = None
+    done: set[tuple[int, int]] = set()
+    if predict:
+        check_bands(sc, spec)
         manifest = _manifest(wf, sc, spec, grid, opts)
         if resume and _finished(classes_path):  # refuse to keep another configuration's output
             check_finished(scene_dir, scene_dir / "run.json", manifest)
-    if "predict" in stages and not (resume and _finished(classes_path)):
-        if client is None:
-            runner = local_runner(sc, grid, local_predictor, spec, ramp=wf.tiling.ramp,
-                                  pad=wf.tiling.pad,
-                                  with_probs=wf.outputs.probabilities)
+            predict = False
         else:
-            runner = DaskRunner(client, sc, grid, opts, ramp=wf.tiling.ramp,
-                                pad=wf.tiling.pad, with_probs=wf.outputs.probabilities,
-                                token=manifest_token(manifest))
-        res = predict_scene_resumable(
-            sc, spec, scene_dir, runner, tile_px=wf.tiling.tile_px,
-            overlap_px=wf.tiling.overlap_px, chunk_px=wf.tiling.chunk_px,
-            write_probabilities=wf.outputs.probabilities, resume=resume,
-            overwrite=overwrite, config=config | inp.run_info(),
-            device=str(local_predictor.device), manifest=manifest,
-            progress=_scene_progress(progress, sc.path),
+            output_paths(scene_dir, write_probabilities=wf.outputs.probabilities,
+                         overwrite=overwrite)
+            done = _resumable_chunks(scene_dir, _store(scene_dir), manifest, resume=resume,
+                                     overwrite=overwrite)
+            (scene_dir / "failures.jsonl").unlink(missing_ok=True)
+    vector = "vectorize" in stages or "export" in stages
+    export = "export" in stages
+    instances = scene_dir / "instances.tif"
+    if vector and not predict and not classes_path.exists():
+        raise ConfigError(
+            f"stage 'vectorize' needs '{classes_path}'; add 'predict' to stages or run it first"
         )
-        summary.stats = {k: res.stats[k] for k in (
-            "tiles_run", "chunks_computed", "chunks_resumed", "seconds",
-            "throughput_mpx_s", "chunks_skipped_nodata", "input") if k in res.stats}
-    elif "predict" in stages:
-        summary.stats = {"chunks_computed": 0, "chunks_resumed": "all"}
-    if classes_path.exists():
-        summary.outputs["classes"] = str(classes_path)
-    if (scene_dir / "probabilities.tif").exists():
-        summary.outputs["probabilities"] = str(scene_dir / "probabilities.tif")
-    if "vectorize" in stages or "export" in stages:
-        summary.outputs.update(_vector_stages(
-            wf, scene_dir, inp.name, classes_path,
-            export="export" in stages, resume=resume, overwrite=overwrite,
-            run_info={"config_hash": wf.config_hash(), "model": spec.name,
-                      "seconds": summary.stats.get("seconds", {}), **inp.run_info()},
-            imagery=sc.path if _is_file(sc.path) and not sc.crs_assumed else None,
-        ))
-    return summary
+    if vector and resume and (scene_dir / f"{inp.name}.gpkg").exists():
+        vector = False  # finished by the run being resumed
+    formats = tuple(wf.outputs.formats) if export else ("gpkg",)
+    job = SceneJob(
+        name=inp.name, scene=sc, spec=spec, grid=grid, opts=opts, out_dir=str(scene_dir),
+        ramp=wf.tiling.ramp, pad=wf.tiling.pad, with_probs=wf.outputs.probabilities,
+        predict=predict, vectorize=vector, formats=formats,
+        to_crs=wf.outputs.crs if export else None, vector_chunk_px=wf.tiling.chunk_px,
+        relabel=not (resume and instances.exists()),
+        imagery=sc.path if _is_file(sc.path) and not sc.crs_assumed else None,
+        run_info={"config_hash": wf.config_hash(), "model": spec.name, **inp.run_info()},
+    )
+    return ScenePlan(job, manifest, frozenset(done), config | inp.run_info())
+
+
+def _store(scene_dir: Path) -> Any:
+    from terraseg.io.chunkstore import DirStore
+
+    return DirStore(scene_dir / ".chunks")
+
+
+def _in_flight(wf: Workflow) -> int:
+    """Scenes submitted at once: enough to keep every worker busy through a scene's finishing."""
+    return max(2, int(getattr(wf.cluster, "scenes_in_flight", 0) or 0))
+
+
+def _resources(device: str) -> dict[str, float] | None:
+    """Worker resources a chunk task asks for (a GPU on ``device: cuda``)."""
+    from terraseg.engine import distributed
+
+    fn = getattr(distributed, "chunk_resources", None)
+    return fn(device) if fn is not None else None
+
+
+def _resumed_stats(job: Any) -> dict[str, Any]:
+    return {"chunks_computed": 0, "chunks_resumed": "all"} if not job.predict else {}
 
 
 def _manifest(
@@ -323,57 +348,6 @@ def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:
 def _finished(path: Path) -> bool:
     """An output written by an earlier run (atomic writes: present means complete)."""
     return path.exists()
-
-
-def _vector_stages(
-    wf: Workflow,
-    scene_dir: Path,
-    stem: str,
-    classes_path: Path,
-    *,
-    export: bool,
-    resume: bool,
-    overwrite: bool,
-    run_info: dict[str, Any],
-    imagery: str | None = None,
-) -> dict[str, str]:
-    """Instances, vectors and export of one scene, from its class COG."""
-    from terraseg.engine.postprocess import vectorize_scene
-
-    if not classes_path.exists():
-        raise ConfigError(
-            f"stage 'vectorize' needs '{classes_path}'; add 'predict' to stages or run it first"
-        )
-    instances_path = scene_dir / "instances.tif"
-    gpkg = scene_dir / f"{stem}.gpkg"
-    if resume and gpkg.exists():
-        return {"instances": str(instances_path), "gpkg": str(gpkg)}
-    probs = scene_dir / "probabilities.tif"
-    formats = tuple(wf.outputs.formats) if export else ("gpkg",)
-    if "gpkg" not in formats:
-        formats = ("gpkg", *formats)
-    result = vectorize_scene(
-        classes_path, instances_path, scene_dir, scene_name=stem, chunk_px=wf.tiling.chunk_px,
-        label=not (resume and instances_path.exists()),
-        probabilities_path=probs if probs.exists() else None, formats=formats,
-        to_crs=wf.outputs.crs if export else None, run_info=run_info,
-        overwrite=overwrite or resume, imagery=imagery,
-    )
-    return {"instances": str(instances_path)} | {
-        Path(p).name: str(p) for p in result.export.paths if Path(p).suffix != ".tif"
-    }
-
-
-def _scene_progress(
-    progress: Callable[[str, int, int], None] | None, label: str
-) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-
-    def update(done: int, total: int) -> None:
-        progress(label, done, total)
-
-    return update
 
 
 def _write_summary(root: Path, wf: Workflow, result: RunSummary) -> None:

@@ -27,7 +27,14 @@ from terraseg.core.grid import ChunkGrid, PixelWindow
 from terraseg.core.stitch import NODATA, assemble, labels_from_acc
 from terraseg.io.raster_sink import RasterSink
 
-__all__ = ["ChunkOutput", "DirStore", "write_from_store", "write_region"]
+__all__ = [
+    "ChunkOutput",
+    "CoreReader",
+    "DirStore",
+    "finish_core",
+    "write_from_store",
+    "write_region",
+]
 
 Pieces = list[tuple[PixelWindow, np.ndarray]]
 
@@ -131,6 +138,124 @@ class DirStore:
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+    # ------------------------------------------------------------------ other arrays
+    # Finished chunk cores and per-chunk instance labels of a cluster run live beside the
+    # chunk outputs, under names that :meth:`done` does not count.
+
+    def put_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> Path:
+        """Save named arrays as ``<name>.npz`` atomically (a chunk's core, its labels...)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"{name}.npz"
+        tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return final
+
+    def get_arrays(self, name: str) -> dict[str, np.ndarray]:
+        """The arrays saved by :meth:`put_arrays` under ``name``."""
+        with np.load(self.root / f"{name}.npz") as data:
+            return {k: data[k] for k in data.files}
+
+
+def core_name(index: tuple[int, int]) -> str:
+    """Store name of a chunk's finished core (:func:`finish_core`)."""
+    return f"core_r{index[0]:05d}_c{index[1]:05d}"
+
+
+def finish_core(
+    grid: ChunkGrid, store: DirStore, index: tuple[int, int], *, n_classes: int,
+    with_probs: bool,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The final labels (and quantised probabilities) of one chunk's whole core.
+
+    The interior comes from the chunk's stored output as it is; each seam is
+    assembled from the chunk's and its neighbours' pieces exactly as
+    :func:`write_from_store` does, so the pixels are the same. ``(None, None)``
+    for a chunk skipped as all-nodata whose seams hold no prediction either.
+    """
+    chunk = grid.chunk(*index)
+    out = store.get(index)
+    core = chunk.core
+    labels = np.full(core.shape, NODATA, np.uint8)
+    probs = np.full((n_classes, *core.shape), NODATA, np.uint8) if with_probs else None
+    any_data = False
+
+    def place(window: PixelWindow, lab: np.ndarray | None, q: np.ndarray | None) -> None:
+        nonlocal any_data
+        if lab is None or window.height == 0 or window.width == 0:
+            return
+        rs = slice(window.row_off - core.row_off, window.row_stop - core.row_off)
+        cs = slice(window.col_off - core.col_off, window.col_stop - core.col_off)
+        labels[rs, cs] = lab
+        if probs is not None and q is not None:
+            probs[:, rs, cs] = q
+        any_data = any_data or bool((lab != NODATA).any())
+
+    place(chunk.interior, out.labels, out.probs)
+    if out.seam_valid:
+        all_pieces = [p for n in grid.neighbours(chunk) for p in store.get_pieces(n.index)]
+        all_pieces += out.pieces
+        for window, valid in out.seam_valid:
+            acc = assemble(window, all_pieces, n_classes + 1)
+            place(window, *labels_from_acc(acc, valid, with_probs=with_probs))
+    if not any_data and out.labels is None:
+        return None, None
+    return labels, probs
+
+
+class CoreReader:
+    """``read(window)`` of the finished cores in a store, as if from ``classes.tif``.
+
+    Windows may span several chunk cores; pixels of a core with no data read as
+    nodata (255). ``band`` ``None`` reads the labels, an int ``k`` the probability
+    band ``k`` (0-based).
+    """
+
+    def __init__(self, grid: ChunkGrid, store: DirStore, *, n_classes: int) -> None:
+        self.grid = grid
+        self.store = store
+        self.n_classes = n_classes
+        rows, cols = grid.shape_in_chunks
+        self._row_stops = [grid.chunk(i, 0).core.row_stop for i in range(rows)]
+        self._col_stops = [grid.chunk(0, j).core.col_stop for j in range(cols)]
+
+    def _span(self, stops: list[int], start: int, stop: int) -> range:
+        first = next(i for i, s in enumerate(stops) if s > start)
+        last = next(i for i, s in enumerate(stops) if s >= stop)
+        return range(first, last + 1)
+
+    def read(self, window: PixelWindow, bands: list[int] | None = None) -> np.ndarray:
+        """``(h, w)`` labels, or ``(len(bands), h, w)`` probability bands (0-based)."""
+        shape = window.shape if bands is None else (len(bands), *window.shape)
+        out = np.full(shape, NODATA, np.uint8)
+        if window.height == 0 or window.width == 0:
+            return out
+        for i in self._span(self._row_stops, window.row_off, window.row_stop):
+            for j in self._span(self._col_stops, window.col_off, window.col_stop):
+                core = self.grid.chunk(i, j).core
+                part = core.intersection(window)
+                if part.is_empty:
+                    continue
+                path = self.store.root / f"{core_name((i, j))}.npz"
+                if not path.exists():  # an all-nodata chunk
+                    continue
+                src = (slice(part.row_off - core.row_off, part.row_stop - core.row_off),
+                       slice(part.col_off - core.col_off, part.col_stop - core.col_off))
+                dst = (slice(part.row_off - window.row_off, part.row_stop - window.row_off),
+                       slice(part.col_off - window.col_off, part.col_stop - window.col_off))
+                with np.load(path) as data:
+                    if bands is None:
+                        out[dst] = data["labels"][src]
+                    else:
+                        out[(slice(None), *dst)] = data["probs"][bands][(slice(None), *src)]
+        return out
 
 
 def write_from_store(

@@ -1,0 +1,363 @@
+"""The scene driver of batch runs: a task graph per scene, several scenes in flight.
+
+Every scene becomes a graph of worker tasks (:mod:`terraseg.engine.tasks`):
+chunks, then each chunk's finished core, then the class COG and the vectors.
+The tasks read and write the run's chunk store themselves, so the client only
+submits them and receives small dicts (timings, counts, which worker and
+device). Up to ``in_flight`` scenes are submitted at once: the finishing work
+of one scene overlaps the chunks of the next, and the client's memory stays
+bounded whatever the number of scenes.
+
+The same graph runs on a ``distributed.Client`` (a LocalCluster, or workers
+started with ``dask worker``) or, with ``client=None``, eagerly in this
+process (:class:`LocalClient`): one driver for every entry point.
+
+A chunk whose task raises is written to the scene's ``failures.jsonl``; the
+other chunks still run and are stored, the scene's later tasks are skipped,
+the other scenes finish, and the run then raises
+:class:`~terraseg.errors.ChunkFailedError`. ``--resume`` recomputes only what
+is not stored, after checking the store's manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from terraseg.engine.outputs import RunStats, run_stats, stage_run_json
+from terraseg.engine.tasks import SceneJob, chunk_task, cog_task, core_task, vector_scene_task
+from terraseg.errors import ChunkFailedError
+from terraseg.io.manifest import manifest_token
+
+__all__ = ["LocalClient", "SceneOutcome", "run_scenes"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+# Dask runs higher priorities first: a scene's finishing work goes before more chunks, so a
+# scene's outputs appear as soon as its chunks are done and the client's state stays small.
+_PRIORITY = {"chunk": 0, "core": 1, "cog": 2, "vector": 3}
+
+
+# --------------------------------------------------------------------------- local executor
+
+
+class _Done:
+    """A finished task of :class:`LocalClient` (the part of ``distributed.Future`` used here)."""
+
+    def __init__(self, key: str, value: Any = None, exc: BaseException | None = None,
+                 tb: str = "") -> None:
+        self.key = key
+        self._value = value
+        self._exc = exc
+        self.tb = tb
+        self.status = "error" if exc is not None else "finished"
+
+    def result(self) -> Any:
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        return self._exc
+
+    def release(self) -> None:
+        self._value = None
+
+    def cancel(self) -> None:
+        return None
+
+
+class LocalClient:
+    """Runs each submitted task at once, in this process (a synchronous run).
+
+    Enough of ``distributed.Client`` for :func:`run_scenes`: ``submit`` with
+    futures as arguments (an errored argument errors the task, as on Dask),
+    ``scatter`` and ``as_completed``.
+    """
+
+    def __init__(self) -> None:
+        self._finished: deque[_Done] = deque()
+
+    def scatter(self, data: Any, **_: Any) -> Any:
+        return data
+
+    def submit(self, fn: Callable[..., Any], *args: Any, key: str, **_: Any) -> _Done:
+        bad = next((a for a in args if isinstance(a, _Done) and a.status == "error"), None)
+        if bad is not None:
+            done = _Done(key, exc=bad.exception(), tb=bad.tb)
+        else:
+            values = [a.result() if isinstance(a, _Done) else a for a in args]
+            try:
+                done = _Done(key, fn(*values))
+            except Exception as exc:  # reported like a failed Dask task
+                done = _Done(key, exc=exc, tb=traceback.format_exc())
+        self._finished.append(done)
+        return done
+
+    def as_completed(self) -> _LocalCompleted:
+        return _LocalCompleted(self._finished)
+
+
+class _LocalCompleted:
+    def __init__(self, finished: deque[_Done]) -> None:
+        self._finished = finished
+
+    def add(self, fut: _Done) -> None:  # already queued by submit
+        return None
+
+    def __iter__(self) -> Iterator[_Done]:
+        while self._finished:
+            yield self._finished.popleft()
+
+
+def _as_completed(client: Any) -> Any:
+    if isinstance(client, LocalClient):
+        return client.as_completed()
+    from distributed import as_completed
+
+    return as_completed()
+
+
+# --------------------------------------------------------------------------- one scene
+
+
+@dataclass(slots=True)
+class SceneOutcome:
+    """What :func:`run_scenes` did for one scene."""
+
+    job: SceneJob
+    stats: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _SceneRun:
+    job: SceneJob
+    manifest: Mapping[str, Any] | None
+    done: set[tuple[int, int]]
+    config: dict[str, Any]
+    outcome: SceneOutcome
+    remaining: int = 0
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    run: RunStats = field(default_factory=RunStats)
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    failures: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def failures_path(self) -> Path:
+        return self.job.out / "failures.jsonl"
+
+
+def _key(kind: str, sr: _SceneRun, index: tuple[int, int] | None = None) -> str:
+    token = manifest_token(sr.manifest)[:12] if sr.manifest else "v"
+    where = "" if index is None else f"-{index[0]}-{index[1]}"
+    return f"terraseg-{kind}-{sr.job.name}-{token}{where}"
+
+
+class _Driver:
+    """Submits scenes' graphs, follows their futures, and writes what the client must."""
+
+    def __init__(self, client: Any, *, progress: Progress | None, resources: Any,
+                 retries: int) -> None:
+        self.client = client
+        self.progress = progress
+        self.resources = resources
+        self.retries = retries
+        self.meta: dict[str, tuple[_SceneRun, str, tuple[int, int] | None]] = {}
+        self.live: dict[str, Any] = {}
+        self.ac = _as_completed(client)
+        self.bytes_received = 0
+        self.tasks = 0
+
+    def _submit(self, sr: _SceneRun, kind: str, fn: Callable[..., Any], *args: Any,
+                index: tuple[int, int] | None = None) -> Any:
+        key = _key(kind, sr, index)
+        kw: dict[str, Any] = {"key": key, "priority": _PRIORITY[kind]}
+        if not isinstance(self.client, LocalClient):
+            kw |= {"pure": False, "retries": self.retries if kind == "chunk" else 0}
+            if kind == "chunk" and self.resources:
+                kw["resources"] = self.resources
+        fut = self.client.submit(fn, *args, **kw)
+        self.meta[key] = (sr, kind, index)
+        self.live[key] = fut
+        self.ac.add(fut)
+        sr.remaining += 1
+        sr.counts.setdefault(kind, [0, 0])[1] += 1
+        self.tasks += 1
+        return fut
+
+    def admit(self, sr: _SceneRun) -> None:
+        """Submit one scene's whole graph."""
+        job = sr.job
+        job_f = self.client.scatter(job, broadcast=True, hash=False)
+        grid = job.grid
+        after: list[Any] = []
+        if job.predict:
+            chunk_f = {c.index: self._submit(sr, "chunk", chunk_task, job_f, c.index, index=c.index)
+                       for c in grid if c.index not in sr.done}
+            cores = []
+            for c in grid:
+                deps = [chunk_f[i] for i in [c.index, *(n.index for n in grid.neighbours(c))]
+                        if i in chunk_f]
+                cores.append(self._submit(sr, "core", core_task, job_f, c.index, *deps,
+                                          index=c.index))
+            after = [self._submit(sr, "cog", cog_task, job_f, *cores)]
+        if job.vectorize:
+            self._submit(sr, "vector", vector_scene_task, job_f, *after)
+        self._report(sr)
+
+    def _report(self, sr: _SceneRun) -> None:
+        if self.progress is None:
+            return
+        for kind, label in (("chunk", "chunks"), ("core", "finishing"), ("vector", "vectors")):
+            if kind in sr.counts:
+                done, total = sr.counts[kind]
+                self.progress(f"{sr.job.name} {label}", done, total)
+
+    def settle(self, fut: Any) -> _SceneRun | None:
+        """Record one finished future; returns its scene when that scene has no task left."""
+        sr, kind, index = self.meta.pop(fut.key)
+        self.live.pop(fut.key, None)
+        sr.remaining -= 1
+        if fut.status == "error":
+            self._failed(sr, kind, index, fut)
+        elif fut.status == "finished":
+            res = fut.result()
+            self.bytes_received += len(pickle.dumps(res, protocol=5))
+            self._finished(sr, kind, res)
+        fut.release()
+        sr.counts.setdefault(kind, [0, 0])[0] += 1
+        self._report(sr)
+        return sr if sr.remaining == 0 else None
+
+    def _failed(self, sr: _SceneRun, kind: str, index: tuple[int, int] | None, fut: Any) -> None:
+        from terraseg.engine.pipeline import ChunkFailure, _record_failure
+
+        exc = fut.exception()
+        if kind == "chunk" and index is not None:
+            tb = getattr(fut, "tb", "") or "".join(traceback.format_exception(exc))
+            _record_failure(sr.failures_path, ChunkFailure(
+                index, sr.job.grid.chunk(*index).core, f"{type(exc).__name__}: {exc}", tb))
+            sr.failures += 1
+            if sr.outcome.error is None or not isinstance(sr.outcome.error, ChunkFailedError):
+                first = f"chunk {list(index)}: {type(exc).__name__}: {exc}"
+                sr.outcome.error = ChunkFailedError(first, failures=sr.failures_path)
+        elif sr.outcome.error is None:  # a finishing task's own error (not a failed chunk's)
+            sr.outcome.error = exc
+
+    def _finished(self, sr: _SceneRun, kind: str, res: dict[str, Any]) -> None:
+        for key, value in res.get("seconds", {}).items():
+            sr.run.seconds[key] = sr.run.seconds.get(key, 0.0) + value
+        if kind == "chunk":
+            sr.run.tiles_run += int(res.get("tiles_run", 0))
+            sr.run.chunks_skipped_nodata += int(bool(res.get("skipped")))
+            sr.chunks.append({k: res[k] for k in ("index", "worker", "device") if k in res}
+                             | {"seconds": round(res["seconds"].get("chunk", 0.0), 4)})
+        sr.outcome.outputs.update(res.get("outputs", {}))
+
+
+def _finish_scene(sr: _SceneRun, bytes_received: int, *, keep_chunks: bool) -> None:
+    """The client's part of a finished scene: ``run.json``, the store removed, the summary."""
+    job = sr.job
+    out = sr.outcome
+    if out.error is not None:
+        if isinstance(out.error, ChunkFailedError):
+            n = len(job.grid)
+            out.error = ChunkFailedError(
+                f"{sr.failures} of {n} chunks failed (first: {out.error}); details in "
+                f"'{sr.failures_path}'; fix the cause and rerun with --resume to compute "
+                "only those chunks", failures=sr.failures_path)
+        return
+    wall = time.perf_counter() - sr.t0
+    if job.predict:
+        predictor = f"{job.opts.model or job.opts.instance} ({job.opts.backend})"
+        devices = sorted({c.get("device", "") for c in sr.chunks} - {""})
+        stats = run_stats(
+            job.scene, job.spec, job.grid, sr.run, wall=wall, device=",".join(devices),
+            predictor=predictor, config=sr.config,
+            extra={"chunks_computed": len(sr.chunks), "chunks_resumed": len(sr.done),
+                   "manifest": dict(sr.manifest or {}),
+                   "chunk_tasks": sorted(sr.chunks, key=lambda c: c["index"]),
+                   "client": {"bytes_received": bytes_received}},
+        )
+        with contextlib.ExitStack() as stack:
+            stage_run_json(stack, job.out / "run.json", stats)
+        out.stats = {k: stats[k] for k in ("tiles_run", "chunks_skipped_nodata", "seconds",
+                                            "throughput_mpx_s", "chunks_computed",
+                                            "chunks_resumed", "input") if k in stats}
+        if not keep_chunks:
+            job.store.clear()
+    if job.classes_path.exists():
+        out.outputs["classes"] = str(job.classes_path)
+    if job.probs_path is not None and job.probs_path.exists():
+        out.outputs["probabilities"] = str(job.probs_path)
+
+
+@dataclass(frozen=True, slots=True)
+class ScenePlan:
+    """One scene to run: the job, its resume manifest, the chunks already stored."""
+
+    job: SceneJob
+    manifest: Mapping[str, Any] | None = None
+    done: frozenset[tuple[int, int]] = frozenset()
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+def run_scenes(
+    plans: Sequence[ScenePlan],
+    client: Any = None,
+    *,
+    in_flight: int = 2,
+    progress: Progress | None = None,
+    resources: dict[str, float] | None = None,
+    retries: int = 1,
+    keep_chunks: bool = False,
+) -> tuple[list[SceneOutcome], dict[str, Any]]:
+    """Run every scene's graph, at most ``in_flight`` scenes at a time.
+
+    Returns the outcomes in the order of ``plans`` and the client's figures
+    (``bytes_received``, ``tasks``). Raises the first scene's error after every
+    scene has run (a failed chunk: :class:`~terraseg.errors.ChunkFailedError`).
+    """
+    client = LocalClient() if client is None else client
+    driver = _Driver(client, progress=progress, resources=resources, retries=retries)
+    runs = [_SceneRun(p.job, p.manifest, set(p.done), dict(p.config), SceneOutcome(p.job))
+            for p in plans]
+    queue = deque(runs)
+    active = 0
+    try:
+        while queue and active < max(1, in_flight):
+            driver.admit(queue.popleft())
+            active += 1
+        for fut in driver.ac:
+            sr = driver.settle(fut)
+            if sr is None:
+                continue
+            _finish_scene(sr, driver.bytes_received, keep_chunks=keep_chunks)
+            active -= 1
+            while queue and active < max(1, in_flight):
+                driver.admit(queue.popleft())
+                active += 1
+            if not queue and active == 0:
+                break
+    finally:
+        if driver.live and not isinstance(client, LocalClient):
+            with contextlib.suppress(Exception):  # interrupted: nothing of this run keeps running
+                client.cancel(list(driver.live.values()), force=True)
+    figures = {"bytes_received": driver.bytes_received, "tasks": driver.tasks}
+    for sr in runs:
+        if sr.outcome.error is not None:
+            raise sr.outcome.error
+    return [sr.outcome for sr in runs], figures
