@@ -152,10 +152,12 @@ class TLSConfig(_Model):
 class ClusterConfig(_Model):
     """Which Dask cluster runs the chunks."""
 
-    type: Literal["local", "address", "synchronous"] = Field(
+    type: Literal["local", "local-cuda", "address", "synchronous"] = Field(
         default="local",
-        description="'local': start a LocalCluster; 'address': connect to a running "
-        "scheduler; 'synchronous': no cluster, run chunks in this process.",
+        description="'local': start a LocalCluster (its workers spread over the GPUs; with "
+        "inference.device cuda, one worker per GPU); 'local-cuda': dask-cuda's "
+        "LocalCUDACluster, one worker per visible GPU (pip install dask-cuda); 'address': "
+        "connect to a running scheduler; 'synchronous': no cluster, run chunks in this process.",
     )
     address: str | None = Field(
         default=None, description="Scheduler address, e.g. tcp://10.0.0.5:8786 or tls://..."
@@ -164,6 +166,11 @@ class ClusterConfig(_Model):
     threads_per_worker: int = Field(default=1, ge=1, description="Threads per local worker.")
     memory_limit: str = Field(default="auto", description="Per-worker memory limit.")
     tls: TLSConfig | None = Field(default=None, description="TLS settings for 'address'.")
+    dashboard: bool = Field(
+        default=True,
+        description="Serve the Dask dashboard of a local cluster on 127.0.0.1 and print its "
+        "link when the run starts (needs bokeh: pip install bokeh).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ClusterConfig:

@@ -12,23 +12,40 @@ The same code runs on a laptop's ``LocalCluster`` and on a cluster started by
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import threading
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from terraseg.core.grid import Chunk, ChunkGrid
+from terraseg.engine.devices import (
+    SPREAD_ENV,
+    check_worker_resources,
+    chunk_resources,
+    visible_gpu_count,
+    worker_device,
+    worker_info,
+)
 from terraseg.errors import ConfigError
 from terraseg.io.scene import Scene
 
 __all__ = [
+    "DASHBOARD_MISSING",
     "DaskRunner",
     "PredictorOptions",
+    "check_worker_resources",
+    "chunk_resources",
     "connect",
+    "dashboard_line",
     "get_worker_predictor",
+    "worker_device",
+    "worker_info",
 ]
+
+DASHBOARD_MISSING = "Dask dashboard: not available (pip install bokeh)"
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +76,9 @@ def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
 
     Every thread of the worker (``--nthreads``, ``threads_per_worker``) shares the
     one predictor, hence one copy of the weights; that is safe because the
-    predictor keeps its batch buffers per thread.
+    predictor keeps its batch buffers per thread. The predictor runs on
+    :func:`~terraseg.engine.devices.worker_device` of ``opts.device``: this
+    worker's own GPU for ``auto``/``cuda``.
     """
     with _PREDICTORS_LOCK:
         if opts not in _PREDICTORS:
@@ -68,7 +87,7 @@ def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
 
             net, spec = resolve_models(opts.model, opts.instance)
             predictor = TilePredictor(
-                net, device=opts.device, batch_size=opts.batch_size, amp=opts.amp,  # type: ignore[arg-type]
+                net, device=worker_device(opts.device), batch_size=opts.batch_size, amp=opts.amp,  # type: ignore[arg-type]
                 activation=spec.activation, backend=opts.backend,  # type: ignore[arg-type]
                 tta=opts.tta,  # type: ignore[arg-type]
             )
@@ -181,36 +200,159 @@ class DaskRunner:
                 fut.cancel()
 
 
+def _local_workers(n_workers: int, device: str) -> tuple[int, dict[str, float] | None]:
+    """``(workers, resources per worker)`` of a LocalCluster for ``device``.
+
+    ``cuda``: one worker per visible GPU, each advertising ``GPU=1``; ``cuda:N``: one
+    worker (on GPU N) advertising ``GPU=1``; otherwise ``n_workers`` without resources.
+    """
+    name = device.strip().lower()
+    if name == "cuda":
+        n_gpus = visible_gpu_count()
+        if n_gpus == 0:
+            raise ConfigError(
+                "device 'cuda' requested but CUDA is not available; set inference.device "
+                "to cpu or auto", device=device,
+            )
+        return n_gpus, {"GPU": 1}
+    if name.startswith("cuda:"):
+        return 1, {"GPU": 1}
+    return n_workers, None
+
+
+def _start_cluster(
+    type: str,  # noqa: A002
+    *,
+    n_workers: int,
+    threads_per_worker: int,
+    memory_limit: str,
+    dashboard: bool,
+    device: str,
+) -> Any:
+    """A LocalCluster or dask-cuda LocalCUDACluster, bound to 127.0.0.1."""
+    dashboard_address = "127.0.0.1:0" if dashboard else None
+    if type == "local-cuda":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError as exc:
+            raise ConfigError(
+                "cluster type local-cuda needs dask-cuda: pip install dask-cuda "
+                "(Linux, NVIDIA GPUs)"
+            ) from exc
+        # one worker per visible GPU, each with CUDA_VISIBLE_DEVICES starting at its own
+        return LocalCUDACluster(
+            host="127.0.0.1", threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit, dashboard_address=dashboard_address,
+            resources={"GPU": 1},
+        )
+    from distributed import LocalCluster
+
+    workers, resources = _local_workers(n_workers, device)
+    return LocalCluster(
+        n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+        host="127.0.0.1", dashboard_address=dashboard_address, memory_limit=memory_limit,
+        resources=resources, env={SPREAD_ENV: "1"},
+    )
+
+
+def _remote_has_bokeh(client: Any) -> bool:
+    """Whether the scheduler of ``client`` can serve the dashboard (True when it cannot say)."""
+    try:
+        return bool(client.run_on_scheduler(_has_bokeh))
+    except Exception:  # noqa: BLE001 - a scheduler may refuse pickled functions
+        return True
+
+
+def _has_bokeh() -> bool:
+    return importlib.util.find_spec("bokeh") is not None
+
+
+def dashboard_line(client: Any, *, local: bool) -> str:
+    """One line about the Dask dashboard of ``client``'s scheduler.
+
+    ``Dask dashboard: <url>`` when the scheduler serves one, else
+    :data:`DASHBOARD_MISSING` (the dashboard needs bokeh where the scheduler runs:
+    in this process for ``local`` clusters).
+    """
+    services = (client.scheduler_info() or {}).get("services", {})
+    if "dashboard" not in services:
+        return DASHBOARD_MISSING
+    has_bokeh = _has_bokeh() if local else _remote_has_bokeh(client)
+    if not has_bokeh:
+        return DASHBOARD_MISSING
+    return f"Dask dashboard: {client.dashboard_link}"
+
+
+def _say(announce: Callable[[str], None] | None, line: str) -> None:
+    if announce is None:
+        log.info("%s", line)
+    else:
+        announce(line)
+
+
 @contextlib.contextmanager
 def connect(
     *,
-    type: Literal["local", "address", "synchronous"] = "local",  # noqa: A002
+    type: Literal["local", "local-cuda", "address", "synchronous"] = "local",  # noqa: A002
     address: str | None = None,
     n_workers: int = 2,
     threads_per_worker: int = 1,
     memory_limit: str = "auto",
     tls: dict[str, str] | None = None,
     dashboard: bool = False,
+    device: str = "auto",
+    announce: Callable[[str], None] | None = None,
 ) -> Iterator[Any]:
     """Yield a ``distributed.Client`` for the configured cluster (``None`` for synchronous).
 
-    ``local`` starts a ``LocalCluster`` of processes bound to 127.0.0.1 and
-    stops it on exit; ``address`` connects to a running scheduler (TLS with
-    ``tls={"ca_file", "cert", "key"}``) and leaves it running.
+    Parameters
+    ----------
+    type
+        ``local`` starts a ``LocalCluster`` of processes bound to 127.0.0.1 and
+        stops it on exit. Its workers spread over the visible GPUs (worker *i*
+        on ``cuda:(i % n)``, see :func:`~terraseg.engine.devices.worker_device`);
+        with ``device="cuda"`` it starts one worker per visible GPU instead of
+        ``n_workers``, with ``device="cuda:N"`` one worker, each advertising the
+        resource ``GPU=1``. ``local-cuda`` starts dask-cuda's
+        ``LocalCUDACluster`` (one worker per visible GPU, each with its own
+        ``CUDA_VISIBLE_DEVICES``, advertising ``GPU=1``; ``n_workers`` is not
+        used). ``address`` connects to a running scheduler (TLS with
+        ``tls={"ca_file", "cert", "key"}``) and leaves it running.
+    dashboard
+        Local clusters: serve the Dask dashboard on 127.0.0.1 (a free port).
+        All types: announce the dashboard when the cluster starts, one line,
+        ``Dask dashboard: http://...`` or :data:`DASHBOARD_MISSING` when bokeh is
+        not installed where the scheduler runs.
+    device
+        The workflow's ``inference.device`` (see above).
+    announce
+        Called with that one line; ``None`` logs it at INFO on this module's
+        logger.
+
+    Raises
+    ------
+    ConfigError
+        ``local-cuda`` without dask-cuda installed; ``device="cuda"`` on a local
+        cluster without CUDA; an unreachable scheduler.
     """
     if type == "synchronous":
         yield None
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    if type == "local":
-        cluster = LocalCluster(
-            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-            host="127.0.0.1", dashboard_address=":0" if dashboard else None,
-            memory_limit=memory_limit,
+    if type in ("local", "local-cuda"):
+        cluster = _start_cluster(
+            type, n_workers=n_workers, threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit, dashboard=dashboard, device=device,
         )
-        client = Client(cluster)
         try:
+            client = Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+        try:
+            if dashboard:
+                _say(announce, dashboard_line(client, local=True))
             yield client
         finally:
             client.close()
@@ -235,6 +377,8 @@ def connect(
             address=address,
         ) from exc
     try:
+        if dashboard:
+            _say(announce, dashboard_line(client, local=False))
         yield client
     finally:
         client.close()
