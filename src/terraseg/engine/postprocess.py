@@ -15,7 +15,6 @@ step holds a scene-sized array:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
@@ -26,19 +25,36 @@ from typing import Literal
 
 import geopandas as gpd
 import numpy as np
-from scipy import ndimage
 
 from terraseg.core.grid import ChunkGrid, PixelWindow
-from terraseg.core.stitch import NODATA
+from terraseg.engine.finish import (
+    FinishOptions,
+    SceneFinish,
+    VectorLayers,
+    _class_id,
+    finish_chunk,
+    finish_windows,
+    label_chunk,
+    reduce_scene,
+    write_instance_rasters,
+)
 from terraseg.export.layers import SomeCRS
 from terraseg.export.writers import ExportResult, export_run
-from terraseg.instances import InstanceMerger, InstanceTable, instances_from_boundary
+from terraseg.instances import InstanceMerger, InstanceTable
+from terraseg.instances.merge import (
+    BOUNDARY_HALO_PX,
+    BOUNDARY_MIN_SEED_PX,
+    BOUNDARY_SEED_P,
+)
 from terraseg.io.masks import ids_without_nodata, open_mask
-from terraseg.io.raster_sink import RasterSink, read_class_names
 from terraseg.io.scene import Scene, open_scene
 
 __all__ = [
+    "BOUNDARY_HALO_PX",
+    "BOUNDARY_MIN_SEED_PX",
+    "BOUNDARY_SEED_P",
     "SceneVectors",
+    "finish_scene",
     "VectorLayers",
     "vectorize_scene",
     "export_vectors",
@@ -48,23 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_FOUR = ndimage.generate_binary_structure(2, 1)
-
-
-def _class_id(classes_path: Path, name: str, default: int) -> int:
-    """The id of class ``name`` in a class COG (from its stored class names)."""
-    found = _find_class(classes_path, name)
-    return default if found is None else found
-
-
-def _find_class(classes_path: Path, name: str) -> int | None:
-    """The id of class ``name`` in a class COG, or None when it has no such class."""
-    for value, cname in read_class_names(classes_path).items():
-        if cname == name:
-            return int(value)
-    return None
-
 
 def _reader(scene: Scene, *, ids: bool = False) -> Callable[[PixelWindow], np.ndarray]:
     """``read(window) -> (h, w)`` band 1 of ``scene``; outside the raster reads nodata.
@@ -79,72 +78,64 @@ def _reader(scene: Scene, *, ids: bool = False) -> Callable[[PixelWindow], np.nd
     return read
 
 
-def _halo(window: PixelWindow, shape: tuple[int, int], px: int) -> PixelWindow:
-    return PixelWindow.from_bounds(
-        max(window.row_off - px, 0), max(window.col_off - px, 0),
-        min(window.row_stop + px, shape[0]), min(window.col_stop + px, shape[1]),
-    )
+def _readers(
+    classes: Scene, probabilities_path: str | os.PathLike[str] | None
+) -> tuple[Callable[[PixelWindow], np.ndarray], Callable[..., np.ndarray] | None]:
+    """``read(window)`` of a class mask and ``read_probs(window, bands)`` of a probability
+    COG (None without one), as :mod:`terraseg.engine.finish` takes them."""
+    probs = open_scene(probabilities_path) if probabilities_path is not None else None
+
+    def read_probs(window: PixelWindow, bands: Sequence[int]) -> np.ndarray:
+        assert probs is not None
+        arr, _ = probs.read_window(window, bands=list(bands), pad="nodata")
+        return np.asarray(arr)
+
+    return _reader(classes), (read_probs if probs is not None else None)
 
 
-def _label_window(classes: np.ndarray, building: int, edge: int | None = None) -> np.ndarray:
-    """Local building labels of one window.
+def _label_store(
+    folder: Path,
+) -> tuple[Callable[[tuple[int, int], np.ndarray], None], Callable[[tuple[int, int]], np.ndarray]]:
+    """``save(index, labels)`` and ``load(index)`` of chunk labels as ``.npy`` in ``folder``."""
 
-    Without an edge class: 4-connected components of the building class
-    (4-connectivity keeps buildings that only touch at a corner apart; buildings
-    that share a wall in the class mask become one instance). With the
-    ``building edge`` class of a boundary model: a seeded watershed
-    (:func:`terraseg.instances.instances_from_boundary`), so touching buildings
-    whose interiors the model kept apart come out as separate instances.
+    def save(index: tuple[int, int], labels: np.ndarray) -> None:
+        np.save(folder / f"{index[0]}_{index[1]}.npy", labels)
+
+    def load(index: tuple[int, int]) -> np.ndarray:
+        return np.asarray(np.load(folder / f"{index[0]}_{index[1]}.npy"))
+
+    return save, load
+
+
+def finish_scene(
+    classes_path: str | os.PathLike[str],
+    instances_path: str | os.PathLike[str],
+    *,
+    chunk_px: int = 2048,
+    probabilities_path: str | os.PathLike[str] | None = None,
+    panoptic_path: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> SceneFinish:
+    """Instances and vectors of a scene in this process: every chunk's
+    :func:`~terraseg.engine.finish.finish_chunk`, then
+    :func:`~terraseg.engine.finish.reduce_scene` and
+    :func:`~terraseg.engine.finish.write_instance_rasters` (``instances.tif``, and
+    ``panoptic.tif`` when ``panoptic_path`` is given). The same functions run on a
+    cluster's workers, so both give the same output. The chunks' local labels wait in
+    a temporary folder until the rasters are written.
     """
-    if edge is None:
-        labels, _ = ndimage.label(classes == building, structure=_FOUR)
-        return np.asarray(labels, dtype=np.int64)
-    return instances_from_boundary(
-        classes, interior_class=building, edge_class=edge, min_seed_px=BOUNDARY_MIN_SEED_PX
-    ).astype(np.int64)
-
-
-def _label_probabilities(interior_edge: np.ndarray) -> np.ndarray:
-    """Local building labels of one window from a boundary model's probabilities.
-
-    ``interior_edge`` is ``(2, h, w)``: building-interior and building-edge
-    probabilities. Seeds are confident interior (:data:`BOUNDARY_SEED_P`), so the
-    interiors of touching houses that the model only half separates still seed
-    one instance each; buildings are where interior + edge >= 0.5, flooded
-    through the edge probability.
-    """
-    return instances_from_boundary(
-        interior_edge, interior_class=0, edge_class=1, seed_thresh=BOUNDARY_SEED_P,
-        building_thresh=0.5, min_seed_px=BOUNDARY_MIN_SEED_PX, landscape="edge",
-    ).astype(np.int64)
-
-
-#: Halo of a boundary model's watershed, pixels: wider than the largest building,
-#: so each chunk's watershed agrees with its neighbours' on the face strips.
-BOUNDARY_HALO_PX = 96
-#: Interior components smaller than this seed no instance of their own (noise).
-BOUNDARY_MIN_SEED_PX = 6
-#: Interior probability of a seed when probabilities are at hand. Measured with
-#: demo-instance on the unseen synthetic scene (seed 21, 1517 buildings): seeds at
-#: p >= 0.6 / 0.7 / 0.8 / 0.9 give 1550 / 1573 / 1587 / 1604 instances at about the
-#: same F1 (0.890-0.894, pixel matching); 0.6 keeps the count closest to the truth.
-BOUNDARY_SEED_P = 0.6
-
-
-def _product_classes(
-    classes: np.ndarray, building: int, edge: int | None, nodata: float | None = None
-) -> np.ndarray:
-    """Classes as the analyst reads them (uint32): a boundary model's edge ring is building.
-
-    The mask's own ``nodata`` and negative values (a signed mask from another
-    tool) become :data:`~terraseg.core.stitch.NODATA`.
-    """
-    if edge is not None:
-        classes = np.where(classes == edge, classes.dtype.type(building), classes)
-    bad = classes < 0
-    if nodata is not None and np.isfinite(nodata):
-        bad |= classes == nodata
-    return np.where(bad, NODATA, classes).astype(np.uint32)
+    opts = FinishOptions.from_masks(classes_path, probabilities_path, chunk_px=chunk_px)
+    classes = open_mask(classes_path)
+    read, read_probs = _readers(classes, probabilities_path)
+    with tempfile.TemporaryDirectory(prefix="terraseg-labels-") as tmp:
+        save, load = _label_store(Path(tmp))
+        parts = [finish_chunk(read, read_probs, index, core, opts, save)
+                 for index, core in finish_windows(opts)]
+        result = reduce_scene(parts, opts)
+        del parts
+        write_instance_rasters(opts, result.relabel, load, read, instances_path, panoptic_path,
+                               like=classes, overwrite=overwrite)
+    return result
 
 
 def label_instances(
@@ -191,76 +182,21 @@ def label_instances(
     interior seeds, flooding through the edge probability), else from the
     classes; otherwise buildings are connected components of the class.
     """
+    opts = FinishOptions.from_masks(classes_path, probabilities_path, chunk_px=chunk_px,
+                                    halo_px=halo_px, building_class=building_class)
     classes = open_mask(classes_path)
-    building = building_class if building_class is not None else _class_id(
-        Path(classes_path), "building", 1)
-    edge = _find_class(Path(classes_path), "building edge")
-    halo_px = max(halo_px, BOUNDARY_HALO_PX) if edge is not None else halo_px
-    probs = open_scene(probabilities_path) if probabilities_path else None
-    grid = ChunkGrid.from_shape(classes.shape, tile_px=chunk_px, overlap_px=0, chunk_px=chunk_px)
-    gsd = classes.gsd_xy_m
-    merger = InstanceMerger(classes.shape, pixel_area_m2=float(gsd[0] * gsd[1]))
-    read = _reader(classes)
-    score_bands = [building + 1] + ([edge + 1] if edge is not None else [])
-
-    def local(window: PixelWindow) -> tuple[np.ndarray, np.ndarray | None]:
-        if probs is None:
-            return _label_window(read(window), building, edge), None
-        p, _ = probs.read_window(window, bands=score_bands, pad="nodata")
-        p = p.astype(np.float32) / 254.0
-        if edge is not None:
-            p[:, read(window) == NODATA] = 0.0  # probabilities.tif codes nodata as 255
-            return _label_probabilities(p), p.sum(axis=0)
-        return _label_window(read(window), building), p[0]
-
-    windows = {c.index: _halo(c.core, classes.shape, halo_px) for c in grid}
+    read, read_probs = _readers(classes, probabilities_path)
+    merger = InstanceMerger(opts.shape, pixel_area_m2=opts.pixel_area_m2)
     with tempfile.TemporaryDirectory(prefix="terraseg-labels-") as tmp:
-        for chunk in grid:  # pass 1: label each chunk, keep its labels on disk for pass 2
-            labels, scores = local(windows[chunk.index])
-            merger.add_chunk(chunk.index, chunk.core, labels, window=windows[chunk.index],
-                             scores=scores)
-            np.save(Path(tmp) / f"{chunk.index[0]}_{chunk.index[1]}.npy", labels.astype(np.int32))
+        save, load = _label_store(Path(tmp))
+        for index, core in finish_windows(opts):  # pass 1: label each chunk, keep its labels
+            labels, window, scores = label_chunk(read, read_probs, core, opts)
+            merger.add_chunk(index, core, labels, window=window, scores=scores)
+            save(index, labels[core.relative_to(window).to_slices()].astype(np.int32))
         table = merger.finalize()
-        with contextlib.ExitStack() as stack:
-            sink = stack.enter_context(RasterSink(
-                out_path, like=classes, count=1, dtype="uint32", nodata=0,
-                overwrite=overwrite, band_names=["building_id"]))
-            panoptic = None if panoptic_path is None else stack.enter_context(RasterSink(
-                panoptic_path, like=classes, count=2, dtype="uint32", nodata=None,
-                overwrite=overwrite, band_names=["class", "building_id"]))
-            for chunk in grid:
-                labels = np.load(Path(tmp) / f"{chunk.index[0]}_{chunk.index[1]}.npy")
-                ids = merger.relabel(chunk.index, labels.astype(np.int64),
-                                     window=windows[chunk.index])
-                sink.write(chunk.core, ids[None])
-                if panoptic is not None:
-                    cls = _product_classes(read(chunk.core), building, edge, classes.nodata)
-                    panoptic.write(chunk.core, np.stack([cls, ids]))
-            sink.finish()
-            if panoptic is not None:
-                panoptic.finish()
+        write_instance_rasters(opts, table, load, read, out_path, panoptic_path, like=classes,
+                               overwrite=overwrite)
     return table.table
-
-
-@dataclass(slots=True)
-class VectorLayers:
-    """The vector outputs of one scene, all in the scene CRS."""
-
-    buildings: gpd.GeoDataFrame
-    roads: gpd.GeoDataFrame
-    road_centerlines: gpd.GeoDataFrame
-    road_nodes: gpd.GeoDataFrame
-    road_edges: gpd.GeoDataFrame
-
-    def as_dict(self) -> dict[str, gpd.GeoDataFrame]:
-        return {
-            "buildings": self.buildings, "roads": self.roads,
-            "road_centerlines": self.road_centerlines, "road_nodes": self.road_nodes,
-            "road_edges": self.road_edges,
-        }
-
-    def counts(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.as_dict().items()}
 
 
 def _open_masks(
@@ -395,16 +331,14 @@ def vectorize_scene(
     else:
         _open_masks(classes_path, instances_path)
     n_instances = None
-    scores: dict[int, float] | None = None
     panoptic_path = Path(instances_path).with_name("panoptic.tif")
-    if label:
-        table = label_instances(classes_path, instances_path, chunk_px=chunk_px,
+    if label:  # one code path with a cluster run: per-chunk work, then a small reduce
+        finished = finish_scene(classes_path, instances_path, chunk_px=chunk_px,
                                 probabilities_path=probabilities_path,
                                 panoptic_path=panoptic_path, overwrite=overwrite)
-        n_instances = len(table.ids)
-        if probabilities_path is not None:
-            scores = {int(i): float(s) for i, s in zip(table.ids, table.score, strict=True)}
-    layers = vectorize_masks(classes_path, instances_path, chunk_px=chunk_px, scores=scores)
+        n_instances, layers = finished.n_instances, finished.layers
+    else:
+        layers = vectorize_masks(classes_path, instances_path, chunk_px=chunk_px)
     masks = {"classes": classes_path, "instances": instances_path}
     if panoptic_path.exists():
         masks["panoptic"] = panoptic_path

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -41,8 +42,14 @@ from terraseg.instances.table import (
     Labels,
     RelabelTable,
 )
+from terraseg.instances.watershed import instances_from_boundary
 
-__all__ = ["InstanceMerger"]
+__all__ = [
+    "BOUNDARY_HALO_PX",
+    "BOUNDARY_MIN_SEED_PX",
+    "BOUNDARY_SEED_P",
+    "InstanceMerger",
+]
 
 
 class InstanceMerger:
@@ -369,3 +376,53 @@ def _check_face(
 
 def _concat(parts: list[NDArray[Any]], dtype: type[Any]) -> NDArray[Any]:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+
+# -- labelling one chunk -------------------------------------------------------------------
+
+_FOUR = ndimage.generate_binary_structure(2, 1)
+
+
+def _label_window(classes: NDArray[Any], building: int, edge: int | None = None) -> NDArray[Any]:
+    """Local building labels of one window.
+
+    Without an edge class: 4-connected components of the building class
+    (4-connectivity keeps buildings that only touch at a corner apart; buildings
+    that share a wall in the class mask become one instance). With the
+    ``building edge`` class of a boundary model: a seeded watershed
+    (:func:`terraseg.instances.instances_from_boundary`), so touching buildings
+    whose interiors the model kept apart come out as separate instances.
+    """
+    if edge is None:
+        labels, _ = ndimage.label(classes == building, structure=_FOUR)
+        return np.asarray(labels, dtype=np.int64)
+    return instances_from_boundary(
+        classes, interior_class=building, edge_class=edge, min_seed_px=BOUNDARY_MIN_SEED_PX
+    ).astype(np.int64)
+
+
+def _label_probabilities(interior_edge: NDArray[Any]) -> NDArray[Any]:
+    """Local building labels of one window from a boundary model's probabilities.
+
+    ``interior_edge`` is ``(2, h, w)``: building-interior and building-edge
+    probabilities. Seeds are confident interior (:data:`BOUNDARY_SEED_P`), so the
+    interiors of touching houses that the model only half separates still seed
+    one instance each; buildings are where interior + edge >= 0.5, flooded
+    through the edge probability.
+    """
+    return instances_from_boundary(
+        interior_edge, interior_class=0, edge_class=1, seed_thresh=BOUNDARY_SEED_P,
+        building_thresh=0.5, min_seed_px=BOUNDARY_MIN_SEED_PX, landscape="edge",
+    ).astype(np.int64)
+
+
+#: Halo of a boundary model's watershed, pixels: wider than the largest building,
+#: so each chunk's watershed agrees with its neighbours' on the face strips.
+BOUNDARY_HALO_PX = 96
+#: Interior components smaller than this seed no instance of their own (noise).
+BOUNDARY_MIN_SEED_PX = 6
+#: Interior probability of a seed when probabilities are at hand. Measured with
+#: demo-instance on the unseen synthetic scene (seed 21, 1517 buildings): seeds at
+#: p >= 0.6 / 0.7 / 0.8 / 0.9 give 1550 / 1573 / 1587 / 1604 instances at about the
+#: same F1 (0.890-0.894, pixel matching); 0.6 keeps the count closest to the truth.
+BOUNDARY_SEED_P = 0.6

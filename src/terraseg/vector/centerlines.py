@@ -234,7 +234,11 @@ def _lines(paths: Sequence[NDArray[np.float64]], dx: float, dy: float) -> Geoms:
 
 
 def _chunk_lines(
-    read: ReadFn, window: PixelWindow, layout: ChunkLayout, halo_px: int, road_class: int
+    read: ReadFn,
+    window: PixelWindow,
+    scene_shape: tuple[int, int],
+    halo_px: int,
+    road_class: int,
 ) -> tuple[Geoms, NDArray[np.bool_], NDArray[np.bool_]]:
     """Centerline pieces of one chunk core, in scene pixels, with border-end flags."""
     halo = PixelWindow(
@@ -243,7 +247,7 @@ def _chunk_lines(
         window.height + 2 * halo_px,
         window.width + 2 * halo_px,
     )
-    inside = halo.clip(layout.scene_shape)
+    inside = halo.clip(scene_shape)
     mask = _as_2d(read(inside), inside) == road_class
     if not mask.any():
         return np.empty(0, object), np.empty(0, bool), np.empty(0, bool)
@@ -269,7 +273,7 @@ def _chunk_lines(
         return np.asarray(parts, object), np.empty(0, bool), np.empty(0, bool)
     first = shapely.get_coordinates(shapely.get_point(parts, 0))
     last = shapely.get_coordinates(shapely.get_point(parts, -1))
-    sides = _internal_sides(window, layout.scene_shape)
+    sides = _internal_sides(window, scene_shape)
 
     def on_border(pt: NDArray[np.float64]) -> NDArray[np.bool_]:
         hit = np.zeros(len(pt), bool)
@@ -530,17 +534,34 @@ def extract_centerlines(
     frame = MetricFrame.from_scene(transform, crs, layout.scene_shape)
     pieces, starts, ends = [], [], []
     for window in layout.windows:
-        lines, s, e = _chunk_lines(read_classes, window, layout, halo_px, road_class)
+        lines, s, e = _chunk_lines(read_classes, window, layout.scene_shape, halo_px, road_class)
         pieces.append(lines)
         starts.append(s)
         ends.append(e)
+    return _network(pieces, starts, ends, frame, layout.scene_shape, prune_m=prune_m,
+                    simplify_m=simplify_m, snap_px=snap_px)
+
+
+def _network(
+    pieces: Sequence[Geoms],
+    starts: Sequence[NDArray[np.bool_]],
+    ends: Sequence[NDArray[np.bool_]],
+    frame: MetricFrame,
+    scene_shape: tuple[int, int],
+    *,
+    prune_m: float,
+    simplify_m: float | None,
+    snap_px: float,
+) -> RoadNetwork:
+    """The :class:`RoadNetwork` from every chunk's :func:`_chunk_lines` (row-major order):
+    ends snapped across chunk edges, lines merged, spurs pruned, simplified, measured."""
     lines = np.concatenate(pieces) if pieces else np.empty(0, object)
     if len(lines):
         lines = _snap_ends(lines, np.concatenate(starts), np.concatenate(ends), snap_px)
     lines = _merge(lines)
     if len(lines):
         lines = _prune(
-            lines, lambda g: shapely.length(frame.px_to_metric(g)), prune_m, layout.scene_shape
+            lines, lambda g: shapely.length(frame.px_to_metric(g)), prune_m, scene_shape
         )
     metric = frame.px_to_metric(lines)
     tol = frame.pixel_m if simplify_m is None else simplify_m

@@ -15,6 +15,7 @@ Pure module: numpy and shapely; opens no file.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -30,6 +31,7 @@ __all__ = [
     "EDGE_RIGHT",
     "EDGE_TOP",
     "ChunkLayout",
+    "PackedGeoms",
     "ReadFn",
 ]
 
@@ -341,3 +343,138 @@ def _connect(
     pairs = np.unique(np.column_stack([a[both], b[both]]), axis=0)
     for ca, cb in pairs.tolist():
         dis.union(keys[ca], other_keys[cb])
+
+
+def _add_building_chunk(
+    dis: _Dissolver,
+    live: dict[int, int],
+    i: int,
+    values: Iterable[int],
+    parts: Iterable[Any],
+    flags: Iterable[int],
+) -> list[int]:
+    """Mark chunk ``i`` read and add its waiting building parts (one per global id,
+    joined to the waiting parts with the same id); returns their keys."""
+    dis.done.add(i)
+    touched = []
+    for value, geom, edges in zip(values, parts, flags, strict=True):
+        key = dis.add(i, geom, int(value), int(edges))
+        if value in live:
+            dis.union(key, live[value])
+        live[int(value)] = key
+        touched.append(key)
+    return touched
+
+
+def _add_road_chunk(
+    dis: _Dissolver,
+    strips: dict[tuple[int, int], tuple[NDArray[np.int32], dict[int, int]]],
+    i: int,
+    parts: tuple[NDArray[np.int64], Geoms, NDArray[np.uint8]],
+    chunk_strips: dict[int, NDArray[np.int32]],
+    value: int,
+) -> dict[int, int]:
+    """Mark chunk ``i`` read, add its road ``parts`` on internal edges (component ids,
+    geometries, ``EDGE_*`` bits) and join them to the parts across its edges through the
+    components along them (``chunk_strips``: ``{EDGE_*: strip}``). ``strips`` keeps the
+    strips whose neighbours are unread. Returns ``{component id: key}``."""
+    layout = dis.layout
+    window = layout.windows[i]
+    dis.done.add(i)
+    keys = {int(c): dis.add(i, g, value, int(e)) for c, g, e in zip(*parts, strict=True)}
+    for side, strip in chunk_strips.items():
+        for j in layout.neighbours[i][side]:
+            other = strips.get((j, _OPPOSITE[side]))
+            if other is not None:
+                _connect(dis, window, side, strip, keys, layout.windows[j], *other)
+        strips[(i, side)] = (strip, keys)
+    for side in chunk_strips:  # free the strips whose neighbours are all read
+        opp = _OPPOSITE[side]
+        for j in layout.neighbours[i][side]:
+            if all(k in dis.done for k in layout.neighbours[j][opp]):
+                strips.pop((j, opp), None)
+        if all(j in dis.done for j in layout.neighbours[i][side]):
+            strips.pop((i, side), None)
+    return keys
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PackedGeoms:
+    """Geometries of one type, packed losslessly for the trip from a worker.
+
+    Pixel-frame outlines have integer vertices and traced centerlines step one
+    pixel at a time, so consecutive vertices mostly differ by small integers: those
+    differences are kept as int8/int16, every other vertex as its exact float64
+    value. :meth:`unpack` gives back geometries equal vertex for vertex (checked
+    when packing; anything that does not round-trip is kept as it is).
+    """
+
+    kind: int  # shapely.GeometryType of the ragged array, or -1: ``raw`` holds them
+    steps: NDArray[np.signedinteger[Any]]  # (n, 2) vertex minus previous; 0 at exact ones
+    exact_at: NDArray[np.int32]  # vertices stored as they are
+    exact_xy: NDArray[np.float64]  # (len(exact_at), 2)
+    offsets: tuple[NDArray[np.int64], ...]
+    single: NDArray[np.bool_]  # Polygon / LineString given where the ragged type is Multi*
+    raw: Geoms | None = None
+
+    def __len__(self) -> int:
+        return len(self.raw) if self.raw is not None else len(self.single)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed arrays (WKB size of the geometries kept raw)."""
+        if self.raw is not None:
+            return int(sum(len(b) for b in shapely.to_wkb(self.raw))) if len(self.raw) else 0
+        return sum(a.nbytes for a in (self.steps, self.exact_at, self.exact_xy, self.single,
+                                      *self.offsets))
+
+    @classmethod
+    def pack(cls, geoms: Geoms) -> PackedGeoms:
+        """Pack ``geoms`` (all polygonal or all linear, 2-D)."""
+        geoms = np.asarray(geoms, object)
+        empty = np.empty(0, np.int8)
+        raw = cls(-1, empty.reshape(0, 2), np.empty(0, np.int32), np.empty((0, 2)), (),
+                  np.empty(0, bool), geoms)
+        if len(geoms) == 0 or shapely.is_empty(geoms).any() or shapely.has_z(geoms).any():
+            return raw
+        try:
+            kind, coords, offsets = shapely.to_ragged_array(geoms)
+        except ValueError:  # mixed geometry types
+            return raw
+        step = np.diff(coords, axis=0, prepend=coords[:1])
+        whole = (step == np.round(step)).all(axis=1)
+        whole[0] = False
+        # int8 steps, or int16 when fewer exact vertices (20 bytes each) pay for it
+        small = whole & (np.abs(step) <= 127).all(axis=1)
+        wide = whole & (np.abs(step) <= 32767).all(axis=1)
+        dtype: type[np.signedinteger[Any]] = np.int8
+        if 2 * len(step) + 20 * int((~wide).sum()) < 20 * int((~small).sum()):
+            small, dtype = wide, np.int16
+        steps = np.where(small[:, None], step, 0).astype(dtype)
+        exact_at = np.flatnonzero(~small).astype(np.int32)
+        single = shapely.get_type_id(geoms) != int(kind)
+        packed = cls(int(kind), steps, exact_at, coords[exact_at], tuple(offsets), single)
+        if not np.array_equal(packed._coords(), coords):
+            return raw
+        return packed
+
+    def _coords(self) -> NDArray[np.float64]:
+        total = np.cumsum(self.steps, axis=0, dtype=np.float64)
+        seg = np.cumsum(np.isin(np.arange(len(self.steps)), self.exact_at)) - 1
+        start = self.exact_at[seg]
+        out: NDArray[np.float64] = self.exact_xy[seg] + (total - total[start])
+        return out
+
+    def unpack(self) -> Geoms:
+        """The geometries, as given to :meth:`pack`."""
+        if self.raw is not None:
+            return self.raw
+        geoms = shapely.from_ragged_array(shapely.GeometryType(self.kind), self._coords(),
+                                          self.offsets)
+        geoms = np.asarray(geoms, object)
+        if self.single.any():
+            geoms[self.single] = shapely.get_geometry(geoms[self.single], 0)
+        return geoms

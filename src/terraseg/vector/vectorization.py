@@ -49,15 +49,15 @@ from terraseg.vector.chunks import (
     polygonize_chunk,
 )
 from terraseg.vector.dissolve import (
-    _OPPOSITE,
     EDGE_BOTTOM,
     EDGE_LEFT,
     EDGE_RIGHT,
     EDGE_TOP,
     ChunkLayout,
     ReadFn,
+    _add_building_chunk,
+    _add_road_chunk,
     _as_2d,
-    _connect,
     _dissolve,
     _Dissolver,
     _edge_flags,
@@ -187,19 +187,12 @@ def iter_buildings(
         cp = polygonize_chunk(
             labels, window, Affine.identity(), mode="instances", scene_shape=layout.scene_shape
         )
-        dis.done.add(i)
         if live:
             waiting = cp.on_edge | np.isin(cp.values, np.fromiter(live, np.int64, len(live)))
         else:
             waiting = cp.on_edge
-        touched = []
-        for k in np.flatnonzero(waiting):
-            value = int(cp.values[k])
-            key = dis.add(i, cp.geometry[k], value, int(cp.edges[k]))
-            if value in live:
-                dis.union(key, live[value])
-            live[value] = key
-            touched.append(key)
+        touched = _add_building_chunk(dis, live, i, cp.values[waiting].tolist(),
+                                      cp.geometry[waiting], cp.edges[waiting])
         groups = dis.finish(i, touched)
         ids = [cp.values[~waiting]]
         geoms = [cp.geometry[~waiting]]
@@ -323,6 +316,12 @@ def vectorize_buildings(
             min_iou=min_iou,
         )
     )
+    return _assemble_buildings(batches, crs)
+
+
+def _assemble_buildings(batches: Sequence[gpd.GeoDataFrame], crs: SomeCRS) -> gpd.GeoDataFrame:
+    """The batches of :func:`iter_buildings` as :func:`vectorize_buildings` returns them:
+    sorted by ``building_id``, the parts of an id that no chunk edge joined dissolved."""
     if not batches:
         return _empty_buildings(crs)
     out = gpd.GeoDataFrame(
@@ -384,35 +383,11 @@ def iter_roads(
     drops = _Drops()
     for i, window in enumerate(layout.windows):
         labels = _as_2d(read_classes(window), window)
-        comp, n = _components(labels == road_class)
-        dis.done.add(i)
-        sides = _internal_sides(window, layout.scene_shape)
-        if n:
-            comp_ids, polys = _group_parts(*_shapes_px(comp, window))
-            edges = _edge_flags(comp, comp_ids, sides)
-        else:
-            comp_ids, polys, edges = (
-                np.empty(0, np.int64),
-                np.empty(0, object),
-                np.empty(0, np.uint8),
-            )
-        keys: dict[int, int] = {}
-        for k in np.flatnonzero(edges):
-            keys[int(comp_ids[k])] = dis.add(i, polys[k], road_class, int(edges[k]))
-        for side in sides:
-            strip = _strip(comp, side).copy()
-            for j in layout.neighbours[i][side]:
-                other = strips.get((j, _OPPOSITE[side]))
-                if other is not None:
-                    _connect(dis, window, side, strip, keys, layout.windows[j], *other)
-            strips[(i, side)] = (strip, keys)
-        for side in sides:  # free the strips whose neighbours are all read
-            opp = _OPPOSITE[side]
-            for j in layout.neighbours[i][side]:
-                if all(k in dis.done for k in layout.neighbours[j][opp]):
-                    strips.pop((j, opp), None)
-            if all(j in dis.done for j in layout.neighbours[i][side]):
-                strips.pop((i, side), None)
+        comp_ids, polys, edges, chunk_strips = _road_chunk(
+            labels == road_class, window, layout.scene_shape)
+        on = edges != 0
+        keys = _add_road_chunk(dis, strips, i, (comp_ids[on], polys[on], edges[on]),
+                               chunk_strips, road_class)
         groups = dis.finish(i, keys.values())
         geoms = [polys[edges == 0]]
         if groups:
@@ -424,6 +399,21 @@ def iter_roads(
             if len(batch):
                 yield batch
     drops.warn("vectorize_roads", min_area_m2)
+
+
+def _road_chunk(
+    mask: NDArray[np.bool_], window: PixelWindow, scene_shape: tuple[int, int]
+) -> tuple[NDArray[np.int64], Geoms, NDArray[np.uint8], dict[int, NDArray[np.int32]]]:
+    """The road regions of one chunk: component ids, pixel-frame polygons, ``EDGE_*``
+    bits, and the component labels along each internal edge (``{EDGE_*: strip}``)."""
+    comp, n = _components(mask)
+    sides = _internal_sides(window, scene_shape)
+    if n:
+        comp_ids, polys = _group_parts(*_shapes_px(comp, window))
+        edges = _edge_flags(comp, comp_ids, sides)
+    else:
+        comp_ids, polys, edges = np.empty(0, np.int64), np.empty(0, object), np.empty(0, np.uint8)
+    return comp_ids, polys, edges, {side: _strip(comp, side).copy() for side in sides}
 
 
 def _road_frame(
@@ -484,6 +474,12 @@ def vectorize_roads(
             simplify_m=simplify_m,
         )
     )
+    return _assemble_roads(batches, crs)
+
+
+def _assemble_roads(batches: Sequence[gpd.GeoDataFrame], crs: SomeCRS) -> gpd.GeoDataFrame:
+    """The batches of :func:`iter_roads` as :func:`vectorize_roads` returns them (sorted by
+    the lower-left corner of their bounds)."""
     if not batches:
         return gpd.GeoDataFrame(
             {"area_m2": np.empty(0), "class": pd.Series([], dtype=object)},
