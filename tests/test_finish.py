@@ -7,6 +7,7 @@ the same building, road and centerline rows, whatever order the chunks arrive in
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import random
 from pathlib import Path
@@ -35,6 +36,7 @@ from terraseg.io.raster_sink import RasterSink
 from terraseg.io.scene import open_scene
 from terraseg.models.spec import BOUNDARY_CLASSES, DEFAULT_CLASSES
 from terraseg.synthetic import CityScene, make_city
+from terraseg.vector.vectorization import _assemble_roads, iter_roads
 
 CHUNK_PX = 256
 
@@ -99,11 +101,12 @@ def boundary(city_scene: CityScene, tmp_path_factory: pytest.TempPathFactory) ->
 
 def _map_reduce(
     classes_path: Path, out: Path, probs_path: Path | None = None, *, shuffle: bool = True,
-    chunk_px: int = CHUNK_PX,
+    chunk_px: int = CHUNK_PX, **changes: Any,
 ) -> tuple[Any, list[ChunkVectors]]:
     """The map and the reduce as the lead's orchestration runs them: chunks in any
     order, every part pickled in between, labels kept in a store."""
     opts = FinishOptions.from_masks(classes_path, probs_path, chunk_px=chunk_px)
+    opts = dataclasses.replace(opts, **changes)
     opts = pickle.loads(pickle.dumps(opts))
     classes = open_mask(classes_path)
     probs = open_scene(probs_path) if probs_path is not None else None
@@ -234,6 +237,31 @@ def test_reduce_is_independent_of_arrival_order(semantic: Path, tmp_path: Path) 
     _assert_same_layers(again.layers, result.layers)
     with pytest.raises(Exception, match="partition|chunk"):
         reduce_scene(parts[:-1], opts)
+
+
+def test_road_vertex_cut_matches_iter_roads(semantic: Path, tmp_path: Path) -> None:
+    """``max_road_vertices`` cuts a scene-wide road region at chunk borders exactly as
+    ``iter_roads(max_vertices=...)`` does."""
+    result, _ = _map_reduce(semantic, tmp_path, max_road_vertices=20)
+    scene = open_mask(semantic)
+    windows = [core for _, core in finish_windows(FinishOptions.from_masks(
+        semantic, chunk_px=CHUNK_PX))]
+    batches = list(iter_roads(lambda w: scene.read_window(w, bands=[1], pad="nodata")[0][0],
+                              windows, scene.transform, scene.crs, road_class=2,
+                              max_vertices=20))
+    want = _assemble_roads(batches, scene.crs)
+    assert len(want) > 3  # the one road network came out in pieces
+    assert _rows(result.layers.roads) == _rows(want)
+
+
+def test_scene_without_roads(semantic: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with_roads, _ = _map_reduce(semantic, tmp_path / "a")
+    result, parts = _map_reduce(semantic, tmp_path / "b", road=None)
+    assert not any(len(p.road_ids) or len(p.lines) for p in parts)
+    assert len(result.layers.roads) == len(result.layers.road_centerlines) == 0
+    assert _rows(result.layers.buildings) == _rows(with_roads.layers.buildings)
 
 
 # --------------------------------------------------------------------------- size
