@@ -11,6 +11,11 @@ step holds a scene-sized array:
    polygons and centerlines (with a graph) from ``classes.tif``.
 3. :func:`export_vectors` — GeoPackage with QGIS styles, optional FlatGeobuf /
    GeoParquet, and a QGIS project referencing the masks.
+
+:func:`vectorize_scene` (with ``label=True``) does steps 1 and 2 in one pass through
+:func:`finish_scene`: the per-chunk map and the small scene reduce of
+:mod:`terraseg.engine.finish`, the same functions a cluster's workers run. Its output
+is identical to :func:`label_instances` followed by :func:`vectorize_masks`.
 """
 
 from __future__ import annotations
