@@ -1,13 +1,25 @@
-"""Dask scaling on this machine: 1 vs 2 workers (one thread each), and scheduler overhead.
+"""Dask scaling of a whole batch run: 1 vs 2 workers, client CPU and bytes, scenes in flight.
 
-Runs the same scene through ``terraseg.engine.batch.run_workflow`` on a LocalCluster of
-1 and then 2 single-threaded workers (startup excluded: workers are warmed with
-the model first), and measures the scheduler's per-task overhead with empty
-tasks. Prints a human summary and one JSON line. From the measured per-chunk
-costs it also prints a paper estimate for 10/100/1000 GPU workers on a 1 TB
-mosaic (see README, "Scaling").
+Runs a workflow of ``--scenes`` synthetic scenes (``--size-px``², model ``cheap``
+by default; stages predict + vectorize + export) through
+``terraseg.engine.batch.run_workflow`` on a LocalCluster of 1 and then 2
+single-threaded worker processes on 127.0.0.1. Workers are warmed first (model
+built, modules imported), so cluster start-up is excluded. Measured in one run:
 
-    python benchmarks/scaling.py --size-px 4096 --model cheap
+- wall seconds of each run and the speed-up of 2 workers over 1;
+- the client process's CPU seconds (for a LocalCluster that process also runs
+  the scheduler) against the summed CPU seconds of the worker processes;
+- bytes of task results the client received, per Mpx and per 2048² chunk;
+- the scheduler's overhead per task (empty tasks);
+- on paper: how many workers at 100 Mpx/s each one client could feed, from the
+  client's measured CPU seconds per Mpx.
+
+``--memory`` instead measures the client's peak RSS at ``--size-px`` and at
+``--memory-size`` (one scene each, 2 workers, predict + vectorize + export), each in a fresh
+client process, and prints their ratio.
+
+    python benchmarks/scaling.py                     # 2 x 4096², cheap
+    python benchmarks/scaling.py --memory --size-px 4096 --memory-size 32768
 """
 
 from __future__ import annotations
@@ -15,78 +27,159 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from distributed import Client, LocalCluster
-
-from terraseg.engine.distributed import DaskRunner, PredictorOptions, get_worker_predictor
-from terraseg.engine.pipeline import plan_scene
-from terraseg.io.chunkstore import DirStore
-from terraseg.io.scene import open_scene
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from throughput import scene_for  # noqa: E402
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _noop(i: int) -> int:
     return i
 
 
-def run_once(client: Client, scene_path: Path, opts: PredictorOptions, chunk_px: int,
-             tmp: Path) -> tuple[float, int]:
-    scene = open_scene(scene_path)
-    grid = plan_scene(scene, chunk_px=chunk_px)
-    client.run(get_worker_predictor, opts)  # build the model on every worker first
-    runner = DaskRunner(client, scene, grid, opts)
-    store = DirStore(tmp)
-    t0 = time.perf_counter()
-    n = 0
-    for out in runner(list(grid)):
-        store.put(out)
-        n += 1
-    return time.perf_counter() - t0, n
+def _warm(model: str) -> None:
+    """Runs on each worker: build the model and import what the tasks use."""
+    import terraseg.engine.postprocess  # noqa: F401
+    import terraseg.engine.tasks  # noqa: F401
+    from terraseg.engine.distributed import PredictorOptions, get_worker_predictor
+
+    get_worker_predictor(PredictorOptions(model=model, device="cpu", batch_size=8))
+
+
+def workflow(tmp: Path, scenes: list[Path], model: str, chunk_px: int, n_workers: int,
+             stages: list[str]) -> Path:
+    wf = {
+        "version": 1, "name": "scaling",
+        "inputs": {"paths": [str(s) for s in scenes]},
+        "models": {"semantic": model},
+        "tiling": {"tile_px": 512, "overlap_px": 64, "chunk_px": chunk_px},
+        "inference": {"device": "cpu", "batch_size": 8},
+        "stages": stages,
+        "outputs": {"dir": str(tmp / "out"), "formats": ["gpkg"], "probabilities": True},
+        "cluster": {"type": "local", "n_workers": n_workers, "threads_per_worker": 1},
+    }
+    path = tmp / "wf.yaml"
+    path.write_text(yaml.safe_dump(wf))
+    return path
+
+
+def run_once(scenes: list[Path], model: str, chunk_px: int, n_workers: int,
+             stages: list[str]) -> dict[str, Any]:
+    from distributed import Client, LocalCluster
+
+    from terraseg.config import load_workflow
+    from terraseg.engine.batch import run_workflow
+
+    with tempfile.TemporaryDirectory() as tmp_, LocalCluster(
+        n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster, Client(cluster) as client:
+        tmp = Path(tmp_)
+        wf = load_workflow(workflow(tmp, scenes, model, chunk_px, n_workers, stages))
+        client.run(_warm, model)
+        w0 = client.run(_cpu)
+        c0 = _cpu()
+        t0 = time.perf_counter()
+        summary = run_workflow(wf, client=client, overwrite=True)
+        wall = time.perf_counter() - t0
+        c1 = _cpu()
+        w1 = client.run(_cpu)
+        out: dict[str, Any] = {
+            "workers": n_workers, "seconds": wall, "client_cpu_s": c1 - c0,
+            "worker_cpu_s": sum(w1[k] - w0[k] for k in w1),
+            "bytes_received": summary.client.get("bytes_received", 0),
+            "tasks": summary.client.get("tasks", 0),
+        }
+        if n_workers == 2:
+            t1 = time.perf_counter()
+            client.gather(client.map(_noop, range(2000), pure=False))
+            out["overhead_ms_per_task"] = (time.perf_counter() - t1) / 2000 * 1e3
+        return out
+
+
+def memory_child(size_px: int, model: str, chunk_px: int) -> None:
+    """One run in this (fresh) process; prints the client's peak RSS."""
+    scene = scene_for(size_px)
+    res = run_once([scene], model, chunk_px, 2, ["predict", "vectorize", "export"])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"size_px": size_px, "client_peak_rss_mb": round(peak, 1), **res}))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-px", type=int, default=4096)
+    ap.add_argument("--scenes", type=int, default=2)
     ap.add_argument("--model", default="cheap")
-    ap.add_argument("--chunk-px", type=int, default=1024)
-    ap.add_argument("--noop-tasks", type=int, default=2000)
+    ap.add_argument("--chunk-px", type=int, default=2048)
+    ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--memory-size", type=int, default=32768)
+    ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--gpu-mpx-s", type=float, default=100.0,
+                    help="assumed Mpx/s of one GPU worker, for the paper estimate")
     args = ap.parse_args()
-    path = scene_for(args.size_px)
-    opts = PredictorOptions(model=args.model, device="cpu", batch_size=8)
-    results: dict[str, float] = {}
-    for n_workers in (1, 2):
-        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None) as cluster, \
-                Client(cluster) as client, tempfile.TemporaryDirectory() as tmp:
-            seconds, n_chunks = run_once(client, path, opts, args.chunk_px, Path(tmp))
-            results[f"seconds_{n_workers}w"] = seconds
-            if n_workers == 2:
-                t0 = time.perf_counter()
-                futs = client.map(_noop, range(args.noop_tasks), pure=False)
-                client.gather(futs)
-                results["overhead_ms_per_task"] = (time.perf_counter() - t0) / args.noop_tasks * 1e3
-    mpx = args.size_px**2 / 1e6
-    speedup = results["seconds_1w"] / results["seconds_2w"]
-    per_chunk_s = results["seconds_1w"] / n_chunks
+    if args.child:
+        memory_child(args.child, args.model, args.chunk_px)
+        return
+    if args.memory:
+        runs = []
+        for size in (args.size_px, args.memory_size):
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(size), "--model", args.model,
+                 "--chunk-px", str(args.chunk_px)], capture_output=True, text=True, check=True)
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"{size}²: client peak RSS {runs[-1]['client_peak_rss_mb']} MB, "
+                  f"{runs[-1]['seconds']:.1f} s", file=sys.stderr)
+        ratio = runs[1]["client_peak_rss_mb"] / runs[0]["client_peak_rss_mb"]
+        print(f"client peak RSS ratio {args.memory_size}² / {args.size_px}²: {ratio:.3f}",
+              file=sys.stderr)
+        print(json.dumps({"benchmark": "scaling-memory", "runs": runs,
+                          "client_rss_ratio": round(ratio, 3)}))
+        return
+    # distinct scenes (different seeds): no cache shared between the two
+    scenes = [scene_for(args.size_px, seed=s) for s in range(args.scenes)]
+    stages = ["predict", "vectorize", "export"]
+    runs = {n: run_once(scenes, args.model, args.chunk_px, n, stages) for n in (1, 2)}
+    mpx = args.scenes * args.size_px**2 / 1e6
+    one, two = runs[1], runs[2]
+    chunks_2048 = mpx / (2048**2 / 1e6)
+    client_s_per_mpx = two["client_cpu_s"] / mpx
     out = {
-        "benchmark": "scaling", "size_px": args.size_px, "model": args.model,
-        "chunk_px": args.chunk_px, "chunks": n_chunks, "cpus": os.cpu_count(),
-        "mpx_s_1w": round(mpx / results["seconds_1w"], 3),
-        "mpx_s_2w": round(mpx / results["seconds_2w"], 3),
-        "speedup_2w": round(speedup, 3),
-        "chunk_seconds_1w": round(per_chunk_s, 4),
-        "scheduler_overhead_ms_per_task": round(results["overhead_ms_per_task"], 3),
+        "benchmark": "scaling", "size_px": args.size_px, "scenes": args.scenes,
+        "model": args.model, "chunk_px": args.chunk_px, "cpus": os.cpu_count(),
+        "load_1min_at_start": round(os.getloadavg()[0], 2),
+        "seconds_1w": round(one["seconds"], 3), "seconds_2w": round(two["seconds"], 3),
+        "speedup_2w": round(one["seconds"] / two["seconds"], 3),
+        "client_cpu_s_2w": round(two["client_cpu_s"], 3),
+        "worker_cpu_s_2w": round(two["worker_cpu_s"], 3),
+        "client_cpu_fraction_2w": round(two["client_cpu_s"] / two["worker_cpu_s"], 4),
+        "client_cpu_fraction_1w": round(one["client_cpu_s"] / one["worker_cpu_s"], 4),
+        "bytes_to_client_per_mpx": round(two["bytes_received"] / mpx),
+        "bytes_to_client_per_2048_chunk": round(two["bytes_received"] / chunks_2048),
+        "tasks": two["tasks"],
+        "scheduler_overhead_ms_per_task": round(two["overhead_ms_per_task"], 3),
+        "client_cpu_s_per_mpx": round(client_s_per_mpx, 5),
+        "workers_one_client_feeds": round(1 / (client_s_per_mpx * args.gpu_mpx_s), 1),
     }
-    print(f"{args.model} {args.size_px}², {n_chunks} chunks of {args.chunk_px}²: "
-          f"1 worker {out['mpx_s_1w']} Mpx/s, 2 workers {out['mpx_s_2w']} Mpx/s "
-          f"(×{out['speedup_2w']}); scheduler overhead "
-          f"{out['scheduler_overhead_ms_per_task']} ms/task", file=sys.stderr)
+    print(f"{args.scenes} x {args.model} {args.size_px}², chunk {args.chunk_px}: 1 worker "
+          f"{out['seconds_1w']} s, 2 workers {out['seconds_2w']} s (x{out['speedup_2w']}); "
+          f"client CPU {out['client_cpu_s_2w']} s vs workers {out['worker_cpu_s_2w']} s "
+          f"({100 * out['client_cpu_fraction_2w']:.1f} %); "
+          f"{out['bytes_to_client_per_2048_chunk']} bytes to the client per 2048² chunk; "
+          f"one client feeds ~{out['workers_one_client_feeds']} workers at "
+          f"{args.gpu_mpx_s:g} Mpx/s", file=sys.stderr)
     print(json.dumps(out))
 
 

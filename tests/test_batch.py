@@ -4,7 +4,6 @@ a worker killed mid-run, a client killed and resumed. Every process started here
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,9 @@ from rasterio.transform import from_origin
 from terraseg.config import Workflow, load_workflow
 from terraseg.engine.batch import plan_workflow, run_workflow
 from terraseg.errors import ConfigError, OutputExistsError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dask_helpers import make_slow_model, real_dask_cluster  # noqa: E402
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -51,23 +53,8 @@ def write_scene(path: Path, size: tuple[int, int], seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised resnet18 U-Net saved as safetensors + card: slow enough on the
-    CPU (~0.1-0.3 s per 256² chunk) that a run can be interrupted part-way."""
-    import segmentation_models_pytorch as smp
-    import torch
-
-    from terraseg.models.card import Architecture, ModelCard
-    from terraseg.models.loading import save_model
-
-    torch.manual_seed(0)
-    kwargs = {"encoder_name": "resnet18", "in_channels": 3, "classes": 3}
-    net = smp.Unet(encoder_weights=None, **kwargs).eval()
-    card = ModelCard(
-        name="slow-unet", architecture=Architecture(library="smp", name="Unet", kwargs=kwargs)
-    )
-    out = tmp_path_factory.mktemp("model") / "slow-unet"
-    weights, _ = save_model(net, card, out)
-    return weights
+    """A randomly initialised resnet18 U-Net (:func:`dask_helpers.make_slow_model`)."""
+    return make_slow_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
@@ -220,72 +207,8 @@ def test_local_cluster_equals_synchronous(
 @pytest.fixture
 def dask_cluster(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """`dask scheduler` + two `dask worker` processes on 127.0.0.1, always stopped."""
-    sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "OMP_NUM_THREADS": "1"}
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(BIN / "dask"),
-                    "scheduler",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--no-dashboard",
-                    "--scheduler-file",
-                    str(sched_file),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env=env,
-            )
-        )
-        deadline = time.monotonic() + 60
-        while not sched_file.exists():
-            assert time.monotonic() < deadline, "scheduler did not start"
-            time.sleep(0.2)
-        time.sleep(0.5)
-        address = json.loads(sched_file.read_text())["address"]
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        str(BIN / "dask"),
-                        "worker",
-                        address,
-                        "--host",
-                        "127.0.0.1",
-                        "--nthreads",
-                        "1",
-                        "--nworkers",
-                        "1",
-                        "--no-dashboard",
-                        "--no-nanny",
-                        "--death-timeout",
-                        "60",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    env=env,
-                )
-            )
-        from distributed import Client
-
-        with Client(address, timeout="30s") as c:
-            c.wait_for_workers(2, timeout=90)
-        yield address, procs
-    finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+    with real_dask_cluster(tmp_path) as cluster:
+        yield cluster
 
 
 def start_run(wf: Path, *args: str) -> subprocess.Popen[str]:

@@ -166,6 +166,12 @@ class ClusterConfig(_Model):
     threads_per_worker: int = Field(default=1, ge=1, description="Threads per local worker.")
     memory_limit: str = Field(default="auto", description="Per-worker memory limit.")
     tls: TLSConfig | None = Field(default=None, description="TLS settings for 'address'.")
+    scenes_in_flight: int = Field(
+        default=2, ge=1,
+        description="Scenes whose tasks are submitted at once: a scene's finishing work "
+        "overlaps the next one's chunks; the client's memory grows with this, not with the "
+        "number of scenes.",
+    )
     dashboard: bool = Field(
         default=True,
         description="Serve the Dask dashboard of a local cluster on 127.0.0.1 and print its "

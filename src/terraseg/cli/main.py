@@ -323,7 +323,8 @@ def run(
         return
     with progress_bars(enabled=bool(_state["progress"])) as bar:
         result = run_workflow(
-            wf, out=out, scheduler=scheduler, resume=resume, overwrite=overwrite, progress=bar
+            wf, out=out, scheduler=scheduler, resume=resume, overwrite=overwrite, progress=bar,
+            announce=lambda line: typer.echo(f"terraseg: {line}", err=True),
         )
     for s in result.scenes:
         st = s.stats

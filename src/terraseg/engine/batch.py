@@ -20,7 +20,6 @@ from terraseg._version import __version__
 from terraseg.config import Workflow
 from terraseg.core.grid import ChunkGrid
 from terraseg.errors import ConfigError, TerrasegError
-from terraseg.io.atomic import atomic_output
 from terraseg.io.inputs import SceneInput, open_input, resolve_inputs
 from terraseg.io.remote import is_remote
 from terraseg.io.scene import Scene
@@ -51,12 +50,14 @@ class RunSummary:
     out_dir: str
     scenes: list[SceneSummary]
     seconds: float
+    client: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "out_dir": self.out_dir,
             "seconds": round(self.seconds, 3),
+            "client": self.client,
             "scenes": [
                 {"scene": s.scene, "out_dir": s.out_dir, "outputs": s.outputs, "stats": s.stats}
                 for s in self.scenes
@@ -64,13 +65,21 @@ class RunSummary:
         }
 
 
-def _scene_out(root: Path, stem: str, taken: set[str]) -> Path:
+def _output_root(wf: Workflow, out: str | os.PathLike[str] | None) -> str:
+    """The run's output location: a local folder, or an ``s3://`` prefix kept as a URL."""
+    where = os.fspath(out) if out is not None else wf.outputs.dir
+    if is_remote(where):
+        return where.rstrip("/")
+    return str(wf.output_dir(out))
+
+
+def _scene_out(root: Path | str, stem: str, taken: set[str]) -> Path | str:
     name, n = stem, 1
     while name in taken:  # two inputs with the same stem get distinct folders
         n += 1
         name = f"{stem}-{n}"
     taken.add(name)
-    return root / name
+    return f"{root}/{name}" if isinstance(root, str) and is_remote(root) else Path(root) / name
 
 
 def plan_workflow(wf: Workflow, *, out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -125,6 +134,7 @@ def run_workflow(
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
     client: Any = None,
+    announce: Callable[[str], None] | None = None,
 ) -> RunSummary:
     """Run every stage of ``wf`` over every scene.
 
@@ -141,18 +151,21 @@ def run_workflow(
     overwrite
         Replace existing outputs.
     progress
-        ``progress(scene, done, total)`` after each chunk.
+        ``progress(label, done, total)`` as tasks finish, per scene and stage
+        (``"<scene> chunks"``, ``"<scene> finishing"``, ``"<scene> vectors"``).
     client
         A ``distributed.Client`` to use instead of the workflow's ``cluster``
         (e.g. the one a notebook already started).
+    announce
+        Called with one line when a cluster starts (its Dask dashboard link).
     """
     from terraseg.engine.adapt import adapt_scene, model_gsd
     from terraseg.engine.cluster import run_scenes
     from terraseg.engine.distributed import PredictorOptions, connect, get_worker_predictor
 
     t0 = time.perf_counter()
-    root = wf.output_dir(out)
     if wf.stages == ["train"]:
+        root = wf.output_dir(out)
         trained = _train_stage(wf, root, overwrite=overwrite)
         result = RunSummary(wf.name, str(root), [trained], time.perf_counter() - t0)
         _write_summary(root, wf, result)
@@ -160,6 +173,7 @@ def run_workflow(
     if "train" in wf.stages:
         raise ConfigError("stage 'train' runs alone; put it in its own workflow (see "
                           "workflows/train_demo.yaml)")
+    root_url = _output_root(wf, out)
     # validate every scene (STAC items: one per item) and the model before any compute
     inputs = resolve_inputs(wf.scene_paths(), asset=wf.inputs.asset)
     scenes = [open_input(i, assume_crs=wf.inputs.assume_crs) for i in inputs]
@@ -182,25 +196,27 @@ def run_workflow(
         "type": cluster.type, "address": cluster.address, "n_workers": cluster.n_workers,
         "threads_per_worker": cluster.threads_per_worker, "memory_limit": cluster.memory_limit,
         "tls": cluster.tls.model_dump() if cluster.tls else None,
+        "dashboard": cluster.dashboard, "device": wf.inference.device, "announce": announce,
     }
     if scheduler:
         kwargs.update(type="address", address=scheduler)
     taken: set[str] = set()
     config = wf.model_dump(mode="json") | {"config_hash": wf.config_hash()}
     plans = [  # every scene's outputs and resume state checked before any compute
-        _plan_scene(wf, sc, inp, _scene_out(root, inp.name, taken), opts=opts, spec=spec,
+        _plan_scene(wf, sc, inp, str(_scene_out(root_url, inp.name, taken)), opts=opts, spec=spec,
                     config=config, resume=resume, overwrite=overwrite)
         for inp, (sc, spec) in zip(inputs, adapted, strict=True)
     ]
     ctx = contextlib.nullcontext(client) if client is not None else connect(**kwargs)
     with ctx as client:
-        outcomes, _ = run_scenes(plans, client, in_flight=_in_flight(wf), progress=progress,
-                                 resources=_resources(wf.inference.device))
+        outcomes, figures = run_scenes(plans, client, in_flight=wf.cluster.scenes_in_flight,
+                                       progress=progress,
+                                       resources=_resources(wf.inference.device, client))
     summaries = [SceneSummary(scene=o.job.scene.path, out_dir=o.job.out_dir,
                               outputs=o.outputs, stats=o.stats or _resumed_stats(o.job))
                  for o in outcomes]
-    result = RunSummary(wf.name, str(root), summaries, time.perf_counter() - t0)
-    _write_summary(root, wf, result)
+    result = RunSummary(wf.name, root_url, summaries, time.perf_counter() - t0, figures)
+    _write_summary(root_url, wf, result)
     return result
 
 
@@ -208,7 +224,7 @@ def _plan_scene(
     wf: Workflow,
     sc: Scene,
     inp: SceneInput,
-    scene_dir: Path,
+    scene_dir: str,
     *,
     opts: PredictorOptions,
     spec: ModelSpec,
@@ -218,18 +234,20 @@ def _plan_scene(
 ) -> ScenePlan:
     """One scene's job for :func:`~terraseg.engine.cluster.run_scenes`, checked before any compute.
 
-    Refuses existing outputs (unless ``overwrite``) and a resume of another
-    configuration; writes the chunk store's manifest; a resumed scene whose
-    outputs are finished is not predicted (nor vectorized) again.
+    ``scene_dir`` is a local folder or an ``s3://`` prefix. Refuses existing
+    outputs (unless ``overwrite``) and a resume of another configuration;
+    writes the chunk store's manifest; a resumed scene whose outputs are
+    finished is not predicted (nor vectorized) again.
     """
     from terraseg.engine.cluster import ScenePlan
-    from terraseg.engine.outputs import output_paths
     from terraseg.engine.pipeline import _resumable_chunks, check_bands, plan_scene
     from terraseg.engine.resume import check_finished
     from terraseg.engine.tasks import SceneJob
+    from terraseg.io.chunkstore import DirStore
+    from terraseg.io.objstore import open_store
 
     stages = list(wf.stages)
-    classes_path = scene_dir / "classes.tif"
+    out = open_store(scene_dir)
     grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
                       chunk_px=wf.tiling.chunk_px)
     predict = "predict" in stages
@@ -238,54 +256,66 @@ def _plan_scene(
     if predict:
         check_bands(sc, spec)
         manifest = _manifest(wf, sc, spec, grid, opts)
-        if resume and _finished(classes_path):  # refuse to keep another configuration's output
-            check_finished(scene_dir, scene_dir / "run.json", manifest)
+        if resume and out.exists("classes.tif"):  # refuse another configuration's output
+            check_finished(scene_dir, (out, "run.json"), manifest)
             predict = False
         else:
-            output_paths(scene_dir, write_probabilities=wf.outputs.probabilities,
-                         overwrite=overwrite)
-            done = _resumable_chunks(scene_dir, _store(scene_dir), manifest, resume=resume,
-                                     overwrite=overwrite)
-            (scene_dir / "failures.jsonl").unlink(missing_ok=True)
+            _check_outputs(out, probabilities=wf.outputs.probabilities, overwrite=overwrite)
+            done = _resumable_chunks(scene_dir, DirStore(out.child(".chunks")), manifest,
+                                     resume=resume, overwrite=overwrite)
+            out.delete_prefix("failures.jsonl")
     vector = "vectorize" in stages or "export" in stages
     export = "export" in stages
-    instances = scene_dir / "instances.tif"
-    if vector and not predict and not classes_path.exists():
+    if vector and not predict and not out.exists("classes.tif"):
         raise ConfigError(
-            f"stage 'vectorize' needs '{classes_path}'; add 'predict' to stages or run it first"
+            f"stage 'vectorize' needs '{out.url_of('classes.tif')}'; add 'predict' to stages or "
+            "run it first"
         )
-    if vector and resume and (scene_dir / f"{inp.name}.gpkg").exists():
+    if vector and resume and out.exists(f"{inp.name}.gpkg"):
         vector = False  # finished by the run being resumed
     formats = tuple(wf.outputs.formats) if export else ("gpkg",)
     job = SceneJob(
-        name=inp.name, scene=sc, spec=spec, grid=grid, opts=opts, out_dir=str(scene_dir),
+        name=inp.name, scene=sc, spec=spec, grid=grid, opts=opts, out_dir=scene_dir,
         ramp=wf.tiling.ramp, pad=wf.tiling.pad, with_probs=wf.outputs.probabilities,
         predict=predict, vectorize=vector, formats=formats,
         to_crs=wf.outputs.crs if export else None, vector_chunk_px=wf.tiling.chunk_px,
-        relabel=not (resume and instances.exists()),
+        relabel=not (resume and out.exists("instances.tif")),
         imagery=sc.path if _is_file(sc.path) and not sc.crs_assumed else None,
         run_info={"config_hash": wf.config_hash(), "model": spec.name, **inp.run_info()},
     )
     return ScenePlan(job, manifest, frozenset(done), config | inp.run_info())
 
 
-def _store(scene_dir: Path) -> Any:
-    from terraseg.io.chunkstore import DirStore
+def _check_outputs(out: Any, *, probabilities: bool, overwrite: bool) -> None:
+    """Refuse to replace a finished scene's outputs unless ``overwrite``; probe the store."""
+    from terraseg.engine.outputs import output_paths
+    from terraseg.errors import OutputExistsError
+    from terraseg.io.objstore import check_store
 
-    return DirStore(scene_dir / ".chunks")
+    if out.is_local:
+        output_paths(Path(out.url), write_probabilities=probabilities, overwrite=overwrite)
+        return
+    check_store(out)  # one line for a missing bucket or unreachable endpoint, before compute
+    for name in ("classes.tif", "probabilities.tif" if probabilities else "", "run.json"):
+        if name and out.exists(name) and not overwrite:
+            raise OutputExistsError(f"output '{out.url_of(name)}' already exists; pass "
+                                    "--overwrite to replace it", path=out.url_of(name))
 
 
-def _in_flight(wf: Workflow) -> int:
-    """Scenes submitted at once: enough to keep every worker busy through a scene's finishing."""
-    return max(2, int(getattr(wf.cluster, "scenes_in_flight", 0) or 0))
+def _resources(device: str, client: Any) -> dict[str, float] | None:
+    """Worker resources a chunk task asks for (``{"GPU": 1}`` on ``device: cuda``).
 
+    Checked against the connected workers: a GPU that no worker advertises is
+    refused with one line instead of leaving the tasks waiting.
+    """
+    from terraseg.engine.distributed import check_worker_resources, chunk_resources
 
-def _resources(device: str) -> dict[str, float] | None:
-    """Worker resources a chunk task asks for (a GPU on ``device: cuda``)."""
-    from terraseg.engine import distributed
-
-    fn = getattr(distributed, "chunk_resources", None)
-    return fn(device) if fn is not None else None
+    if client is None:
+        return None
+    resources = chunk_resources(device, client=client)
+    if resources:
+        check_worker_resources(client, resources)
+    return resources
 
 
 def _resumed_stats(job: Any) -> dict[str, Any]:
@@ -350,7 +380,7 @@ def _finished(path: Path) -> bool:
     return path.exists()
 
 
-def _write_summary(root: Path, wf: Workflow, result: RunSummary) -> None:
+def _write_summary(root: Path | str, wf: Workflow, result: RunSummary) -> None:
     """``run.json`` at the top of the output folder: resolved config, version, results."""
     payload = {
         "terraseg_version": __version__,
@@ -358,10 +388,11 @@ def _write_summary(root: Path, wf: Workflow, result: RunSummary) -> None:
         "config_hash": wf.config_hash(),
         **result.to_dict(),
     }
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with atomic_output(root / "run.json", overwrite=True) as tmp:
-            tmp.write_text(json.dumps(payload, indent=2, default=str))
+    from terraseg.io.objstore import open_store
+
+    try:  # a local folder (written under a temporary name, then renamed) or s3://
+        open_store(root).put_bytes("run.json", json.dumps(payload, indent=2,
+                                                          default=str).encode())
     except OSError as exc:  # pragma: no cover - reported, outputs already written
         raise TerrasegError(f"cannot write run summary in '{root}': {exc}") from exc
 

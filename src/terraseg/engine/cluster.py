@@ -22,6 +22,7 @@ is not stored, after checking the store's manifest.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import pickle
 import time
@@ -29,11 +30,22 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from terraseg.engine.outputs import RunStats, run_stats, stage_run_json
-from terraseg.engine.tasks import SceneJob, chunk_task, cog_task, core_task, vector_scene_task
+from terraseg.engine.outputs import RunStats, run_stats
+from terraseg.engine.tasks import (
+    SceneJob,
+    chunk_task,
+    cog_task,
+    core_task,
+    export_task,
+    finish_options,
+    instances_task,
+    reduce_buildings_task,
+    reduce_roads_task,
+    vector_chunk_task,
+    vector_scene_task,
+)
 from terraseg.errors import ChunkFailedError
 from terraseg.io.manifest import manifest_token
 
@@ -43,9 +55,15 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
-# Dask runs higher priorities first: a scene's finishing work goes before more chunks, so a
-# scene's outputs appear as soon as its chunks are done and the client's state stays small.
-_PRIORITY = {"chunk": 0, "core": 1, "cog": 2, "vector": 3}
+# Dask runs higher priorities first. A later stage goes before an earlier one (a scene's
+# finishing work before more chunks, so outputs appear early and little waits in memory), and
+# within a stage the k-th task of every scene in flight before the (k+1)-th: the scenes advance
+# together, so one scene's serial tail (COG, reduce, export) runs beside another's, not alone
+# at the end of the run with the other workers idle.
+#: Results that only other tasks use: they move worker to worker, never to the client.
+_STAY_ON_WORKERS = frozenset({"vector", "reduce"})
+_PRIORITY = {"chunk": 0, "core": 1, "cog": 2, "vector": 3, "reduce": 4, "instances": 5,
+             "export": 5, "vectors": 3}
 
 
 # --------------------------------------------------------------------------- local executor
@@ -152,12 +170,13 @@ class _SceneRun:
     counts: dict[str, list[int]] = field(default_factory=dict)
     run: RunStats = field(default_factory=RunStats)
     chunks: list[dict[str, Any]] = field(default_factory=list)
-    failures: int = 0
+    failures: list[str] = field(default_factory=list)
+    bytes_received: int = 0
     t0: float = field(default_factory=time.perf_counter)
 
     @property
-    def failures_path(self) -> Path:
-        return self.job.out / "failures.jsonl"
+    def failures_path(self) -> str:
+        return self.job.out_store.url_of("failures.jsonl")
 
 
 def _key(kind: str, sr: _SceneRun, index: tuple[int, int] | None = None) -> str:
@@ -184,7 +203,8 @@ class _Driver:
     def _submit(self, sr: _SceneRun, kind: str, fn: Callable[..., Any], *args: Any,
                 index: tuple[int, int] | None = None) -> Any:
         key = _key(kind, sr, index)
-        kw: dict[str, Any] = {"key": key, "priority": _PRIORITY[kind]}
+        ordinal = sr.counts.get(kind, [0, 0])[1]
+        kw: dict[str, Any] = {"key": key, "priority": _PRIORITY[kind] * 1_000_000 - ordinal}
         if not isinstance(self.client, LocalClient):
             kw |= {"pure": False, "retries": self.retries if kind == "chunk" else 0}
             if kind == "chunk" and self.resources:
@@ -201,7 +221,9 @@ class _Driver:
     def admit(self, sr: _SceneRun) -> None:
         """Submit one scene's whole graph."""
         job = sr.job
-        job_f = self.client.scatter(job, broadcast=True, hash=False)
+        # the job goes into every task as it is (a few kB): a scattered copy would be lost
+        # with the workers holding it, and then no task of the scene could be recomputed
+        job_f = job
         grid = job.grid
         after: list[Any] = []
         if job.predict:
@@ -214,14 +236,38 @@ class _Driver:
                 cores.append(self._submit(sr, "core", core_task, job_f, c.index, *deps,
                                           index=c.index))
             after = [self._submit(sr, "cog", cog_task, job_f, *cores)]
-        if job.vectorize:
-            self._submit(sr, "vector", vector_scene_task, job_f, *after)
+        if job.vectorize and job.predict and not _regridded(job):
+            self._vectors(sr, job_f, cores)
+        elif job.vectorize:  # from the class COG (a resampled scene, or vectorize only)
+            self._submit(sr, "vectors", vector_scene_task, job_f, *after)
         self._report(sr)
+
+    def _vectors(self, sr: _SceneRun, job_f: Any, cores: list[Any]) -> None:
+        """Per-chunk vector tasks from the finished cores, then the scene's reduce and writers."""
+        from terraseg.engine.finish import finish_windows
+
+        job = sr.job
+        fopts = finish_options(job)
+        core_of = dict(zip([c.index for c in job.grid], cores, strict=True))
+        parts = []
+        for index, window in finish_windows(fopts):
+            deps = [core_of[i] for i in _cores_near(job.grid, window, fopts.halo_px)]
+            parts.append(self._submit(sr, "vector", vector_chunk_task, job_f, fopts, index,
+                                      window, *deps, index=index))
+        # two reduces, so that a scene's buildings and roads finish on two workers at once
+        buildings = self._submit(sr, "reduce", reduce_buildings_task, job_f, fopts, *parts,
+                                 index=(0, 0))
+        roads = self._submit(sr, "reduce", reduce_roads_task, job_f, fopts, *parts,
+                             index=(0, 1))
+        cog = self.live[_key("cog", sr)]
+        inst = self._submit(sr, "instances", instances_task, job_f, fopts, buildings, cog)
+        self._submit(sr, "export", export_task, job_f, buildings, roads, inst)
 
     def _report(self, sr: _SceneRun) -> None:
         if self.progress is None:
             return
-        for kind, label in (("chunk", "chunks"), ("core", "finishing"), ("vector", "vectors")):
+        for kind, label in (("chunk", "chunks"), ("core", "finishing"), ("vector", "vectors"),
+                            ("vectors", "vectors")):
             if kind in sr.counts:
                 done, total = sr.counts[kind]
                 self.progress(f"{sr.job.name} {label}", done, total)
@@ -233,24 +279,33 @@ class _Driver:
         sr.remaining -= 1
         if fut.status == "error":
             self._failed(sr, kind, index, fut)
-        elif fut.status == "finished":
+        elif fut.status == "finished" and kind not in _STAY_ON_WORKERS:
             res = fut.result()
-            self.bytes_received += len(pickle.dumps(res, protocol=5))
+            size = len(pickle.dumps(res, protocol=5))
+            self.bytes_received += size
+            sr.bytes_received += size
             self._finished(sr, kind, res)
+        elif fut.status != "finished":  # cancelled or lost: never a silent success
+            log.warning("task %s ended as %s", fut.key, fut.status)
+            if sr.outcome.error is None:
+                sr.outcome.error = ChunkFailedError(
+                    f"task {fut.key} of scene '{sr.job.name}' ended as {fut.status} (its "
+                    "worker or the scheduler went away); rerun with --resume")
         fut.release()
         sr.counts.setdefault(kind, [0, 0])[0] += 1
         self._report(sr)
         return sr if sr.remaining == 0 else None
 
     def _failed(self, sr: _SceneRun, kind: str, index: tuple[int, int] | None, fut: Any) -> None:
-        from terraseg.engine.pipeline import ChunkFailure, _record_failure
-
         exc = fut.exception()
         if kind == "chunk" and index is not None:
             tb = getattr(fut, "tb", "") or "".join(traceback.format_exception(exc))
-            _record_failure(sr.failures_path, ChunkFailure(
-                index, sr.job.grid.chunk(*index).core, f"{type(exc).__name__}: {exc}", tb))
-            sr.failures += 1
+            w = sr.job.grid.chunk(*index).core
+            sr.failures.append(json.dumps({
+                "chunk": list(index), "window": [w.row_off, w.col_off, w.height, w.width],
+                "error": f"{type(exc).__name__}: {exc}", "traceback": tb}))
+            # the whole file again: an object store has no append
+            sr.job.out_store.put_bytes("failures.jsonl", ("\n".join(sr.failures) + "\n").encode())
             if sr.outcome.error is None or not isinstance(sr.outcome.error, ChunkFailedError):
                 first = f"chunk {list(index)}: {type(exc).__name__}: {exc}"
                 sr.outcome.error = ChunkFailedError(first, failures=sr.failures_path)
@@ -263,12 +318,33 @@ class _Driver:
         if kind == "chunk":
             sr.run.tiles_run += int(res.get("tiles_run", 0))
             sr.run.chunks_skipped_nodata += int(bool(res.get("skipped")))
-            sr.chunks.append({k: res[k] for k in ("index", "worker", "device") if k in res}
+            keys = ("index", "worker", "device", "gpu", "cuda_visible_devices")
+            sr.chunks.append({k: res[k] for k in keys if res.get(k) not in (None, "")}
                              | {"seconds": round(res["seconds"].get("chunk", 0.0), 4)})
         sr.outcome.outputs.update(res.get("outputs", {}))
 
 
-def _finish_scene(sr: _SceneRun, bytes_received: int, *, keep_chunks: bool) -> None:
+def _regridded(job: SceneJob) -> bool:
+    """A scene read on a model-GSD grid: its vectors come from the COG on the scene's grid."""
+    return getattr(job.scene, "gridmap", None) is not None
+
+
+def _cores_near(grid: Any, window: Any, halo: int) -> list[tuple[int, int]]:
+    """The chunks whose core a read of ``window`` plus ``halo`` touches."""
+    from terraseg.core.grid import PixelWindow
+
+    rows, cols = grid.shape_in_chunks
+    reach = PixelWindow(window.row_off - halo, window.col_off - halo,
+                        window.height + 2 * halo, window.width + 2 * halo)
+    out = []
+    for i in range(rows):
+        for j in range(cols):
+            if not grid.chunk(i, j).core.intersection(reach).is_empty:
+                out.append((i, j))
+    return out
+
+
+def _finish_scene(sr: _SceneRun, *, keep_chunks: bool) -> None:
     """The client's part of a finished scene: ``run.json``, the store removed, the summary."""
     job = sr.job
     out = sr.outcome
@@ -276,7 +352,7 @@ def _finish_scene(sr: _SceneRun, bytes_received: int, *, keep_chunks: bool) -> N
         if isinstance(out.error, ChunkFailedError):
             n = len(job.grid)
             out.error = ChunkFailedError(
-                f"{sr.failures} of {n} chunks failed (first: {out.error}); details in "
+                f"{len(sr.failures)} of {n} chunks failed (first: {out.error}); details in "
                 f"'{sr.failures_path}'; fix the cause and rerun with --resume to compute "
                 "only those chunks", failures=sr.failures_path)
         return
@@ -290,19 +366,17 @@ def _finish_scene(sr: _SceneRun, bytes_received: int, *, keep_chunks: bool) -> N
             extra={"chunks_computed": len(sr.chunks), "chunks_resumed": len(sr.done),
                    "manifest": dict(sr.manifest or {}),
                    "chunk_tasks": sorted(sr.chunks, key=lambda c: c["index"]),
-                   "client": {"bytes_received": bytes_received}},
+                   "client": {"bytes_received": sr.bytes_received}},
         )
-        with contextlib.ExitStack() as stack:
-            stage_run_json(stack, job.out / "run.json", stats)
+        job.out_store.put_bytes("run.json", json.dumps(stats, indent=2, default=str).encode())
         out.stats = {k: stats[k] for k in ("tiles_run", "chunks_skipped_nodata", "seconds",
                                             "throughput_mpx_s", "chunks_computed",
                                             "chunks_resumed", "input") if k in stats}
         if not keep_chunks:
             job.store.clear()
-    if job.classes_path.exists():
-        out.outputs["classes"] = str(job.classes_path)
-    if job.probs_path is not None and job.probs_path.exists():
-        out.outputs["probabilities"] = str(job.probs_path)
+    for key, name in (("classes", "classes.tif"), ("probabilities", "probabilities.tif")):
+        if job.out_store.exists(name):
+            out.outputs[key] = job.out_store.url_of(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +419,7 @@ def run_scenes(
             sr = driver.settle(fut)
             if sr is None:
                 continue
-            _finish_scene(sr, driver.bytes_received, keep_chunks=keep_chunks)
+            _finish_scene(sr, keep_chunks=keep_chunks)
             active -= 1
             while queue and active < max(1, in_flight):
                 driver.admit(queue.popleft())

@@ -41,7 +41,7 @@ from terraseg.instances.summary import ChunkSummary, summarize_chunk
 from terraseg.instances.table import RelabelTable
 from terraseg.io.masks import open_mask
 from terraseg.io.raster_sink import RasterSink, read_class_names
-from terraseg.vector.centerlines import _chunk_lines, _network
+from terraseg.vector.centerlines import RoadNetwork, _chunk_lines, _network
 from terraseg.vector.chunks import polygonize_chunk
 from terraseg.vector.dissolve import (
     ChunkLayout,
@@ -422,14 +422,36 @@ def reduce_scene(
     order. Holds only what the parts hold. Warns (``GeometryDropWarning``) as
     ``vectorize_buildings`` / ``vectorize_roads`` do when polygons were dropped.
     """
+    chunks = list(parts)
+    buildings, relabel = reduce_buildings(chunks, opts)
+    roads, network = reduce_roads(chunks, opts, snap_px=snap_px)
+    layers = VectorLayers(buildings, roads, network.centerlines, network.nodes, network.edges)
+    return SceneFinish(layers, relabel, relabel.n_instances)
+
+
+def reduce_buildings(
+    parts: Iterable[ChunkVectors], opts: FinishOptions
+) -> tuple[gpd.GeoDataFrame, RelabelTable]:
+    """The building half of :func:`reduce_scene`: instance merge and building dissolve.
+
+    A cluster runs it beside :func:`reduce_roads`, as a task of its own.
+    """
     chunks = sorted(parts, key=lambda p: p.index)
     merger = InstanceMerger(opts.shape, pixel_area_m2=opts.pixel_area_m2)
     for part in chunks:
         merger.add_summary(part.summary)
     relabel = merger.finalize()
+    layout = ChunkLayout([p.core for p in chunks])
+    return _reduce_buildings(chunks, layout, relabel, opts, opts.frame()), relabel
+
+
+def reduce_roads(
+    parts: Iterable[ChunkVectors], opts: FinishOptions, *, snap_px: float = 3.0
+) -> tuple[gpd.GeoDataFrame, RoadNetwork]:
+    """The road half of :func:`reduce_scene`: road dissolve and the centerline network."""
+    chunks = sorted(parts, key=lambda p: p.index)
     frame = opts.frame()
     layout = ChunkLayout([p.core for p in chunks])
-    buildings = _reduce_buildings(chunks, layout, relabel, opts, frame)
     if opts.road is not None:
         roads = _reduce_roads(chunks, layout, opts, frame)
     else:
@@ -437,8 +459,7 @@ def reduce_scene(
     network = _network([p.lines.unpack() for p in chunks], [p.line_starts for p in chunks],
                        [p.line_ends for p in chunks], frame, opts.shape, prune_m=opts.prune_m,
                        simplify_m=None, snap_px=snap_px)
-    layers = VectorLayers(buildings, roads, network.centerlines, network.nodes, network.edges)
-    return SceneFinish(layers, relabel, relabel.n_instances)
+    return roads, network
 
 
 def _reduce_buildings(

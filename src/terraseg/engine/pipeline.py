@@ -61,7 +61,6 @@ from terraseg.errors import (
     ResumeMismatchError,
 )
 from terraseg.io.chunkstore import ChunkOutput, DirStore, write_from_store
-from terraseg.io.manifest import write_manifest
 from terraseg.io.scene import Scene, open_scene
 from terraseg.models.spec import ModelSpec
 
@@ -381,13 +380,13 @@ def _record_failure(path: Path, item: ChunkFailure) -> None:
 
 
 def _resumable_chunks(
-    out: Path, store: DirStore, manifest: Mapping[str, Any], *, resume: bool, overwrite: bool
+    out: Path | str, store: DirStore, manifest: Mapping[str, Any], *, resume: bool, overwrite: bool
 ) -> set[tuple[int, int]]:
     """The stored chunks this run may keep; writes the manifest before any chunk is stored."""
     done = store.done()
     if done and resume:
         try:
-            check_resume(out, store.root, manifest)
+            check_resume(out, store, manifest)
         except ResumeMismatchError as exc:
             if not overwrite:
                 raise
@@ -402,7 +401,7 @@ def _resumable_chunks(
             )
         store.clear()
         done = set()
-    write_manifest(store.root, manifest)
+    store.write_manifest(manifest)
     return done
 
 

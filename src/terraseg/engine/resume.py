@@ -105,7 +105,7 @@ def build_manifest(
     }
 
 
-def check_resume(out: Path, store: Path, new: Mapping[str, Any]) -> None:
+def check_resume(out: Path | str, store: Path | Any, new: Mapping[str, Any]) -> None:
     """Raise unless the chunks stored in ``store`` were made by ``new``'s configuration.
 
     Raises
@@ -116,8 +116,8 @@ def check_resume(out: Path, store: Path, new: Mapping[str, Any]) -> None:
         has no readable manifest (an older terraseg made it), so nothing says
         what computed its chunks.
     """
-    try:
-        old = read_manifest(store)
+    try:  # a chunk store (local or s3://) reads its own manifest; a path is a local folder
+        old = store.read_manifest() if hasattr(store, "read_manifest") else read_manifest(store)
     except (OSError, ValueError) as exc:
         raise ResumeMismatchError(
             f"cannot resume '{out}': its chunk manifest is unreadable ({exc}); rerun with "
@@ -134,7 +134,7 @@ def check_resume(out: Path, store: Path, new: Mapping[str, Any]) -> None:
     _refuse_changes(out, old, new)
 
 
-def _refuse_changes(out: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+def _refuse_changes(out: Path | str, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     changes = describe_changes(old, new)
     if changes:
         raise ResumeMismatchError(
@@ -142,7 +142,7 @@ def _refuse_changes(out: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -
         )
 
 
-def check_finished(out: Path, run_json: Path, new: Mapping[str, Any]) -> None:
+def check_finished(out: Path | str, run_json: Path | Any, new: Mapping[str, Any]) -> None:
     """Raise unless the finished outputs in ``out`` were made by ``new``'s configuration.
 
     A resumed workflow skips a scene whose ``classes.tif`` exists; its
@@ -154,13 +154,16 @@ def check_finished(out: Path, run_json: Path, new: Mapping[str, Any]) -> None:
         The configuration changed, or ``run.json`` is missing, unreadable or
         holds no manifest.
     """
-    try:
-        old = json.loads(run_json.read_text()).get("manifest")
-    except (OSError, ValueError, AttributeError):
-        old = None
+    try:  # a path, or ``(store, name)`` for outputs in an object store
+        text = (run_json.read_text() if isinstance(run_json, Path)
+                else run_json[0].get_bytes(run_json[1]).decode())
+        old = json.loads(text).get("manifest")
+        name = run_json.name if isinstance(run_json, Path) else run_json[1]
+    except (OSError, ValueError, AttributeError, KeyError):
+        old, name = None, "run.json"
     if not isinstance(old, Mapping):
         raise ResumeMismatchError(
-            f"cannot resume '{out}': its outputs have no manifest in '{run_json.name}' (an older "
+            f"cannot resume '{out}': its outputs have no manifest in '{name}' (an older "
             "terraseg or another command made them), so what computed them is unknown; rerun "
             "with --overwrite instead of --resume to start again",
             path=out, changes=["no manifest"],

@@ -22,13 +22,16 @@ Per scene, with ``n`` chunks:
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from terraseg.core.grid import ChunkGrid
 from terraseg.io.chunkstore import DirStore, core_name, finish_core, write_region
+from terraseg.io.objstore import Store, open_store, staged_file
 from terraseg.io.scene import Scene
 from terraseg.models.spec import ModelSpec
 
@@ -75,13 +78,19 @@ class SceneJob:
     run_info: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def out_store(self) -> Store:
+        """Where the scene's outputs go: a local folder or an ``s3://`` prefix."""
+        return open_store(self.out_dir)
+
+    @property
     def out(self) -> Path:
-        return Path(self.out_dir)
+        """The scene's local output folder (:class:`~terraseg.errors.ConfigError` for s3://)."""
+        return _local_root(self.out_store)
 
     @property
     def store(self) -> DirStore:
         """The run's chunk store: chunk outputs, finished cores, per-chunk labels."""
-        return DirStore(self.out / ".chunks")
+        return DirStore(self.out_store.child(".chunks"))
 
     @property
     def classes_path(self) -> Path:
@@ -92,19 +101,32 @@ class SceneJob:
         return self.out / "probabilities.tif" if self.with_probs else None
 
 
-def _worker_info() -> dict[str, str]:
-    """Which worker and device ran a task (``worker_info`` when the cluster module has it)."""
-    from terraseg.engine import distributed
+@contextlib.contextmanager
+def staged_outputs(store: Store, names: list[str | None]) -> Iterator[list[Path | None]]:
+    """Local paths to write ``names`` to, published to ``store`` together on a clean exit.
 
-    info = getattr(distributed, "worker_info", None)
-    if info is not None:
-        return dict(info())
-    try:
-        from distributed import get_worker
+    A local store gets its own paths (each writer renames its file into place);
+    an object store gets temporary files uploaded on exit, nothing on an error.
+    """
+    if store.is_local:
+        yield [store.local_path(n) if n else None for n in names]
+        return
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(staged_file(store, n)) if n else None for n in names]
 
-        return {"worker": str(get_worker().address)}
-    except (ImportError, ValueError):
-        return {"worker": "local"}
+
+def _local_root(store: Store) -> Path:
+    """The folder of a local store; :class:`~terraseg.errors.ConfigError` for an object store."""
+    if not store.is_local:
+        store.local_path("x")  # raises the store's one-line error
+    return Path(store.url)
+
+
+def _worker_info(device: str) -> dict[str, str]:
+    """Which worker, GPU and ``CUDA_VISIBLE_DEVICES`` ran a task (for ``run.json``)."""
+    from terraseg.engine.distributed import worker_info
+
+    return dict(worker_info(device))
 
 
 def chunk_task(job: SceneJob, index: tuple[int, int]) -> dict[str, Any]:
@@ -119,7 +141,8 @@ def chunk_task(job: SceneJob, index: tuple[int, int]) -> dict[str, Any]:
     job.store.put(out)
     stats = dict(out.stats)
     stats["seconds"] = dict(stats["seconds"]) | {"store": time.perf_counter() - t0}
-    return {"index": list(index), "device": str(predictor.device), **stats, **_worker_info()}
+    return {"index": list(index), **stats, **_worker_info(job.opts.device),
+            "device": str(predictor.device)}
 
 
 def core_task(job: SceneJob, index: tuple[int, int], *after: Any) -> dict[str, Any]:
@@ -150,12 +173,15 @@ def cog_task(job: SceneJob, *after: Any) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     store = job.store
-    present = {p.stem for p in store.root.glob("core_r*_c*.npz")}
+    present = store.names("core_r")
     if not present:
         check_not_empty(job.scene, RunStats())
-    with contextlib.ExitStack() as stack:
-        classes_sink, probs_sink = open_sinks(stack, job.scene, job.spec, job.classes_path,
-                                              job.probs_path, overwrite=True)
+    names = ["classes.tif", "probabilities.tif" if job.with_probs else None]
+    with staged_outputs(job.out_store, names) as (classes_path, probs_path), \
+            contextlib.ExitStack() as stack:
+        assert classes_path is not None
+        classes_sink, probs_sink = open_sinks(stack, job.scene, job.spec, classes_path,
+                                              probs_path, overwrite=True)
         for chunk in job.grid:
             name = core_name(chunk.index)
             if name in present:
@@ -171,20 +197,181 @@ def cog_task(job: SceneJob, *after: Any) -> dict[str, Any]:
 
 
 def vector_scene_task(job: SceneJob, *after: Any) -> dict[str, Any]:
-    """Instances, vectors and export of one scene from its class COG, on one worker."""
+    """Instances, vectors and export of one scene from its class COG, on one worker.
+
+    An object-store output is worked on in a local scratch folder: the masks
+    are fetched, and every file written is uploaded beside them.
+    """
+    t0 = time.perf_counter()
+    store = job.out_store
+    if store.is_local:
+        outputs = _vectorize_in(job, job.out)
+    else:
+        with tempfile.TemporaryDirectory(prefix="terraseg-vectors-") as tmp_:
+            tmp = Path(tmp_)
+            inputs = ["classes.tif", "probabilities.tif", "instances.tif"]
+            for name in inputs:
+                if store.exists(name):
+                    store.get_file(name, tmp / name)
+            before = {p.name: p.stat().st_mtime_ns for p in tmp.iterdir()}
+            local = _vectorize_in(job, tmp)
+            written = [p for p in sorted(tmp.iterdir())
+                       if p.is_file() and before.get(p.name) != p.stat().st_mtime_ns]
+            for path in written:
+                store.put_file(path, path.name)
+            outputs = {k: store.url_of(Path(v).name) for k, v in local.items()}
+    return {"outputs": outputs, "seconds": {"vectors": time.perf_counter() - t0}}
+
+
+def _vectorize_in(job: SceneJob, folder: Path) -> dict[str, str]:
     from terraseg.engine.postprocess import vectorize_scene
 
-    t0 = time.perf_counter()
-    instances = job.out / "instances.tif"
-    probs = job.out / "probabilities.tif"
+    instances = folder / "instances.tif"
+    probs = folder / "probabilities.tif"
     formats = job.formats if "gpkg" in job.formats else ("gpkg", *job.formats)
     result = vectorize_scene(
-        job.classes_path, instances, job.out, scene_name=job.name,
+        folder / "classes.tif", instances, folder, scene_name=job.name,
         chunk_px=job.vector_chunk_px, label=job.relabel or not instances.exists(),
         probabilities_path=probs if probs.exists() else None, formats=formats,  # type: ignore[arg-type]
         to_crs=job.to_crs, run_info=job.run_info, overwrite=True, imagery=job.imagery,
     )
-    outputs = {"instances": str(instances)} | {
+    return {"instances": str(instances)} | {
         Path(p).name: str(p) for p in result.export.paths if Path(p).suffix != ".tif"
     }
-    return {"outputs": outputs, "seconds": {"vectors": time.perf_counter() - t0}}
+
+
+# --------------------------------------------------------------------------- vectors, per chunk
+
+
+def label_name(index: tuple[int, int]) -> str:
+    """Store name of a vector chunk's local instance labels."""
+    return f"labels_r{index[0]:05d}_c{index[1]:05d}"
+
+
+def finish_options(job: SceneJob) -> Any:
+    """The vector options of a scene predicted in this run, from its card (no COG needed yet).
+
+    The same values :meth:`~terraseg.engine.finish.FinishOptions.from_masks`
+    reads back from the class COG the run writes: class ids from the card's
+    class names, the scene's grid, nodata 255.
+    """
+    import pyproj
+
+    from terraseg.core.stitch import NODATA
+    from terraseg.engine.finish import FinishOptions
+    from terraseg.instances.merge import BOUNDARY_HALO_PX
+
+    names = {name: value for value, name in job.spec.class_names().items()}
+    edge = names.get("building edge")
+    gx, gy = job.scene.gsd_xy_m
+    return FinishOptions(
+        shape=job.scene.shape, transform=job.scene.transform,
+        crs=pyproj.CRS.from_user_input(job.scene.crs), chunk_px=job.vector_chunk_px,
+        building=names.get("building", 1), edge=edge, road=names.get("road", 2),
+        halo_px=BOUNDARY_HALO_PX if edge is not None else 8, has_probs=job.with_probs,
+        pixel_area_m2=float(gx * gy), nodata=float(NODATA),
+    )
+
+
+def _core_readers(job: SceneJob) -> tuple[Any, Any]:
+    """``read(window)`` and ``read_probs(window, bands)`` (1-based bands) of the stored cores."""
+    from terraseg.io.chunkstore import CoreReader
+
+    reader = CoreReader(job.grid, job.store, n_classes=job.spec.n_classes)
+
+    def read_probs(window: Any, bands: Any) -> Any:
+        return reader.read(window, [b - 1 for b in bands])
+
+    return reader.read, (read_probs if job.with_probs else None)
+
+
+def vector_chunk_task(job: SceneJob, fopts: Any, index: tuple[int, int], window: Any,
+                      *after: Any) -> Any:
+    """One vector chunk from the finished cores: labels saved to the store, polygons returned.
+
+    Returns a :class:`~terraseg.engine.finish.ChunkVectors` (tens of kB a
+    chunk), which goes to the scene's reduce task, worker to worker.
+    """
+    from terraseg.engine.finish import finish_chunk
+
+    read, read_probs = _core_readers(job)
+    store = job.store
+
+    def save(i: tuple[int, int], labels: Any) -> None:
+        store.put_arrays(label_name(i), {"labels": labels})
+
+    return finish_chunk(read, read_probs, index, window, fopts, save)
+
+
+def reduce_buildings_task(job: SceneJob, fopts: Any, *parts: Any) -> Any:
+    """The scene's instance merge and building dissolve: ``(buildings, relabel table)``."""
+    from terraseg.engine.finish import reduce_buildings
+
+    return reduce_buildings(parts, fopts)
+
+
+def reduce_roads_task(job: SceneJob, fopts: Any, *parts: Any) -> Any:
+    """The scene's road dissolve and centerline network: ``(roads, network)``."""
+    from terraseg.engine.finish import reduce_roads
+
+    return reduce_roads(parts, fopts)
+
+
+def instances_task(job: SceneJob, fopts: Any, buildings: Any, *after: Any) -> dict[str, Any]:
+    """``instances.tif`` and ``panoptic.tif``: stored chunk labels relabelled to global ids."""
+    from terraseg.engine.finish import write_instance_rasters
+    from terraseg.io.masks import open_mask
+
+    t0 = time.perf_counter()
+    read, _ = _core_readers(job)
+    store = job.store
+
+    def load(i: tuple[int, int]) -> Any:
+        return store.get_arrays(label_name(i))["labels"]
+
+    out = job.out_store
+    with staged_outputs(out, ["instances.tif", "panoptic.tif"]) as (inst, pan), \
+            out.gdal_env("classes.tif"):
+        like = open_mask(out.local_path("classes.tif") if out.is_local
+                         else out.url_of("classes.tif"))
+        assert inst is not None
+        write_instance_rasters(fopts, buildings[1], load, read, inst, pan, like=like,
+                               overwrite=True)
+    return {"seconds": {"instances": time.perf_counter() - t0},
+            "outputs": {"instances": out.url_of("instances.tif")}}
+
+
+def export_task(job: SceneJob, buildings: Any, roads: Any, *after: Any) -> dict[str, Any]:
+    """The scene's GeoPackage (+ FlatGeobuf/GeoParquet) and QGIS project over its masks."""
+    from terraseg.engine.postprocess import VectorLayers, export_vectors
+
+    network = roads[1]
+    layers = VectorLayers(buildings[0], roads[0], network.centerlines, network.nodes,
+                          network.edges)
+
+    t0 = time.perf_counter()
+    formats = job.formats if "gpkg" in job.formats else ("gpkg", *job.formats)
+    masks = ["classes.tif", "instances.tif", "panoptic.tif"]
+
+    def run(folder: Path) -> list[str]:
+        result = export_vectors(
+            layers.as_dict(), folder, scene_name=job.name, formats=formats,  # type: ignore[arg-type]
+            masks={m.removesuffix(".tif"): folder / m for m in masks if (folder / m).exists()},
+            run_info=job.run_info, to_crs=job.to_crs, overwrite=True, imagery=job.imagery)
+        return [str(p) for p in result.paths if Path(p).suffix != ".tif"]
+
+    out = job.out_store
+    if out.is_local:
+        paths = run(job.out)
+    else:
+        with tempfile.TemporaryDirectory(prefix="terraseg-export-") as tmp_:
+            tmp = Path(tmp_)
+            for m in masks:  # the project reads the masks' classes and styles
+                if out.exists(m):
+                    out.get_file(m, tmp / m)
+            paths = []
+            for p in run(tmp):
+                out.put_file(p, Path(p).name)
+                paths.append(out.url_of(Path(p).name))
+    return {"seconds": {"export": time.perf_counter() - t0},
+            "outputs": {Path(p).name: p for p in paths}}

@@ -11,12 +11,11 @@ at most about two rows of chunks' pieces, never a scene-sized array.
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import shutil
-import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ import numpy as np
 
 from terraseg.core.grid import ChunkGrid, PixelWindow
 from terraseg.core.stitch import NODATA, assemble, labels_from_acc
+from terraseg.io.manifest import MANIFEST_NAME, manifest_token
+from terraseg.io.objstore import Store, open_store
 from terraseg.io.raster_sink import RasterSink
 
 __all__ = [
@@ -71,37 +72,57 @@ def _unpack(prefix: str, data: Any) -> Pieces:
 
 
 class DirStore:
-    """Chunk outputs as ``.npz`` files in ``root``; a file's presence means "done".
+    """Chunk outputs as ``.npz`` objects in a :class:`~terraseg.io.objstore.Store`.
 
-    Safe for many writers: each chunk has its own file, written to a temporary
-    name and renamed.
+    ``root`` is a local folder (the usual ``<scene>/.chunks``) or an ``s3://``
+    prefix. An object's presence means "done". Safe for many writers: each chunk
+    has its own object, written atomically (a local temporary file renamed, or
+    one S3 PUT). Finished cores and per-chunk labels of a cluster run live
+    beside the chunk outputs under names that :meth:`done` does not count, and
+    the resume manifest as ``manifest.json``.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str] | Store) -> None:
+        self.store = open_store(root)
 
     def __repr__(self) -> str:
-        return f"DirStore({str(self.root)!r})"
+        return f"DirStore({self.store.url!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DirStore, (self.store,))
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    @property
+    def root(self) -> Path:
+        """The folder of a local store (:class:`~terraseg.errors.ConfigError` for s3://)."""
+        return _local_root(self.store)
+
+    @staticmethod
+    def name(index: tuple[int, int]) -> str:
+        return f"chunk_r{index[0]:05d}_c{index[1]:05d}.npz"
 
     def path(self, index: tuple[int, int]) -> Path:
-        return self.root / f"chunk_r{index[0]:05d}_c{index[1]:05d}.npz"
+        return self.store.local_path(self.name(index))
 
     def has(self, index: tuple[int, int]) -> bool:
-        return self.path(index).exists()
+        return self.store.exists(self.name(index))
 
     def done(self) -> set[tuple[int, int]]:
         """Indices of every stored chunk."""
-        if not self.root.exists():
-            return set()
         out = set()
-        for p in self.root.glob("chunk_r*_c*.npz"):
-            r, c = p.stem.removeprefix("chunk_r").split("_c")
+        for name in self.store.list("chunk_r"):
+            stem = name.removesuffix(".npz")
+            if "/" in stem or not stem.startswith("chunk_r") or "_c" not in stem:
+                continue
+            r, c = stem.removeprefix("chunk_r").split("_c")
             out.add((int(r), int(c)))
         return out
 
-    def put(self, out: ChunkOutput) -> Path:
-        """Save ``out`` atomically; returns its path."""
-        self.root.mkdir(parents=True, exist_ok=True)
+    def put(self, out: ChunkOutput) -> str:
+        """Save ``out`` atomically; returns its name."""
         arrays: dict[str, np.ndarray] = {"index": np.array(out.index, np.int64)}
         if out.labels is not None:
             arrays["labels"] = out.labels
@@ -109,59 +130,72 @@ class DirStore:
             arrays["probs"] = out.probs
         _pack("piece", out.pieces, arrays)
         _pack("seam", out.seam_valid, arrays)
-        final = self.path(out.index)
-        tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        return final
+        name = self.name(out.index)
+        self.store.put_arrays(name, arrays)
+        return name
 
     def get(self, index: tuple[int, int]) -> ChunkOutput:
-        with np.load(self.path(index)) as data:
-            return ChunkOutput(
-                index=index,
-                labels=data["labels"] if "labels" in data else None,
-                probs=data["probs"] if "probs" in data else None,
-                pieces=_unpack("piece", data),
-                seam_valid=_unpack("seam", data),
-            )
+        data = self.store.get_arrays(self.name(index))
+        return ChunkOutput(
+            index=index,
+            labels=data.get("labels"),
+            probs=data.get("probs"),
+            pieces=_unpack("piece", data),
+            seam_valid=_unpack("seam", data),
+        )
 
     def get_pieces(self, index: tuple[int, int]) -> Pieces:
-        """Only the pieces of a chunk (does not load its interior)."""
-        with np.load(self.path(index)) as data:
-            return _unpack("piece", data)
+        """Only the pieces of a chunk (a local store does not load its interior)."""
+        if self.store.is_local:
+            with np.load(self.path(index)) as data:
+                return _unpack("piece", data)
+        return _unpack("piece", self.store.get_arrays(self.name(index)))
 
     def clear(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        self.store.delete_prefix("")
+        if self.store.is_local:
+            shutil.rmtree(self.root, ignore_errors=True)
 
-    # ------------------------------------------------------------------ other arrays
-    # Finished chunk cores and per-chunk instance labels of a cluster run live beside the
-    # chunk outputs, under names that :meth:`done` does not count.
+    # ------------------------------------------------------------------ other objects
 
-    def put_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> Path:
+    def put_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> str:
         """Save named arrays as ``<name>.npz`` atomically (a chunk's core, its labels...)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.root / f"{name}.npz"
-        tmp = final.with_name(f".{final.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
-        return final
+        self.store.put_arrays(f"{name}.npz", arrays)
+        return f"{name}.npz"
 
     def get_arrays(self, name: str) -> dict[str, np.ndarray]:
         """The arrays saved by :meth:`put_arrays` under ``name``."""
-        with np.load(self.root / f"{name}.npz") as data:
-            return {k: data[k] for k in data.files}
+        return self.store.get_arrays(f"{name}.npz")
+
+    def exists(self, name: str) -> bool:
+        return self.store.exists(f"{name}.npz")
+
+    def names(self, prefix: str) -> set[str]:
+        """Names (without ``.npz``) of the stored arrays whose name starts with ``prefix``."""
+        return {n.removesuffix(".npz") for n in self.store.list(prefix) if n.endswith(".npz")}
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        """``manifest.json`` (with its token), written before the first chunk is stored."""
+        payload = {**manifest, "token": manifest_token(manifest)}
+        self.store.put_bytes(MANIFEST_NAME, json.dumps(payload, indent=2, sort_keys=True,
+                                                       default=str).encode())
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The stored manifest; ``None`` when there is none (``ValueError`` if unreadable)."""
+        try:
+            data = json.loads(self.store.get_bytes(MANIFEST_NAME))
+        except KeyError:
+            return None
+        if not isinstance(data, dict):
+            raise ValueError(f"'{self.store.url_of(MANIFEST_NAME)}' is not a JSON object")
+        return data
+
+
+def _local_root(store: Store) -> Path:
+    """The folder of a local store; :class:`~terraseg.errors.ConfigError` for an object store."""
+    if not store.is_local:
+        store.local_path("x")  # raises the store's one-line error
+    return Path(store.url)
 
 
 def core_name(index: tuple[int, int]) -> str:
@@ -225,6 +259,8 @@ class CoreReader:
         rows, cols = grid.shape_in_chunks
         self._row_stops = [grid.chunk(i, 0).core.row_stop for i in range(rows)]
         self._col_stops = [grid.chunk(0, j).core.col_stop for j in range(cols)]
+        self._present = store.names("core_r")
+        self._cache: OrderedDict[tuple[int, int], dict[str, np.ndarray] | None] = OrderedDict()
 
     def _span(self, stops: list[int], start: int, stop: int) -> range:
         first = next(i for i, s in enumerate(stops) if s > start)
@@ -235,27 +271,39 @@ class CoreReader:
         """``(h, w)`` labels, or ``(len(bands), h, w)`` probability bands (0-based)."""
         shape = window.shape if bands is None else (len(bands), *window.shape)
         out = np.full(shape, NODATA, np.uint8)
-        if window.height == 0 or window.width == 0:
+        inside = window.intersection(PixelWindow(0, 0, *self.grid.shape))
+        if inside.is_empty:  # outside the scene reads nodata, as a boundless COG read does
             return out
-        for i in self._span(self._row_stops, window.row_off, window.row_stop):
-            for j in self._span(self._col_stops, window.col_off, window.col_stop):
+        for i in self._span(self._row_stops, inside.row_off, inside.row_stop):
+            for j in self._span(self._col_stops, inside.col_off, inside.col_stop):
                 core = self.grid.chunk(i, j).core
                 part = core.intersection(window)
                 if part.is_empty:
                     continue
-                path = self.store.root / f"{core_name((i, j))}.npz"
-                if not path.exists():  # an all-nodata chunk
+                data = self._core((i, j))
+                if data is None:  # an all-nodata chunk
                     continue
                 src = (slice(part.row_off - core.row_off, part.row_stop - core.row_off),
                        slice(part.col_off - core.col_off, part.col_stop - core.col_off))
                 dst = (slice(part.row_off - window.row_off, part.row_stop - window.row_off),
                        slice(part.col_off - window.col_off, part.col_stop - window.col_off))
-                with np.load(path) as data:
-                    if bands is None:
-                        out[dst] = data["labels"][src]
-                    else:
-                        out[(slice(None), *dst)] = data["probs"][bands][(slice(None), *src)]
+                if bands is None:
+                    out[dst] = data["labels"][src]
+                else:
+                    out[(slice(None), *dst)] = data["probs"][bands][(slice(None), *src)]
         return out
+
+    def _core(self, index: tuple[int, int]) -> dict[str, np.ndarray] | None:
+        """A core's arrays, from a cache of the last few (a halo read touches up to 9)."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        name = core_name(index)
+        data = self.store.get_arrays(name) if name in self._present else None
+        self._cache[index] = data
+        while len(self._cache) > 9:
+            self._cache.popitem(last=False)
+        return data
 
 
 def write_from_store(

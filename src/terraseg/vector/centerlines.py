@@ -332,12 +332,20 @@ def _merge(lines: Geoms) -> Geoms:
 
 def _ends(lines: Geoms) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
     """Node ids ``(u, v)`` of each line's ends (exactly equal points share a node) and node xy."""
-    first = shapely.get_coordinates(shapely.get_point(lines, 0))
-    last = shapely.get_coordinates(shapely.get_point(lines, -1))
-    pts = np.concatenate([first, last])
-    uniq, inv = np.unique(pts, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    return inv[: len(lines)], inv[len(lines) :], uniq
+    # first and last vertex of every line from one coordinate array (get_point per line is
+    # several times slower), then the distinct points in np.unique(axis=0)'s order (by x, then
+    # y) with a lexsort, which is faster than np.unique on rows
+    coords, owner = shapely.get_coordinates(lines, return_index=True)
+    counts = np.bincount(owner, minlength=len(lines))
+    stop = np.cumsum(counts)
+    pts = np.concatenate([coords[stop - counts], coords[stop - 1]])
+    order = np.lexsort((pts[:, 1], pts[:, 0]))
+    ordered = pts[order]
+    new = np.ones(len(ordered), bool)
+    new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    inv = np.empty(len(pts), np.int64)
+    inv[order] = np.cumsum(new) - 1
+    return inv[: len(lines)], inv[len(lines) :], ordered[new]
 
 
 def _prune(
