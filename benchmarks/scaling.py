@@ -12,7 +12,8 @@ built, modules imported), so cluster start-up is excluded. Measured in one run:
 - bytes of task results the client received, per Mpx and per 2048² chunk;
 - the scheduler's overhead per task (empty tasks);
 - on paper: how many workers at 100 Mpx/s each one client could feed, from the
-  client's measured CPU seconds per Mpx.
+  client's CPU seconds per extra Mpx (the 2-worker run minus the same run on scenes
+  of half the side, so that fixed costs cancel).
 
 ``--memory`` instead measures the client's peak RSS at ``--size-px`` and at
 ``--memory-size`` (one scene each, 2 workers, predict + vectorize + export), each in a fresh
@@ -152,10 +153,16 @@ def main() -> None:
     scenes = [scene_for(args.size_px, seed=s) for s in range(args.scenes)]
     stages = ["predict", "vectorize", "export"]
     runs = {n: run_once(scenes, args.model, args.chunk_px, n, stages) for n in (1, 2)}
+    # the same on scenes of a quarter of the area: the client's CPU per extra Mpx (its fixed
+    # costs, such as reading the workflow and opening the scenes, cancel out)
+    half = args.size_px // 2
+    small = run_once([scene_for(half, seed=s) for s in range(args.scenes)], args.model,
+                     args.chunk_px, 2, stages)
     mpx = args.scenes * args.size_px**2 / 1e6
     one, two = runs[1], runs[2]
     chunks_2048 = mpx / (2048**2 / 1e6)
-    client_s_per_mpx = two["client_cpu_s"] / mpx
+    client_s_per_mpx = max((two["client_cpu_s"] - small["client_cpu_s"])
+                           / (mpx - args.scenes * half**2 / 1e6), 1e-9)
     out = {
         "benchmark": "scaling", "size_px": args.size_px, "scenes": args.scenes,
         "model": args.model, "chunk_px": args.chunk_px, "cpus": os.cpu_count(),
@@ -170,6 +177,7 @@ def main() -> None:
         "bytes_to_client_per_2048_chunk": round(two["bytes_received"] / chunks_2048),
         "tasks": two["tasks"],
         "scheduler_overhead_ms_per_task": round(two["overhead_ms_per_task"], 3),
+        "client_cpu_s_small": round(small["client_cpu_s"], 3), "small_size_px": half,
         "client_cpu_s_per_mpx": round(client_s_per_mpx, 5),
         "workers_one_client_feeds": round(1 / (client_s_per_mpx * args.gpu_mpx_s), 1),
     }

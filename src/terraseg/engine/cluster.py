@@ -55,15 +55,16 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
-# Dask runs higher priorities first. A later stage goes before an earlier one (a scene's
-# finishing work before more chunks, so outputs appear early and little waits in memory), and
-# within a stage the k-th task of every scene in flight before the (k+1)-th: the scenes advance
-# together, so one scene's serial tail (COG, reduce, export) runs beside another's, not alone
-# at the end of the run with the other workers idle.
+# Dask runs higher priorities first. The order is the length of the work that still hangs
+# on a task (the "upward rank" of list scheduling): chunks and cores (which free the vectors),
+# then the per-chunk vectors, the COG, the reduces, the instance rasters and the export last.
+# Within a stage the k-th task of every scene in flight goes before the (k+1)-th, so the scenes
+# advance together: all the parallel work is done first, and the scenes' serial tails (reduce,
+# instances, export) then run side by side on different workers, not one alone at the end.
+_PRIORITY = {"core": 8, "chunk": 7, "vector": 6, "cog": 5, "vectors": 5, "reduce": 4,
+             "instances": 3, "export": 2}
 #: Results that only other tasks use: they move worker to worker, never to the client.
 _STAY_ON_WORKERS = frozenset({"vector", "reduce"})
-_PRIORITY = {"chunk": 0, "core": 1, "cog": 2, "vector": 3, "reduce": 4, "instances": 5,
-             "export": 5, "vectors": 3}
 
 
 # --------------------------------------------------------------------------- local executor

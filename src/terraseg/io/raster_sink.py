@@ -385,7 +385,8 @@ class RasterSink:
             BLOCKSIZE=self.blocksize,
             OVERVIEW_RESAMPLING=self.resampling.upper(),
             BIGTIFF="IF_SAFER",
-            NUM_THREADS="ALL_CPUS",
+            # one thread where the process is told so (OMP_NUM_THREADS: a Dask worker's task)
+            NUM_THREADS=os.environ.get("OMP_NUM_THREADS") or "ALL_CPUS",
         )
         _remove(tmp)
         if self.class_names:

@@ -103,11 +103,21 @@ _MIN_PX_THREADED = 1 << 20
 
 
 def cpu_threads() -> int:
-    """CPUs this process may run on: the threads worth splitting work over."""
+    """The threads worth splitting work over: the CPUs this process may run on, capped by
+    ``OMP_NUM_THREADS`` when it is set.
+
+    A Dask worker's nanny sets ``OMP_NUM_THREADS=1`` (its parallelism is its task
+    threads), so a task there polygonizes on one thread, as numpy and torch do.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    try:
+        cap = int(os.environ.get("OMP_NUM_THREADS", "0"))
+    except ValueError:
+        cap = 0
+    return max(1, min(cpus, cap)) if cap > 0 else cpus
 
 
 def _horizontal_edges(lab: NDArray[Any]) -> tuple[Ints, NDArray[Any], NDArray[Any]]:
