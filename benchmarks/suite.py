@@ -12,7 +12,8 @@ is its own) and collects the JSON line each prints:
 * ``vectorize.py``: buildings/s with regularization for ~10k and ~100k
   buildings, road km/s, peak RSS;
 * ``instances.py``: instance-merge rate for ~10k and ~100k buildings;
-* ``scaling.py`` (``--scaling``): one vs two Dask workers on a LocalCluster.
+* ``scaling.py`` (``--scaling``): a 2-scene workflow on one vs two Dask workers of a
+  LocalCluster: speed-up, client CPU against the workers', bytes sent to the client.
 
 Every row states the machine (CPU, cores, GPU or not) and the load average
 when it started; quote ratios from one run, since shared machines are noisy.
@@ -164,10 +165,13 @@ def report(results: dict[str, Any]) -> None:
                      ["buildings", "merge s", "buildings/s", "peak RSS MB", "exact"]))
     sc = results.get("scaling")
     if sc and "error" not in sc:
-        rows.append(("Dask scaling (LocalCluster)", [[
-            _fmt(sc.get("mpx_s_1w")), _fmt(sc.get("mpx_s_2w")), _fmt(sc.get("speedup_2w"), 3),
+        rows.append(("Dask scaling (LocalCluster, whole workflow)", [[
+            _fmt(sc.get("seconds_1w")), _fmt(sc.get("seconds_2w")), _fmt(sc.get("speedup_2w"), 3),
+            _fmt(sc.get("client_cpu_fraction_2w"), 3),
+            _fmt(sc.get("bytes_to_client_per_2048_chunk")),
             _fmt(sc.get("scheduler_overhead_ms_per_task"))]],
-            ["1 worker Mpx/s", "2 workers Mpx/s", "speed-up", "scheduler ms/task"]))
+            ["1 worker s", "2 workers s", "speed-up", "client CPU / workers'",
+             "bytes to client per 2048² chunk", "scheduler ms/task"]))
     try:
         from rich.console import Console
         from rich.table import Table

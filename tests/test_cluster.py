@@ -296,3 +296,24 @@ def test_s3_output_survives_killed_worker_and_killed_client(
         # a task running when the client died may still have stored its chunk
         assert a["chunks_resumed"] >= stored and a["chunks_computed"] == n_a - a["chunks_resumed"]
         same_outputs(got, tmp_path / "ref", nonempty=False)
+
+
+def test_predict_run_and_api_give_the_same_output(
+    tmp_path: Path, cities: list[Path], reference: Path
+) -> None:
+    """`terraseg predict` (the streaming in-process driver), `terraseg run` (the task graph) and
+    `terraseg.predict` (the notebook API): byte-identical classes and the same buildings."""
+    import terraseg
+
+    scene = cities[0]
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [str(BIN / "terraseg"), "predict", str(scene), "--out", str(out / "a"), "--model",
+         "cheap", "--tile-px", "256", "--overlap-px", "32", "--chunk-px", "256", "--device",
+         "cpu", "--probabilities"],
+        capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    same_outputs(out, reference, ("a",))
+    da = terraseg.predict(str(scene), model="cheap", tile_px=256, overlap_px=32, device="cpu",
+                          chunk_px=256)
+    assert (np.asarray(da.values).squeeze() == classes_of(reference, "a")).all()

@@ -26,9 +26,8 @@ from terraseg.engine.finish import (
     FinishOptions,
     finish_chunk,
     finish_windows,
-    reduce_scene,
-    write_instance_rasters,
 )
+from terraseg.engine.finish_reduce import reduce_scene, write_instance_rasters
 from terraseg.engine.postprocess import label_instances, vectorize_masks, vectorize_scene
 from terraseg.instances.targets import boundary_classes
 from terraseg.io.masks import open_mask

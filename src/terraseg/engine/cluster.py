@@ -63,6 +63,9 @@ Progress = Callable[[str, int, int], None]
 # instances, export) then run side by side on different workers, not one alone at the end.
 _PRIORITY = {"core": 8, "chunk": 7, "vector": 6, "cog": 5, "vectors": 5, "reduce": 4,
              "instances": 3, "export": 2}
+#: What each progress bar of a scene counts.
+_STAGES = (("chunks", ("chunk",)), ("finishing", ("core", "cog")),
+           ("vectors", ("vector", "vectors", "reduce", "instances", "export")))
 #: Results that only other tasks use: they move worker to worker, never to the client.
 _STAY_ON_WORKERS = frozenset({"vector", "reduce"})
 
@@ -267,10 +270,10 @@ class _Driver:
     def _report(self, sr: _SceneRun) -> None:
         if self.progress is None:
             return
-        for kind, label in (("chunk", "chunks"), ("core", "finishing"), ("vector", "vectors"),
-                            ("vectors", "vectors")):
-            if kind in sr.counts:
-                done, total = sr.counts[kind]
+        for label, kinds in _STAGES:
+            counts = [sr.counts[k] for k in kinds if k in sr.counts]
+            if counts:
+                done, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
                 self.progress(f"{sr.job.name} {label}", done, total)
 
     def settle(self, fut: Any) -> _SceneRun | None:

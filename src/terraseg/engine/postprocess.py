@@ -34,15 +34,13 @@ import numpy as np
 from terraseg.core.grid import ChunkGrid, PixelWindow
 from terraseg.engine.finish import (
     FinishOptions,
-    SceneFinish,
     VectorLayers,
     _class_id,
     finish_chunk,
     finish_windows,
     label_chunk,
-    reduce_scene,
-    write_instance_rasters,
 )
+from terraseg.engine.finish_reduce import SceneFinish, reduce_scene, write_instance_rasters
 from terraseg.export.layers import SomeCRS
 from terraseg.export.writers import ExportResult, export_run
 from terraseg.instances import InstanceMerger, InstanceTable
@@ -123,8 +121,8 @@ def finish_scene(
 ) -> SceneFinish:
     """Instances and vectors of a scene in this process: every chunk's
     :func:`~terraseg.engine.finish.finish_chunk`, then
-    :func:`~terraseg.engine.finish.reduce_scene` and
-    :func:`~terraseg.engine.finish.write_instance_rasters` (``instances.tif``, and
+    :func:`~terraseg.engine.finish_reduce.reduce_scene` and
+    :func:`~terraseg.engine.finish_reduce.write_instance_rasters` (``instances.tif``, and
     ``panoptic.tif`` when ``panoptic_path`` is given). The same functions run on a
     cluster's workers, so both give the same output. The chunks' local labels wait in
     a temporary folder until the rasters are written.

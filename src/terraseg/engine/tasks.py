@@ -305,21 +305,21 @@ def vector_chunk_task(job: SceneJob, fopts: Any, index: tuple[int, int], window:
 
 def reduce_buildings_task(job: SceneJob, fopts: Any, *parts: Any) -> Any:
     """The scene's instance merge and building dissolve: ``(buildings, relabel table)``."""
-    from terraseg.engine.finish import reduce_buildings
+    from terraseg.engine.finish_reduce import reduce_buildings
 
     return reduce_buildings(parts, fopts)
 
 
 def reduce_roads_task(job: SceneJob, fopts: Any, *parts: Any) -> Any:
     """The scene's road dissolve and centerline network: ``(roads, network)``."""
-    from terraseg.engine.finish import reduce_roads
+    from terraseg.engine.finish_reduce import reduce_roads
 
     return reduce_roads(parts, fopts)
 
 
 def instances_task(job: SceneJob, fopts: Any, buildings: Any, *after: Any) -> dict[str, Any]:
     """``instances.tif`` and ``panoptic.tif``: stored chunk labels relabelled to global ids."""
-    from terraseg.engine.finish import write_instance_rasters
+    from terraseg.engine.finish_reduce import write_instance_rasters
     from terraseg.io.masks import open_mask
 
     t0 = time.perf_counter()
