@@ -74,15 +74,31 @@ _STAY_ON_WORKERS = frozenset({"vector", "reduce"})
 
 
 class _Done:
-    """A finished task of :class:`LocalClient` (the part of ``distributed.Future`` used here)."""
+    """A task of :class:`LocalClient` (the part of ``distributed.Future`` used here)."""
 
-    def __init__(self, key: str, value: Any = None, exc: BaseException | None = None,
-                 tb: str = "") -> None:
+    def __init__(self, key: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self.key = key
-        self._value = value
-        self._exc = exc
-        self.tb = tb
-        self.status = "error" if exc is not None else "finished"
+        self._fn: Callable[..., Any] | None = fn
+        self._args = args
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        self.tb = ""
+        self.status = "pending"
+
+    def run(self) -> None:
+        """Run the task (its argument futures ran before it: they were submitted first)."""
+        assert self._fn is not None
+        bad = next((a for a in self._args if isinstance(a, _Done) and a.status == "error"), None)
+        if bad is not None:
+            self._exc, self.tb = bad.exception(), bad.tb
+        else:
+            try:
+                self._value = self._fn(*[a.result() if isinstance(a, _Done) else a
+                                         for a in self._args])
+            except Exception as exc:  # reported like a failed Dask task
+                self._exc, self.tb = exc, traceback.format_exc()
+        self.status = "error" if self._exc is not None else "finished"
+        self._fn, self._args = None, ()
 
     def result(self) -> Any:
         if self._exc is not None:
@@ -93,53 +109,46 @@ class _Done:
         return self._exc
 
     def release(self) -> None:
-        self._value = None
+        return None
 
     def cancel(self) -> None:
         return None
 
 
 class LocalClient:
-    """Runs each submitted task at once, in this process (a synchronous run).
+    """Runs the submitted tasks one by one in this process, as they are iterated (synchronous).
 
     Enough of ``distributed.Client`` for :func:`run_scenes`: ``submit`` with
-    futures as arguments (an errored argument errors the task, as on Dask),
-    ``scatter`` and ``as_completed``.
+    futures as arguments (an errored argument errors the task, as on Dask) and
+    ``as_completed``, which runs each task when it is reached, in submission
+    order, so progress is reported task by task and an interrupted run stops
+    at once.
     """
 
     def __init__(self) -> None:
-        self._finished: deque[_Done] = deque()
-
-    def scatter(self, data: Any, **_: Any) -> Any:
-        return data
+        self._queue: deque[_Done] = deque()
 
     def submit(self, fn: Callable[..., Any], *args: Any, key: str, **_: Any) -> _Done:
-        bad = next((a for a in args if isinstance(a, _Done) and a.status == "error"), None)
-        if bad is not None:
-            done = _Done(key, exc=bad.exception(), tb=bad.tb)
-        else:
-            values = [a.result() if isinstance(a, _Done) else a for a in args]
-            try:
-                done = _Done(key, fn(*values))
-            except Exception as exc:  # reported like a failed Dask task
-                done = _Done(key, exc=exc, tb=traceback.format_exc())
-        self._finished.append(done)
+        done = _Done(key, fn, args)
+        self._queue.append(done)
         return done
 
     def as_completed(self) -> _LocalCompleted:
-        return _LocalCompleted(self._finished)
+        return _LocalCompleted(self._queue)
 
 
 class _LocalCompleted:
-    def __init__(self, finished: deque[_Done]) -> None:
-        self._finished = finished
+    def __init__(self, queue: deque[_Done]) -> None:
+        self._queue = queue
 
     def add(self, fut: _Done) -> None:  # already queued by submit
         return None
 
     def __iter__(self) -> Iterator[_Done]:
-        while self._finished:
-            yield self._finished.popleft()
+        while self._queue:
+            fut = self._queue.popleft()
+            fut.run()
+            yield fut
 
 
 def _as_completed(client: Any) -> Any:
