@@ -16,8 +16,8 @@ built, modules imported), so cluster start-up is excluded. Measured in one run:
   of half the side, so that fixed costs cancel).
 
 ``--memory`` instead measures the client's peak RSS at ``--size-px`` and at
-``--memory-size`` (one scene each, 2 workers, predict + vectorize + export), each in a fresh
-client process, and prints their ratio.
+``--memory-size`` (one scene each, 2 workers, ``--stages``), each in a fresh client
+process, and prints their ratio.
 
     python benchmarks/scaling.py                     # 2 x 4096², cheap
     python benchmarks/scaling.py --memory --size-px 4096 --memory-size 32768
@@ -103,6 +103,7 @@ def run_once(scenes: list[Path], model: str, chunk_px: int, n_workers: int,
             "worker_cpu_s": sum(w1[k] - w0[k] for k in w1),
             "bytes_received": summary.client.get("bytes_received", 0),
             "tasks": summary.client.get("tasks", 0),
+            "driver_cpu_s": summary.client.get("driver_cpu_s", 0.0),
         }
         if n_workers == 2:
             t1 = time.perf_counter()
@@ -111,10 +112,10 @@ def run_once(scenes: list[Path], model: str, chunk_px: int, n_workers: int,
         return out
 
 
-def memory_child(size_px: int, model: str, chunk_px: int) -> None:
+def memory_child(size_px: int, model: str, chunk_px: int, stages: list[str]) -> None:
     """One run in this (fresh) process; prints the client's peak RSS."""
     scene = scene_for(size_px)
-    res = run_once([scene], model, chunk_px, 2, ["predict", "vectorize", "export"])
+    res = run_once([scene], model, chunk_px, 2, stages)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"size_px": size_px, "client_peak_rss_mb": round(peak, 1), **res}))
 
@@ -127,26 +128,29 @@ def main() -> None:
     ap.add_argument("--chunk-px", type=int, default=2048)
     ap.add_argument("--memory", action="store_true")
     ap.add_argument("--memory-size", type=int, default=32768)
+    ap.add_argument("--stages", default="predict,vectorize,export",
+                    help="stages of the --memory runs, comma-separated")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--gpu-mpx-s", type=float, default=100.0,
                     help="assumed Mpx/s of one GPU worker, for the paper estimate")
     args = ap.parse_args()
     if args.child:
-        memory_child(args.child, args.model, args.chunk_px)
+        memory_child(args.child, args.model, args.chunk_px, args.stages.split(","))
         return
     if args.memory:
         runs = []
         for size in (args.size_px, args.memory_size):
             proc = subprocess.run(
                 [sys.executable, __file__, "--child", str(size), "--model", args.model,
-                 "--chunk-px", str(args.chunk_px)], capture_output=True, text=True, check=True)
+                 "--chunk-px", str(args.chunk_px), "--stages", args.stages],
+                capture_output=True, text=True, check=True)
             runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"{size}²: client peak RSS {runs[-1]['client_peak_rss_mb']} MB, "
                   f"{runs[-1]['seconds']:.1f} s", file=sys.stderr)
         ratio = runs[1]["client_peak_rss_mb"] / runs[0]["client_peak_rss_mb"]
         print(f"client peak RSS ratio {args.memory_size}² / {args.size_px}²: {ratio:.3f}",
               file=sys.stderr)
-        print(json.dumps({"benchmark": "scaling-memory", "runs": runs,
+        print(json.dumps({"benchmark": "scaling-memory", "stages": args.stages, "runs": runs,
                           "client_rss_ratio": round(ratio, 3)}))
         return
     # distinct scenes (different seeds): no cache shared between the two
@@ -178,6 +182,9 @@ def main() -> None:
         "tasks": two["tasks"],
         "scheduler_overhead_ms_per_task": round(two["overhead_ms_per_task"], 3),
         "client_cpu_s_small": round(small["client_cpu_s"], 3), "small_size_px": half,
+        "driver_cpu_s_2w": round(two["driver_cpu_s"], 3),
+        "driver_cpu_ms_per_task": round(1e3 * two["driver_cpu_s"] / max(two["tasks"], 1), 3),
+        "tasks_per_2048_chunk": round(two["tasks"] / chunks_2048, 2),
         "client_cpu_s_per_mpx": round(client_s_per_mpx, 5),
         "workers_one_client_feeds": round(1 / (client_s_per_mpx * args.gpu_mpx_s), 1),
     }

@@ -62,9 +62,9 @@ Progress = Callable[[str, int, int], None]
 # advance together: all the parallel work is done first, and the scenes' serial tails (reduce,
 # instances, export) then run side by side on different workers, not one alone at the end.
 _PRIORITY = {"core": 8, "chunk": 7, "vector": 6, "cog": 5, "vectors": 5, "reduce": 4,
-             "instances": 3, "export": 2}
+             "instances": 3, "probs": 2, "export": 2}
 #: What each progress bar of a scene counts.
-_STAGES = (("chunks", ("chunk",)), ("finishing", ("core", "cog")),
+_STAGES = (("chunks", ("chunk",)), ("finishing", ("core", "cog", "probs")),
            ("vectors", ("vector", "vectors", "reduce", "instances", "export")))
 #: Results that only other tasks use: they move worker to worker, never to the client.
 _STAY_ON_WORKERS = frozenset({"vector", "reduce"})
@@ -248,7 +248,10 @@ class _Driver:
                         if i in chunk_f]
                 cores.append(self._submit(sr, "core", core_task, job_f, c.index, *deps,
                                           index=c.index))
-            after = [self._submit(sr, "cog", cog_task, job_f, *cores)]
+            after = [self._submit(sr, "cog", cog_task, job_f, "classes", *cores, index=(0, 0))]
+            if job.with_probs:  # not on the way to the vectors: lower priority of its own
+                self._submit(sr, "probs", cog_task, job_f, "probabilities", *cores)
+                after.append(self.live[_key("probs", sr)])
         if job.vectorize and job.predict and not _regridded(job):
             self._vectors(sr, job_f, cores)
         elif job.vectorize:  # from the class COG (a resampled scene, or vectorize only)
@@ -272,7 +275,7 @@ class _Driver:
                                  index=(0, 0))
         roads = self._submit(sr, "reduce", reduce_roads_task, job_f, fopts, *parts,
                              index=(0, 1))
-        cog = self.live[_key("cog", sr)]
+        cog = self.live[_key("cog", sr, (0, 0))]
         inst = self._submit(sr, "instances", instances_task, job_f, fopts, buildings, cog)
         self._submit(sr, "export", export_task, job_f, buildings, roads, inst)
 
@@ -419,6 +422,7 @@ def run_scenes(
     scene has run (a failed chunk: :class:`~terraseg.errors.ChunkFailedError`).
     """
     client = LocalClient() if client is None else client
+    cpu0 = time.thread_time()  # the driver's own work in this thread (not a scheduler's)
     driver = _Driver(client, progress=progress, resources=resources, retries=retries)
     runs = [_SceneRun(p.job, p.manifest, set(p.done), dict(p.config), SceneOutcome(p.job))
             for p in plans]
@@ -443,7 +447,8 @@ def run_scenes(
         if driver.live and not isinstance(client, LocalClient):
             with contextlib.suppress(Exception):  # interrupted: nothing of this run keeps running
                 client.cancel(list(driver.live.values()), force=True)
-    figures = {"bytes_received": driver.bytes_received, "tasks": driver.tasks}
+    figures = {"bytes_received": driver.bytes_received, "tasks": driver.tasks,
+               "driver_cpu_s": round(time.thread_time() - cpu0, 4)}
     for sr in runs:
         if sr.outcome.error is not None:
             raise sr.outcome.error

@@ -27,7 +27,6 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pyproj
-import shapely
 from affine import Affine
 from numpy.typing import NDArray
 
@@ -65,8 +64,8 @@ Geoms = NDArray[np.object_]
 ProbsReadFn = Callable[[PixelWindow, Sequence[int]], NDArray[Any]]
 """``read_probs(window, bands) -> (len(bands), h, w)`` uint8 probabilities (0-254, 255 nodata)."""
 ChunkIndex = tuple[int, int]
-_RoadParts = tuple[Geoms, NDArray[np.float64], NDArray[np.int64], PackedGeoms, NDArray[np.uint8],
-                   dict[int, NDArray[np.int32]]]
+_RoadParts = tuple[PackedGeoms, NDArray[np.float64], NDArray[np.int64], PackedGeoms,
+                   NDArray[np.uint8], dict[int, NDArray[np.int32]]]
 
 #: Halo of the centerline skeletons, pixels (the default of ``extract_centerlines``).
 CENTERLINE_HALO_PX = 64
@@ -255,7 +254,8 @@ class ChunkVectors:
         The instance face summary (:func:`~terraseg.instances.summary.summarize_chunk`).
     building_ids, buildings, building_area_m2
         Buildings that touch no internal chunk edge, finished (repaired,
-        regularized, in the scene CRS): local ids, geometries, areas (m²).
+        regularized, in the scene CRS): local ids, geometries (packed: numpy arrays
+        travel between processes far faster than shapely objects), areas (m²).
     edge_ids, edge_parts, edge_flags
         Buildings on internal chunk edges: local ids, pixel-frame parts (packed
         losslessly, :class:`~terraseg.vector.dissolve.PackedGeoms`), ``EDGE_*`` bits.
@@ -274,12 +274,12 @@ class ChunkVectors:
     core: PixelWindow
     summary: ChunkSummary
     building_ids: NDArray[np.int64]
-    buildings: Geoms
+    buildings: PackedGeoms
     building_area_m2: NDArray[np.float64]
     edge_ids: NDArray[np.int64]
     edge_parts: PackedGeoms
     edge_flags: NDArray[np.uint8]
-    roads: Geoms
+    roads: PackedGeoms
     road_area_m2: NDArray[np.float64]
     road_ids: NDArray[np.int64]
     road_parts: PackedGeoms
@@ -297,10 +297,9 @@ class ChunkVectors:
             self.building_ids, self.building_area_m2, self.edge_ids, self.edge_flags,
             self.road_area_m2, self.road_ids, self.road_flags, self.line_starts,
             self.line_ends, *self.road_strips.values()]
-        wkb = sum(int(sum(len(b) for b in shapely.to_wkb(g))) for g in (self.buildings, self.roads)
-                  if len(g))
-        packed = self.edge_parts.nbytes + self.road_parts.nbytes + self.lines.nbytes
-        return self.summary.nbytes + sum(a.nbytes for a in arrays) + wkb + packed
+        packed = sum(g.nbytes for g in (self.buildings, self.roads, self.edge_parts,
+                                        self.road_parts, self.lines))
+        return self.summary.nbytes + sum(a.nbytes for a in arrays) + packed
 
 
 def finish_chunk(
@@ -348,8 +347,8 @@ def finish_chunk(
     b = _map_buildings(core_labels, core, opts.building_options(frame), drops_b)
     t2 = time.perf_counter()
     e_o, e_b = np.empty(0, object), np.empty(0, bool)
-    r: _RoadParts = (e_o, np.empty(0), np.empty(0, np.int64), PackedGeoms.pack(e_o),
-                          np.empty(0, np.uint8), {})
+    r: _RoadParts = (PackedGeoms.pack(e_o), np.empty(0), np.empty(0, np.int64),
+                     PackedGeoms.pack(e_o), np.empty(0, np.uint8), {})
     lines = (PackedGeoms.pack(e_o), e_b, e_b)
     if opts.road is not None:
         r = _map_roads(sub(core) == opts.road, core, opts.road_options(frame), drops_r)
@@ -365,15 +364,15 @@ def finish_chunk(
 
 def _map_buildings(
     labels: NDArray[np.int32], core: PixelWindow, opts: _PolygonOptions, drops: _Drops
-) -> tuple[NDArray[np.int64], Geoms, NDArray[np.float64], NDArray[np.int64], PackedGeoms,
-           NDArray[np.uint8]]:
+) -> tuple[NDArray[np.int64], PackedGeoms, NDArray[np.float64], NDArray[np.int64],
+           PackedGeoms, NDArray[np.uint8]]:
     """Finish the buildings inside the core; keep the ones on internal edges as parts."""
     cp = polygonize_chunk(labels, core, Affine.identity(), mode="instances",
                           scene_shape=opts.scene_shape)
     final = ~cp.on_edge
     geoms, area, kept = _finish_polygons(cp.geometry[final], opts, drops,
                                          np.zeros(int(final.sum()), bool))
-    return (cp.values[final][kept], geoms, area, cp.values[~final],
+    return (cp.values[final][kept], PackedGeoms.pack(geoms), area, cp.values[~final],
             PackedGeoms.pack(cp.geometry[~final]), cp.edges[~final])
 
 
@@ -385,7 +384,8 @@ def _map_roads(
     comp_ids, polys, edges, strips = _road_chunk(mask, core, opts.scene_shape)
     final = edges == 0
     geoms, area, _ = _finish_polygons(polys[final], opts, drops, np.zeros(int(final.sum()), bool))
-    return geoms, area, comp_ids[~final], PackedGeoms.pack(polys[~final]), edges[~final], strips
+    return (PackedGeoms.pack(geoms), area, comp_ids[~final], PackedGeoms.pack(polys[~final]),
+            edges[~final], strips)
 
 
 # --------------------------------------------------------------------------- reduce

@@ -140,7 +140,7 @@ def _reduce_buildings(
         order = np.argsort(final_ids, kind="stable")
         touched = _add_building_chunk(dis, live, i, *_by_global_id(part, local, glob))
         groups = dis.finish(i, touched)
-        ids, geoms, area = [final_ids[order]], [part.buildings[order]], [
+        ids, geoms, area = [final_ids[order]], [part.buildings.unpack()[order]], [
             part.building_area_m2[order]]
         if groups:
             gids = np.asarray([v for v, _ in groups], np.int64)
@@ -220,7 +220,7 @@ def _reduce_roads(
         parts = (part.road_ids, part.road_parts.unpack(), part.road_flags)
         keys = _add_road_chunk(dis, strips, i, parts, part.road_strips, opts.road)
         groups = dis.finish(i, keys.values())
-        geoms, area = [part.roads], [part.road_area_m2]
+        geoms, area = [part.roads.unpack()], [part.road_area_m2]
         if groups:
             g, a, _ = _finish_polygons(_dissolve(groups), popts, drops)
             geoms.append(g)

@@ -38,6 +38,7 @@ __all__ = [
     "PredictResult",
     "RunStats",
     "SceneWriter",
+    "open_probability_sink",
     "open_sinks",
     "output_paths",
     "peak_rss_mb",
@@ -139,6 +140,17 @@ def output_paths(
     return out, classes_path, probs_path, run_json
 
 
+def open_probability_sink(
+    stack: contextlib.ExitStack, scene: Scene, spec: ModelSpec, probs_path: Path, *,
+    overwrite: bool,
+) -> RasterSink:
+    """The probability COG sink alone, as :func:`open_sinks` opens it (a cluster writes the
+    class and probability COGs in two tasks)."""
+    _, probs = _open_sinks(stack, scene, spec, None, probs_path, overwrite=overwrite)
+    assert probs is not None
+    return probs
+
+
 def open_sinks(
     stack: contextlib.ExitStack,
     scene: Scene,
@@ -148,6 +160,23 @@ def open_sinks(
     *,
     overwrite: bool,
 ) -> tuple[RasterSink, RasterSink | None]:
+    """Open the class (and probability) COG sinks on the scene's own grid (see
+    :func:`_open_sinks`)."""
+    classes, probs = _open_sinks(stack, scene, spec, classes_path, probs_path,
+                                 overwrite=overwrite)
+    assert classes is not None
+    return classes, probs
+
+
+def _open_sinks(
+    stack: contextlib.ExitStack,
+    scene: Scene,
+    spec: ModelSpec,
+    classes_path: Path | None,
+    probs_path: Path | None,
+    *,
+    overwrite: bool,
+) -> tuple[RasterSink | None, RasterSink | None]:
     """Open the class (and probability) COG sinks on the scene's own grid.
 
     For an :class:`~terraseg.engine.adapt.AdaptedScene` on a model grid, the
@@ -159,13 +188,15 @@ def open_sinks(
     stack.enter_context(bounded_gdal_cache())
     view = scene
     scene = source_of(scene)
-    classes_sink = stack.enter_context(
-        RasterSink(
-            classes_path, like=scene, count=1, dtype="uint8", nodata=NODATA,
-            overwrite=overwrite, class_names=spec.class_names(), colormap=spec.colormap(),
-            band_names=["class"],
+    classes_sink: RasterSink | None = None
+    if classes_path is not None:  # None: only the probabilities (a cluster task of its own)
+        classes_sink = stack.enter_context(
+            RasterSink(
+                classes_path, like=scene, count=1, dtype="uint8", nodata=NODATA,
+                overwrite=overwrite, class_names=spec.class_names(), colormap=spec.colormap(),
+                band_names=["class"],
+            )
         )
-    )
     probs_sink = None
     if probs_path is not None:
         probs_sink = stack.enter_context(
@@ -178,7 +209,9 @@ def open_sinks(
     if isinstance(view, AdaptedScene) and view.gridmap is not None:
         # duck-typed: a RegriddedSink has the write/finish/count that every writer uses
         valid = scene_validity(scene, sorted(set(view.input.bands)))
-        classes_sink = cast(RasterSink, RegriddedSink(classes_sink, view.gridmap, valid, NODATA))
+        if classes_sink is not None:
+            classes_sink = cast(RasterSink,
+                                RegriddedSink(classes_sink, view.gridmap, valid, NODATA))
         if probs_sink is not None:
             probs_sink = cast(RasterSink, RegriddedSink(probs_sink, view.gridmap, valid, NODATA))
     return classes_sink, probs_sink

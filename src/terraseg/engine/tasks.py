@@ -29,8 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from terraseg.core.grid import ChunkGrid
-from terraseg.io.chunkstore import DirStore, core_name, finish_core, write_region
+from terraseg.core.stitch import NODATA
+from terraseg.io.chunkstore import DirStore, core_name, finish_core
 from terraseg.io.objstore import Store, open_store, staged_file
 from terraseg.io.scene import Scene
 from terraseg.models.spec import ModelSpec
@@ -160,15 +163,16 @@ def core_task(job: SceneJob, index: tuple[int, int], *after: Any) -> dict[str, A
             "empty": labels is None}
 
 
-def cog_task(job: SceneJob, *after: Any) -> dict[str, Any]:
-    """Stream every finished core into ``classes.tif`` (and ``probabilities.tif``).
+def cog_task(job: SceneJob, what: str, *after: Any) -> dict[str, Any]:
+    """Stream every finished core into ``classes.tif``, or (``what="probabilities"``)
+    ``probabilities.tif``: two tasks, so the two COGs are written in parallel.
 
     On the scene's own grid: for a scene read on a model-GSD grid the sinks
     resample the cores back (:func:`~terraseg.engine.outputs.open_sinks`).
     Raises :class:`~terraseg.errors.EmptySceneError`, writing nothing, when no
     chunk holds a valid pixel.
     """
-    from terraseg.engine.outputs import RunStats, open_sinks
+    from terraseg.engine.outputs import RunStats, open_probability_sink, open_sinks
     from terraseg.engine.pipeline import check_not_empty
 
     t0 = time.perf_counter()
@@ -176,24 +180,25 @@ def cog_task(job: SceneJob, *after: Any) -> dict[str, Any]:
     present = store.names("core_r")
     if not present:
         check_not_empty(job.scene, RunStats())
-    names = ["classes.tif", "probabilities.tif" if job.with_probs else None]
-    with staged_outputs(job.out_store, names) as (classes_path, probs_path), \
-            contextlib.ExitStack() as stack:
-        assert classes_path is not None
-        classes_sink, probs_sink = open_sinks(stack, job.scene, job.spec, classes_path,
-                                              probs_path, overwrite=True)
+    probs = what == "probabilities"
+    name = "probabilities.tif" if probs else "classes.tif"
+    with staged_outputs(job.out_store, [name]) as (path,), contextlib.ExitStack() as stack:
+        assert path is not None
+        if probs:
+            sink = open_probability_sink(stack, job.scene, job.spec, path, overwrite=True)
+        else:
+            sink, _ = open_sinks(stack, job.scene, job.spec, path, None, overwrite=True)
+        key = "probs" if probs else "labels"
         for chunk in job.grid:
-            name = core_name(chunk.index)
-            if name in present:
-                data = store.get_arrays(name)
-                write_region(classes_sink, probs_sink, chunk.core, data["labels"],
-                             data.get("probs"))
+            core = core_name(chunk.index)
+            if core not in present:
+                values = np.full((sink.count, *chunk.core.shape), NODATA, np.uint8)
             else:
-                write_region(classes_sink, probs_sink, chunk.core, None, None)
-        classes_sink.finish()
-        if probs_sink is not None:
-            probs_sink.finish()
-    return {"seconds": {"write": time.perf_counter() - t0}}
+                values = store.get_arrays(core)[key]
+            if chunk.core.height and chunk.core.width:
+                sink.write(chunk.core, values if probs else values.reshape(1, *values.shape[-2:]))
+        sink.finish()
+    return {"seconds": {f"write_{what}": time.perf_counter() - t0}}
 
 
 def vector_scene_task(job: SceneJob, *after: Any) -> dict[str, Any]:
