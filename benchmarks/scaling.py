@@ -11,9 +11,12 @@ built, modules imported), so cluster start-up is excluded. Measured in one run:
   the scheduler) against the summed CPU seconds of the worker processes;
 - bytes of task results the client received, per Mpx and per 2048² chunk;
 - the scheduler's overhead per task (empty tasks);
-- on paper: how many workers at 100 Mpx/s each one client could feed, from the
-  client's CPU seconds per extra Mpx (the 2-worker run minus the same run on scenes
-  of half the side, so that fixed costs cancel).
+- on paper: how many workers at 100 Mpx/s each one client could feed: a large scene
+  costs 3 tasks a chunk, each costing the driver's measured CPU per task (its own
+  thread) and the scheduler's measured overhead per task; the busier of the two
+  saturates first. Also the client process's CPU per extra Mpx (the 2-worker run
+  minus the same run on scenes of half the side), which on this machine is mostly
+  the in-process scheduler's background work per second of a slow run.
 
 ``--memory`` instead measures the client's peak RSS at ``--size-px`` and at
 ``--memory-size`` (one scene each, 2 workers, ``--stages``), each in a fresh client
@@ -186,15 +189,24 @@ def main() -> None:
         "driver_cpu_ms_per_task": round(1e3 * two["driver_cpu_s"] / max(two["tasks"], 1), 3),
         "tasks_per_2048_chunk": round(two["tasks"] / chunks_2048, 2),
         "client_cpu_s_per_mpx": round(client_s_per_mpx, 5),
-        "workers_one_client_feeds": round(1 / (client_s_per_mpx * args.gpu_mpx_s), 1),
     }
+    # on paper: a large scene costs 3 tasks a chunk (chunk, core, vector); a worker at
+    # gpu_mpx_s sends that many tasks a second, each costing the driver's CPU per task in
+    # the client and the scheduler's per-task overhead; either one saturates its core
+    for px in (2048, 4096):
+        tasks_s = 3 * args.gpu_mpx_s / (px * px / 1e6)
+        worst_ms = max(out["driver_cpu_ms_per_task"], out["scheduler_overhead_ms_per_task"])
+        out[f"workers_one_client_feeds_chunk{px}"] = round(1e3 / (worst_ms * tasks_s), 1)
     print(f"{args.scenes} x {args.model} {args.size_px}², chunk {args.chunk_px}: 1 worker "
           f"{out['seconds_1w']} s, 2 workers {out['seconds_2w']} s (x{out['speedup_2w']}); "
           f"client CPU {out['client_cpu_s_2w']} s vs workers {out['worker_cpu_s_2w']} s "
           f"({100 * out['client_cpu_fraction_2w']:.1f} %); "
           f"{out['bytes_to_client_per_2048_chunk']} bytes to the client per 2048² chunk; "
-          f"one client feeds ~{out['workers_one_client_feeds']} workers at "
-          f"{args.gpu_mpx_s:g} Mpx/s", file=sys.stderr)
+          f"driver {out['driver_cpu_ms_per_task']} ms CPU per task, scheduler "
+          f"{out['scheduler_overhead_ms_per_task']} ms per task: one client feeds "
+          f"~{out['workers_one_client_feeds_chunk2048']} workers at {args.gpu_mpx_s:g} Mpx/s "
+          f"with 2048² chunks, ~{out['workers_one_client_feeds_chunk4096']} with 4096²",
+          file=sys.stderr)
     print(json.dumps(out))
 
 
