@@ -21,6 +21,7 @@ is not stored, after checking the store's manifest.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -346,18 +347,22 @@ def _regridded(job: SceneJob) -> bool:
 
 
 def _cores_near(grid: Any, window: Any, halo: int) -> list[tuple[int, int]]:
-    """The chunks whose core a read of ``window`` plus ``halo`` touches."""
-    from terraseg.core.grid import PixelWindow
+    """The chunks whose core a read of ``window`` plus ``halo`` touches.
 
+    Chunk cores tile the scene row by row and column by column, so the answer is a
+    range of rows times a range of columns, found from the cores' stops.
+    """
     rows, cols = grid.shape_in_chunks
-    reach = PixelWindow(window.row_off - halo, window.col_off - halo,
-                        window.height + 2 * halo, window.width + 2 * halo)
-    out = []
-    for i in range(rows):
-        for j in range(cols):
-            if not grid.chunk(i, j).core.intersection(reach).is_empty:
-                out.append((i, j))
-    return out
+    row_stops = [grid.chunk(i, 0).core.row_stop for i in range(rows)]
+    col_stops = [grid.chunk(0, j).core.col_stop for j in range(cols)]
+
+    def span(stops: list[int], start: int, stop: int) -> range:
+        first = bisect.bisect_right(stops, max(start, 0))
+        last = bisect.bisect_left(stops, min(stop, stops[-1]))
+        return range(first, last + 1)
+
+    return [(i, j) for i in span(row_stops, window.row_off - halo, window.row_stop + halo)
+            for j in span(col_stops, window.col_off - halo, window.col_stop + halo)]
 
 
 def _finish_scene(sr: _SceneRun, *, keep_chunks: bool) -> None:

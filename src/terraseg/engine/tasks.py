@@ -33,7 +33,7 @@ import numpy as np
 
 from terraseg.core.grid import ChunkGrid
 from terraseg.core.stitch import NODATA
-from terraseg.io.chunkstore import DirStore, core_name, finish_core
+from terraseg.io.chunkstore import DirStore, _local_root, core_name, finish_core
 from terraseg.io.objstore import Store, open_store, staged_file
 from terraseg.io.scene import Scene
 from terraseg.models.spec import ModelSpec
@@ -116,13 +116,6 @@ def staged_outputs(store: Store, names: list[str | None]) -> Iterator[list[Path 
         return
     with contextlib.ExitStack() as stack:
         yield [stack.enter_context(staged_file(store, n)) if n else None for n in names]
-
-
-def _local_root(store: Store) -> Path:
-    """The folder of a local store; :class:`~terraseg.errors.ConfigError` for an object store."""
-    if not store.is_local:
-        store.local_path("x")  # raises the store's one-line error
-    return Path(store.url)
 
 
 def _worker_info(device: str) -> dict[str, str]:
