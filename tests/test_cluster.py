@@ -88,10 +88,29 @@ def buildings_of(folder: Path, scene: str) -> gpd.GeoDataFrame:
     return gdf.sort_values("building_id").reset_index(drop=True)
 
 
+def project_of(folder: Path, scene: str) -> list[tuple[str, str]]:
+    """The ``.qgz``'s layers, in order: (name, file name of the data source)."""
+    import xml.etree.ElementTree as ET
+    import zipfile
+
+    qgz = folder / scene / f"{scene}.qgz"
+    if not qgz.exists():  # `terraseg predict` writes <out>/<scene>.qgz
+        qgz = folder / f"{scene}.qgz"
+    with zipfile.ZipFile(qgz) as z:
+        root = ET.fromstring(z.read(next(n for n in z.namelist() if n.endswith(".qgs"))))
+    return [(str(m.findtext("layername")), Path(str(m.findtext("datasource"))).name)
+            for m in root.iter("maplayer")]
+
+
 def same_outputs(a: Path, b: Path, scenes: tuple[str, ...] = ("a", "b"), *,
                  nonempty: bool = True) -> None:
     for s in scenes:
         assert (classes_of(a, s) == classes_of(b, s)).all()
+        # the project written after the masks (a task of its own) is the one-pass export's
+        layers = project_of(a, s)
+        assert layers == project_of(b, s)
+        assert {n for n, _ in layers} >= {"buildings", "roads", "road_centerlines", "runs",
+                                          "classes", "instances", "panoptic", "scene"}
         ba, bb = buildings_of(a, s), buildings_of(b, s)
         assert len(ba) == len(bb) and (len(ba) > 0 or not nonempty)
         assert ba.geometry.geom_equals_exact(bb.geometry, tolerance=1e-6).all()

@@ -42,6 +42,7 @@ from terraseg.engine.tasks import (
     export_task,
     finish_options,
     instances_task,
+    project_task,
     reduce_buildings_task,
     reduce_roads_task,
     vector_chunk_task,
@@ -63,12 +64,12 @@ Progress = Callable[[str, int, int], None]
 # advance together: all the parallel work is done first, and the scenes' serial tails (reduce,
 # instances, export) then run side by side on different workers, not one alone at the end.
 _PRIORITY = {"core": 8, "chunk": 7, "vector": 6, "cog": 5, "vectors": 5, "reduce": 4,
-             "instances": 3, "probs": 2, "export": 2}
+             "instances": 3, "export": 3, "project": 2, "probs": 2}
 #: What each progress bar of a scene counts.
 _STAGES = (("chunks", ("chunk",)), ("finishing", ("core", "cog", "probs")),
-           ("vectors", ("vector", "vectors", "reduce", "instances", "export")))
+           ("vectors", ("vector", "vectors", "reduce", "instances", "export", "project")))
 #: Results that only other tasks use: they move worker to worker, never to the client.
-_STAY_ON_WORKERS = frozenset({"vector", "reduce"})
+_STAY_ON_WORKERS = frozenset({"vector", "reduce", "export"})
 
 
 # --------------------------------------------------------------------------- local executor
@@ -278,7 +279,9 @@ class _Driver:
                              index=(0, 1))
         cog = self.live[_key("cog", sr, (0, 0))]
         inst = self._submit(sr, "instances", instances_task, job_f, fopts, buildings, cog)
-        self._submit(sr, "export", export_task, job_f, buildings, roads, inst)
+        # the vector files need only the reduces; the project, written last, needs the masks
+        exported = self._submit(sr, "export", export_task, job_f, buildings, roads)
+        self._submit(sr, "project", project_task, job_f, exported, inst)
 
     def _report(self, sr: _SceneRun) -> None:
         if self.progress is None:

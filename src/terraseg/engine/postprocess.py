@@ -274,13 +274,15 @@ def export_vectors(
     to_crs: SomeCRS | None = None,
     overwrite: bool = False,
     imagery: str | os.PathLike[str] | None = None,
+    project: bool = True,
 ) -> ExportResult:
-    """Write the vector layers (and a QGIS project over them, the masks and the imagery)."""
+    """Write the vector layers (and, with ``project``, a QGIS project over them, the masks
+    and the imagery)."""
 
     return export_run(
         dict(layers), out_dir, scene_name=scene_name, formats=tuple(formats),
         masks={k: Path(v) for k, v in (masks or {}).items()}, run_info=dict(run_info or {}),
-        to_crs=to_crs, overwrite=overwrite, imagery=imagery,
+        to_crs=to_crs, overwrite=overwrite, imagery=imagery, project=project,
     )
 
 

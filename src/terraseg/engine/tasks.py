@@ -339,8 +339,13 @@ def instances_task(job: SceneJob, fopts: Any, buildings: Any, *after: Any) -> di
             "outputs": {"instances": out.url_of("instances.tif")}}
 
 
-def export_task(job: SceneJob, buildings: Any, roads: Any, *after: Any) -> dict[str, Any]:
-    """The scene's GeoPackage (+ FlatGeobuf/GeoParquet) and QGIS project over its masks."""
+def export_task(job: SceneJob, buildings: Any, roads: Any) -> dict[str, Any]:
+    """The scene's GeoPackage (+ FlatGeobuf/GeoParquet); the project comes after the masks.
+
+    Needs only the two reduces, not the instance rasters, so a scene's export and
+    its ``instances.tif`` run on two workers at once. Returns what
+    :func:`project_task` needs: the project's vector layers (a few kB).
+    """
     from terraseg.engine.postprocess import VectorLayers, export_vectors
 
     network = roads[1]
@@ -349,27 +354,55 @@ def export_task(job: SceneJob, buildings: Any, roads: Any, *after: Any) -> dict[
 
     t0 = time.perf_counter()
     formats = job.formats if "gpkg" in job.formats else ("gpkg", *job.formats)
-    masks = ["classes.tif", "instances.tif", "panoptic.tif"]
 
-    def run(folder: Path) -> list[str]:
-        result = export_vectors(
+    def run(folder: Path) -> Any:
+        return export_vectors(
             layers.as_dict(), folder, scene_name=job.name, formats=formats,  # type: ignore[arg-type]
-            masks={m.removesuffix(".tif"): folder / m for m in masks if (folder / m).exists()},
-            run_info=job.run_info, to_crs=job.to_crs, overwrite=True, imagery=job.imagery)
-        return [str(p) for p in result.paths if Path(p).suffix != ".tif"]
+            run_info=job.run_info, to_crs=job.to_crs, overwrite=True, project=False)
 
     out = job.out_store
     if out.is_local:
-        paths = run(job.out)
+        result = run(job.out)
+        paths = [str(p) for p in result.paths]
     else:
         with tempfile.TemporaryDirectory(prefix="terraseg-export-") as tmp_:
+            result = run(Path(tmp_))
+            paths = []
+            for p in result.paths:
+                out.put_file(p, Path(p).name)
+                paths.append(out.url_of(Path(p).name))
+    return {"seconds": {"export": time.perf_counter() - t0},
+            "outputs": {Path(p).name: p for p in paths},
+            "project": (result.vector_layers, layers.buildings.crs.to_wkt())}
+
+
+def project_task(job: SceneJob, exported: dict[str, Any], *after: Any) -> dict[str, Any]:
+    """The scene's QGIS project over its vectors, masks and imagery (after all of them)."""
+    from terraseg.export.writers import write_scene_project
+
+    t0 = time.perf_counter()
+    vectors, crs = exported["project"]
+    masks = ["classes.tif", "instances.tif", "panoptic.tif"]
+    out = job.out_store
+    name = f"{job.name}.qgz"
+
+    def run(folder: Path) -> None:
+        write_scene_project(
+            folder / name, vectors, crs, imagery=job.imagery, overwrite=True,
+            masks={m.removesuffix(".tif"): folder / m for m in masks if (folder / m).exists()})
+
+    if out.is_local:
+        run(job.out)
+        where = str(job.out / name)
+    else:
+        with tempfile.TemporaryDirectory(prefix="terraseg-project-") as tmp_:
             tmp = Path(tmp_)
             for m in masks:  # the project reads the masks' classes and styles
                 if out.exists(m):
                     out.get_file(m, tmp / m)
-            paths = []
-            for p in run(tmp):
-                out.put_file(p, Path(p).name)
-                paths.append(out.url_of(Path(p).name))
-    return {"seconds": {"export": time.perf_counter() - t0},
-            "outputs": {Path(p).name: p for p in paths}}
+            run(tmp)
+            out.put_file(tmp / name, name)
+            where = out.url_of(name)
+    seconds = dict(exported["seconds"])
+    seconds["export"] += time.perf_counter() - t0
+    return {"seconds": seconds, "outputs": {**exported["outputs"], name: where}}

@@ -38,7 +38,8 @@ from terraseg.export.qgis_project import (
 from terraseg.export.qgis_renderers import GeometryKind
 from terraseg.export.qgis_styles import VectorStyle, num
 
-__all__ = ["imagery_layer", "write_qgis_project"]
+__all__ = ["imagery_layer", "vector_project_layers", "write_qgis_project",
+           "write_scene_project"]
 
 _KIND_ORDER: dict[GeometryKind, int] = {"point": 0, "line": 1, "polygon": 2}
 
@@ -54,16 +55,35 @@ def _project_layers(
     imagery: Path | None = None,
 ) -> list[ProjectLayer]:
     """Layer tree top to bottom: points, lines, polygons, the ``runs`` table, masks, imagery."""
+    vectors = vector_project_layers(project_dir, layers, styles, gpkg=gpkg,
+                                    vector_files=vector_files)
+    return [*vectors, *_raster_layers(project_dir, masks, imagery)]
 
-    def rel(path: Path) -> str:
-        relative = Path(os.path.relpath(path, project_dir)).as_posix()
-        return relative if relative.startswith("../") else f"./{relative}"
 
+def _rel(path: Path, project_dir: Path) -> str:
+    relative = Path(os.path.relpath(path, project_dir)).as_posix()
+    return relative if relative.startswith("../") else f"./{relative}"
+
+
+def vector_project_layers(
+    project_dir: Path,
+    layers: Mapping[str, gpd.GeoDataFrame],
+    styles: Mapping[str, VectorStyle],
+    *,
+    gpkg: Path | None,
+    vector_files: Mapping[str, Path],
+) -> list[ProjectLayer]:
+    """The vector part of the layer tree: points, lines, polygons, then the ``runs`` table.
+
+    Small (extents, styles, sources), so a project can be written later, by
+    another process, once the masks exist: see :func:`write_scene_project`.
+    """
     vectors: list[ProjectLayer] = []
     for name, frame in layers.items():
         if gpkg is None and name not in vector_files:
             continue
-        source = f"{rel(gpkg)}|layername={name}" if gpkg is not None else rel(vector_files[name])
+        source = (f"{_rel(gpkg, project_dir)}|layername={name}" if gpkg is not None
+                  else _rel(vector_files[name], project_dir))
         xmin, ymin, xmax, ymax = (float(v) for v in frame.total_bounds)
         extent = (xmin, ymin, xmax, ymax) if np.isfinite([xmin, ymin, xmax, ymax]).all() else None
         crs = pyproj.CRS.from_user_input(frame.crs)
@@ -73,12 +93,43 @@ def _project_layers(
         )
     vectors.sort(key=lambda layer: _KIND_ORDER[layer.geometry or "polygon"])
     if gpkg is not None:
-        vectors.append(ProjectLayer("runs", "table", f"{rel(gpkg)}|layername=runs"))
-    for i, (name, (path, info)) in enumerate(masks.items()):
-        vectors.append(raster_layer(name, rel(path), info, visible=i == 0))
-    if imagery is not None:
-        vectors.append(imagery_layer(imagery, project_dir))
+        vectors.append(ProjectLayer("runs", "table", f"{_rel(gpkg, project_dir)}|layername=runs"))
     return vectors
+
+
+def _raster_layers(
+    project_dir: Path, masks: Mapping[str, tuple[Path, RasterInfo]], imagery: Path | None
+) -> list[ProjectLayer]:
+    """Masks (the first visible) and the source imagery at the bottom."""
+    out = [raster_layer(name, _rel(path, project_dir), info, visible=i == 0)
+           for i, (name, (path, info)) in enumerate(masks.items())]
+    if imagery is not None:
+        out.append(imagery_layer(imagery, project_dir))
+    return out
+
+
+def write_scene_project(
+    path: str | os.PathLike[str],
+    vectors: Sequence[ProjectLayer],
+    crs: SomeCRS,
+    *,
+    masks: Mapping[str, str | os.PathLike[str]] | None = None,
+    imagery: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a scene's ``.qgz`` from its vector layers (:func:`vector_project_layers`,
+    as :attr:`~terraseg.export.writers.ExportResult.vector_layers` returns them) and
+    the masks and imagery that exist by now; each mask must be a valid COG in
+    ``crs``. Written under a temporary name, then renamed.
+    """
+    out = Path(path)
+    infos = _inspect_masks(masks or {})
+    mask_paths = {k: (Path(v), infos[k]) for k, v in (masks or {}).items()}
+    tree = [*vectors, *_raster_layers(out.parent, mask_paths,
+                                      None if imagery is None else Path(imagery))]
+    with _atomic(out, overwrite=overwrite) as tmp:
+        _write_project_to(tmp, out, tree, _norm_crs(crs, what="project crs"))
+    return out
 
 
 def imagery_layer(path: Path, project_dir: Path, *, name: str = "scene") -> ProjectLayer:

@@ -64,10 +64,16 @@ from terraseg.export.masks import (
     export_masks,
 )
 from terraseg.export.output_files import _atomic, _call_ogr, _refuse_existing, _remove_all
-from terraseg.export.qgis_project import RasterInfo, same_crs
+from terraseg.export.qgis_project import ProjectLayer, RasterInfo, same_crs
 from terraseg.export.qgis_styles import VectorStyle, read_layer_styles, write_layer_styles
 from terraseg.export.run_metadata import runs_table
-from terraseg.export.scene_project import _project_layers, _write_project_to, write_qgis_project
+from terraseg.export.scene_project import (
+    _raster_layers,
+    _write_project_to,
+    vector_project_layers,
+    write_qgis_project,
+    write_scene_project,
+)
 from terraseg.export.vector_formats import (
     _require_pyarrow,
     _write_fgb_to,
@@ -95,6 +101,7 @@ __all__ = [
     "write_geoparquet",
     "write_layer_styles",
     "write_qgis_project",
+    "write_scene_project",
 ]
 
 Format: TypeAlias = Literal["gpkg", "fgb", "parquet"]
@@ -124,6 +131,10 @@ class ExportResult:
         The GeoPackage and the QGIS project, if written.
     flatgeobuf, parquet, masks
         ``{layer: path}`` of the FlatGeobuf, GeoParquet and mask files.
+    vector_layers
+        The vector part of a project over these files (small): with
+        :func:`write_scene_project`, a project can be written later, once the
+        masks exist.
     """
 
     out_dir: Path
@@ -136,6 +147,7 @@ class ExportResult:
     flatgeobuf: Mapping[str, Path] = field(default_factory=dict)
     parquet: Mapping[str, Path] = field(default_factory=dict)
     masks: Mapping[str, Path] = field(default_factory=dict)
+    vector_layers: tuple[ProjectLayer, ...] = ()
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -241,12 +253,13 @@ def export_run(
         _warn_invalid(frame, name)
     paths = _plan_paths(out, scene_name, outputs, formats, masks, project=project)
     _refuse_existing(paths.targets, overwrite)
+    vectors = vector_project_layers(out, outputs, styles, gpkg=paths.gpkg, vector_files=paths.fgb)
     _write_files(
-        paths, outputs, styles, runs, infos, scene_crs, overwrite=overwrite, link_masks=link_masks,
-        imagery=None if imagery is None else Path(imagery),
+        paths, outputs, styles, runs, infos, scene_crs, vectors, overwrite=overwrite,
+        link_masks=link_masks, imagery=None if imagery is None else Path(imagery),
     )
     _remove_all(paths.stale)
-    return _export_result(paths, scene_name, outputs, styles)
+    return _export_result(paths, scene_name, outputs, styles, vectors)
 
 
 def _check_request(
@@ -328,6 +341,7 @@ def _write_files(
     runs: pd.DataFrame,
     infos: Mapping[str, RasterInfo],
     scene_crs: pyproj.CRS,
+    vectors: Sequence[ProjectLayer],
     *,
     overwrite: bool,
     link_masks: bool,
@@ -347,10 +361,7 @@ def _write_files(
             _copy_file(source, target_tmp, link_masks)
         if paths.qgz is not None:
             masks_at = {k: (paths.mask_targets[k], infos[k]) for k in infos}
-            tree = _project_layers(
-                paths.out_dir, outputs, styles, gpkg=paths.gpkg, vector_files=paths.fgb,
-                masks=masks_at, imagery=imagery,
-            )  # fmt: skip
+            tree = [*vectors, *_raster_layers(paths.out_dir, masks_at, imagery)]
             _write_project_to(tmp[paths.qgz], paths.qgz, tree, scene_crs)
 
 
@@ -359,6 +370,7 @@ def _export_result(
     scene_name: str,
     outputs: Mapping[str, gpd.GeoDataFrame],
     styles: Mapping[str, VectorStyle],
+    vectors: Sequence[ProjectLayer],
 ) -> ExportResult:
     """What :func:`export_run` wrote."""
     return ExportResult(
@@ -372,4 +384,5 @@ def _export_result(
         flatgeobuf=paths.fgb,
         parquet=paths.parquet,
         masks=paths.mask_targets,
+        vector_layers=tuple(vectors),
     )
