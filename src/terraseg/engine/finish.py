@@ -55,6 +55,7 @@ __all__ = [
     "VectorLayers",
     "FinishOptions",
     "ProbsReadFn",
+    "ROAD_MIN_AREA_M2",
     "finish_chunk",
     "finish_windows",
     "label_chunk",
@@ -129,6 +130,12 @@ class VectorLayers:
         return {k: len(v) for k, v in self.as_dict().items()}
 
 
+#: Road regions smaller than this (m², true metres) are dropped: specks of a few
+#: pixels are noise for any model, and a noisy one gives millions of them (the `cheap`
+#: colour rule: 3.3 million at 32768², more than a worker's memory could dissolve).
+ROAD_MIN_AREA_M2 = 4.0
+
+
 @dataclass(frozen=True, slots=True)
 class FinishOptions:
     """What every chunk task and the reduce of one scene need; built once, picklable.
@@ -140,7 +147,8 @@ class FinishOptions:
     (at least ``BOUNDARY_HALO_PX`` with an edge class); ``has_probs``: a probability
     COG gives scores (and a boundary model's seeds); ``pixel_area_m2``; ``nodata`` of
     the class COG; ``min_area_m2``, ``simplify_m``, ``regularize``, ``prune_m`` as
-    ``vectorize_masks``; ``max_road_vertices`` as ``iter_roads``' ``max_vertices``.
+    ``vectorize_masks``; ``max_road_vertices`` as ``iter_roads``' ``max_vertices``;
+    ``road_min_area_m2``: road regions smaller than this are dropped.
     """
 
     shape: tuple[int, int]
@@ -159,6 +167,7 @@ class FinishOptions:
     regularize: bool = True
     prune_m: float = 12.0
     max_road_vertices: int | None = None
+    road_min_area_m2: float = ROAD_MIN_AREA_M2
 
     @classmethod
     def from_masks(
@@ -203,7 +212,8 @@ class FinishOptions:
                         None, 0.85)
 
     def road_options(self, frame: MetricFrame) -> _PolygonOptions:
-        return _options(frame, self.shape, 0.0, self.simplify_m, False, None, 0.0)
+        return _options(frame, self.shape, self.road_min_area_m2, self.simplify_m, False, None,
+                        0.0)
 
 
 def finish_windows(opts: FinishOptions) -> list[tuple[ChunkIndex, PixelWindow]]:

@@ -232,7 +232,7 @@ def _reduce_roads(
                  "class": pd.Series(["road"] * len(batch_geoms), dtype=object)},
                 geometry=gpd.GeoSeries(batch_geoms, crs=frame.crs),
             ))
-    drops.warn("vectorize_roads", 0.0)
+    drops.warn("vectorize_roads", opts.road_min_area_m2)
     return _assemble_roads(batches, frame.crs)
 
 

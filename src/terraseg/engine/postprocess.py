@@ -33,6 +33,7 @@ import numpy as np
 
 from terraseg.core.grid import ChunkGrid, PixelWindow
 from terraseg.engine.finish import (
+    ROAD_MIN_AREA_M2,
     FinishOptions,
     VectorLayers,
     _class_id,
@@ -238,6 +239,7 @@ def vectorize_masks(
     regularize: bool = True,
     road_class: int | None = None,
     prune_m: float = 12.0,
+    road_min_area_m2: float = ROAD_MIN_AREA_M2,
 ) -> VectorLayers:
     """Buildings from the instance COG; roads and centerlines from the class COG.
 
@@ -257,7 +259,7 @@ def vectorize_masks(
         simplify_m=simplify_m, regularize=regularize,
     )
     roads = vectorize_roads(_reader(classes), windows, classes.transform, classes.crs,
-                            road_class=road, simplify_m=simplify_m)
+                            road_class=road, simplify_m=simplify_m, min_area_m2=road_min_area_m2)
     network = extract_centerlines(_reader(classes), windows, classes.transform, classes.crs,
                                   road_class=road, prune_m=prune_m)
     return VectorLayers(buildings, roads, network.centerlines, network.nodes, network.edges)
