@@ -173,3 +173,41 @@ def test_cli_train_with_raster_labels(
     assert capsys.readouterr().err.strip() == (
         "terraseg: error: --layer must be NAME=CLASS (e.g. buildings=1), got 'oops'"
     )
+
+
+@pytest.mark.parametrize("size_px", [96, 100])
+def test_validation_patches_lie_inside_the_scene(tmp_path: Path, size_px: int) -> None:
+    """torchgeo's grid puts its last row and column of patches past the data (patch a hair under
+    the stride, or a side that is no whole number of strides); validation would count them as
+    black image over background. InsideGrid moves them back in: every pixel is inside, once or
+    (the last, moved patch of a 100-px side) twice, never outside."""
+    from rasterio.transform import from_origin
+    from torchgeo.samplers import GridGeoSampler, Units
+
+    from terraseg.models.datasets import InsideGrid, _crs_size, _raster_classes
+
+    path = tmp_path / "img" / "a.tif"
+    path.parent.mkdir()
+    left, top, res = 500000.0, 4000000.0, 0.5
+    with rasterio.open(path, "w", driver="GTiff", width=size_px, height=size_px, count=1,
+                       dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(left, top, res, res)) as ds:
+        ds.write(np.ones((1, size_px, size_px), np.uint8))
+    image_cls, _ = _raster_classes()
+    ds = image_cls(paths=[str(path.parent)])
+    size = _crs_size(ds, 32)
+    raw = list(GridGeoSampler(ds, size=size, stride=size, units=Units.CRS))
+    right, bottom = left + size_px * res, top - size_px * res
+    assert any(sx.stop > right + 1e-3 or sy.start < bottom - 1e-3 or sy.stop > top + 1e-3
+               for sx, sy, _ in raw)  # what torchgeo gives
+    inside = list(InsideGrid(GridGeoSampler(ds, size=size, stride=size, units=Units.CRS)))
+    assert len(inside) == (3 if size_px == 96 else 4) ** 2
+    cover = np.zeros((size_px, size_px), int)
+    for sx, sy, _ in inside:
+        assert left - 1e-6 <= sx.start and sx.stop <= right + 1e-6
+        assert bottom - 1e-6 <= sy.start and sy.stop <= top + 1e-6
+        c0, r0 = round((sx.start - left) / res), round((top - sy.stop) / res)
+        cover[r0:r0 + 32, c0:c0 + 32] += 1
+    assert cover.min() >= 1 and cover.max() <= (1 if size_px == 96 else 4)
+    patch = ds[inside[-1]]["image"]  # the moved patch reads the scene, not the void past it
+    assert tuple(patch.shape[-2:]) == (32, 32) and bool((patch == 1).all())

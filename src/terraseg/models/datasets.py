@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -370,12 +370,45 @@ class SceneDataset(torch.utils.data.Dataset[Batch]):
         return {"image": x.contiguous(), "mask": y.contiguous()}
 
 
+class InsideGrid:
+    """A torchgeo ``GridGeoSampler`` whose patches all lie inside its area.
+
+    torchgeo puts the i-th patch at ``i * stride`` without moving the last one
+    back, so an area that is not a whole number of strides (or a patch a hair
+    under the stride, :func:`_crs_size`) gets a last row and column reaching past
+    the data: read as a black image over background labels, they counted as
+    validation pixels (a 1024² validation scene came out as 25 patches of 256, 9
+    of them outside it, and a model's building IoU read 0.20 instead of 0.89).
+    Here such a patch is moved back inside the area, and a repeat is dropped.
+    """
+
+    def __init__(self, grid: Any) -> None:
+        xmin, ymin, xmax, ymax = (float(v) for v in grid.index.geometry.total_bounds)
+        res_x, res_y = grid.res[0], grid.res[1]
+        self.items: list[tuple[slice, slice, slice]] = []
+        seen = set()
+        for sx, sy, st in grid:
+            w, h = sx.stop - sx.start, sy.stop - sy.start
+            x0 = max(min(sx.start, xmax - w), xmin)
+            y0 = max(min(sy.start, ymax - h), ymin)
+            key = (round(x0 / res_x), round(y0 / res_y), st.start, st.stop)
+            if key not in seen:
+                seen.add(key)
+                self.items.append((slice(x0, x0 + w), slice(y0, y0 + h), st))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[tuple[slice, slice, slice]]:
+        return iter(self.items)
+
+
 class ChainSampler(torch.utils.data.Sampler[tuple[int, "GeoSlice"]]):
     """Yields ``(scene, query)`` from one torchgeo sampler per scene, shuffled or in order."""
 
     def __init__(
         self,
-        samplers: Sequence[RandomGeoSampler | GridGeoSampler],
+        samplers: Sequence[RandomGeoSampler | GridGeoSampler | InsideGrid],
         *,
         shuffle: bool,
         seed: int,
@@ -438,8 +471,8 @@ def make_loaders(
         for ds, roi in zip(train_sets, areas.train_rois, strict=True)
     ]
     val_samplers = [
-        GridGeoSampler(ds, size=_crs_size(ds, cfg.patch_px), stride=_crs_size(ds, cfg.patch_px),
-                       roi=roi, units=Units.CRS)
+        InsideGrid(GridGeoSampler(ds, size=_crs_size(ds, cfg.patch_px),
+                                  stride=_crs_size(ds, cfg.patch_px), roi=roi, units=Units.CRS))
         for ds, roi in zip(val_sets, areas.val_rois, strict=True)
     ]
     train_loader = DataLoader(

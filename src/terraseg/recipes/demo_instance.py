@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"{FINETUNE.max_steps}); 0 (default, the bundled model) skips it.")
     parser.add_argument("--finetune-lr", type=float, default=FINETUNE.lr,
                         help="Peak learning rate of stage 2.")
+    parser.add_argument("--finetune-monitor", default=FINETUNE.monitor,
+                        help="Validation metric that picks stage 2's best checkpoint.")
     parser.add_argument("--stage1", type=Path, default=None,
                         help="Use this model as stage 1's result instead of training it.")
     parser.add_argument("--eval-only", action="store_true", help="Only re-measure eval_*.")
@@ -136,7 +138,8 @@ def _train(args: argparse.Namespace, scenes: dict[str, list[Path]], stem: Path,
         stage1 = stage1.with_suffix(".safetensors")
     more = make_scenes(workdir, [("train", s, SCENE_PX) for s in MORE_SEEDS])
     both = {**scenes, "train": [*scenes["train"], *more["train"]]}
-    settings = FINETUNE.model_copy(update={"init_from": str(stage1), "lr": args.finetune_lr})
+    settings = FINETUNE.model_copy(update={"init_from": str(stage1), "lr": args.finetune_lr,
+                                          "monitor": args.finetune_monitor})
     train_on_scenes(both, stem, settings, module, max_steps=args.finetune_steps)
 
 
