@@ -44,22 +44,6 @@ __all__ = ["imagery_layer", "vector_project_layers", "write_qgis_project",
 _KIND_ORDER: dict[GeometryKind, int] = {"point": 0, "line": 1, "polygon": 2}
 
 
-def _project_layers(
-    project_dir: Path,
-    layers: Mapping[str, gpd.GeoDataFrame],
-    styles: Mapping[str, VectorStyle],
-    *,
-    gpkg: Path | None,
-    vector_files: Mapping[str, Path],
-    masks: Mapping[str, tuple[Path, RasterInfo]],
-    imagery: Path | None = None,
-) -> list[ProjectLayer]:
-    """Layer tree top to bottom: points, lines, polygons, the ``runs`` table, masks, imagery."""
-    vectors = vector_project_layers(project_dir, layers, styles, gpkg=gpkg,
-                                    vector_files=vector_files)
-    return [*vectors, *_raster_layers(project_dir, masks, imagery)]
-
-
 def _rel(path: Path, project_dir: Path) -> str:
     relative = Path(os.path.relpath(path, project_dir)).as_posix()
     return relative if relative.startswith("../") else f"./{relative}"
@@ -222,14 +206,11 @@ def write_qgis_project(
     infos = _inspect_masks(masks or {})
     files = {k: Path(v) for k, v in (vector_files or {}).items()}
     mask_paths = {k: (Path(v), infos[k]) for k, v in (masks or {}).items()}
-    tree = _project_layers(
-        out.parent,
-        checked,
-        chosen,
-        gpkg=None if gpkg is None else Path(gpkg),
-        vector_files=files,
-        masks=mask_paths,
-    )
+    tree = [
+        *vector_project_layers(out.parent, checked, chosen,
+                               gpkg=None if gpkg is None else Path(gpkg), vector_files=files),
+        *_raster_layers(out.parent, mask_paths, None),
+    ]
     if crs is not None:
         project_crs = _norm_crs(crs, what="project crs")
     elif infos:
