@@ -253,9 +253,8 @@ def export_run(
         _warn_invalid(frame, name)
     paths = _plan_paths(out, scene_name, outputs, formats, masks, project=project)
     _refuse_existing(paths.targets, overwrite)
-    vectors = vector_project_layers(out, outputs, styles, gpkg=paths.gpkg, vector_files=paths.fgb)
-    _write_files(
-        paths, outputs, styles, runs, infos, scene_crs, vectors, overwrite=overwrite,
+    vectors = _write_files(
+        paths, outputs, styles, runs, infos, scene_crs, overwrite=overwrite,
         link_masks=link_masks, imagery=None if imagery is None else Path(imagery),
     )
     _remove_all(paths.stale)
@@ -341,13 +340,17 @@ def _write_files(
     runs: pd.DataFrame,
     infos: Mapping[str, RasterInfo],
     scene_crs: pyproj.CRS,
-    vectors: Sequence[ProjectLayer],
     *,
     overwrite: bool,
     link_masks: bool,
     imagery: Path | None = None,
-) -> None:
-    """Write every output under a temporary name; rename them all once all are written."""
+) -> list[ProjectLayer]:
+    """Write every output under a temporary name; rename them all once all are written.
+
+    Returns the vector half of the project's layer tree (written or not).
+    """
+    vectors = vector_project_layers(paths.out_dir, outputs, styles, gpkg=paths.gpkg,
+                                    vector_files=paths.fgb)
     with contextlib.ExitStack() as stack:
         tmp = {p: stack.enter_context(_atomic(p, overwrite=overwrite)) for p in paths.singles}
         if paths.gpkg is not None:
@@ -363,6 +366,7 @@ def _write_files(
             masks_at = {k: (paths.mask_targets[k], infos[k]) for k in infos}
             tree = [*vectors, *_raster_layers(paths.out_dir, masks_at, imagery)]
             _write_project_to(tmp[paths.qgz], paths.qgz, tree, scene_crs)
+    return vectors
 
 
 def _export_result(
