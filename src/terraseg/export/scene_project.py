@@ -106,13 +106,34 @@ def write_scene_project(
     the masks and imagery that exist by now; each mask must be a valid COG in
     ``crs``. Written under a temporary name, then renamed.
     """
-    out = Path(path)
+    return _write_project(Path(path), vectors, masks, None if imagery is None else Path(imagery),
+                          crs, None, overwrite=overwrite)
+
+
+def _write_project(
+    out: Path,
+    vectors: Sequence[ProjectLayer],
+    masks: Mapping[str, str | os.PathLike[str]] | None,
+    imagery: Path | None,
+    crs: SomeCRS | None,
+    fallback_crs: pyproj.CRS | None,
+    *,
+    overwrite: bool,
+) -> Path:
+    """Vectors, then the masks (inspected) and the imagery, written atomically to ``out`` in
+    ``crs``, else the first mask's CRS, else ``fallback_crs``."""
     infos = _inspect_masks(masks or {})
     mask_paths = {k: (Path(v), infos[k]) for k, v in (masks or {}).items()}
-    tree = [*vectors, *_raster_layers(out.parent, mask_paths,
-                                      None if imagery is None else Path(imagery))]
+    tree = [*vectors, *_raster_layers(out.parent, mask_paths, imagery)]
+    if crs is not None:
+        project_crs = _norm_crs(crs, what="project crs")
+    elif infos:
+        project_crs = next(iter(infos.values())).crs
+    else:
+        assert fallback_crs is not None
+        project_crs = fallback_crs
     with _atomic(out, overwrite=overwrite) as tmp:
-        _write_project_to(tmp, out, tree, _norm_crs(crs, what="project crs"))
+        _write_project_to(tmp, out, tree, project_crs)
     return out
 
 
@@ -203,20 +224,9 @@ def write_qgis_project(
     out = Path(path)
     checked = prepare_layers(layers)
     chosen = {**default_styles(checked), **(styles or {})}
-    infos = _inspect_masks(masks or {})
     files = {k: Path(v) for k, v in (vector_files or {}).items()}
-    mask_paths = {k: (Path(v), infos[k]) for k, v in (masks or {}).items()}
-    tree = [
-        *vector_project_layers(out.parent, checked, chosen,
-                               gpkg=None if gpkg is None else Path(gpkg), vector_files=files),
-        *_raster_layers(out.parent, mask_paths, None),
-    ]
-    if crs is not None:
-        project_crs = _norm_crs(crs, what="project crs")
-    elif infos:
-        project_crs = next(iter(infos.values())).crs
-    else:
-        project_crs = pyproj.CRS.from_user_input(next(iter(checked.values())).crs)
-    with _atomic(out, overwrite=overwrite) as tmp:
-        _write_project_to(tmp, out, tree, project_crs)
-    return out
+    vectors = vector_project_layers(out.parent, checked, chosen,
+                                    gpkg=None if gpkg is None else Path(gpkg), vector_files=files)
+    layers_crs = (pyproj.CRS.from_user_input(next(iter(checked.values())).crs)
+                  if checked else None)
+    return _write_project(out, vectors, masks, None, crs, layers_crs, overwrite=overwrite)
