@@ -251,6 +251,63 @@ def test_workflow_pairs_semantic_and_instance_models(
     one_line_error(run("run", str(path), "--overwrite"), "models.instance", "semantic model")
 
 
+def test_card_min_score_leaves_out_low_scoring_buildings_everywhere(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """A card's building_min_score drops exactly the buildings scoring below it, in
+    ``terraseg predict`` and in a workflow run; ``--min-score`` overrides it."""
+    import json
+    import shutil
+
+    scene, common = tiny_models["scene"], ["--tile-px", "128", "--overlap-px", "16",
+                                           "--chunk-px", "128", "--device", "cpu"]
+    proc = run("predict", str(scene), "--out", str(tmp_path / "all"), "--model",
+               str(tiny_models["tiny-boundary"]), "--min-score", "0", *common)
+    assert proc.returncode == 0, proc.stderr
+    every = gpd.read_file(tmp_path / "all" / "t.gpkg", layer="buildings")
+    scores = np.unique(every["score"].to_numpy())
+    assert len(scores) >= 4, scores
+    cut = float((scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2)
+    expected = every[every["score"] >= cut].sort_values("building_id").reset_index(drop=True)
+    assert 0 < len(expected) < len(every)
+
+    weights = tmp_path / "picky.safetensors"
+    shutil.copy(tiny_models["tiny-boundary"], weights)
+    card = yaml.safe_load(
+        (tiny_models["tiny-boundary"].parent / "tiny-boundary.card.yaml").read_text()
+    )
+    card.update(name="picky", weights=weights.name, building_min_score=cut)
+    (tmp_path / "picky.card.yaml").write_text(yaml.safe_dump(card))
+
+    proc = run("predict", str(scene), "--out", str(tmp_path / "p"), "--model", str(weights),
+               *common)
+    assert proc.returncode == 0, proc.stderr
+    assert f"left out {len(every) - len(expected)} buildings scoring below" in proc.stderr
+    kept = gpd.read_file(tmp_path / "p" / "t.gpkg", layer="buildings").sort_values(
+        "building_id").reset_index(drop=True)
+    assert kept["building_id"].tolist() == expected["building_id"].tolist()
+    assert kept.geometry.geom_equals_exact(expected.geometry, 1e-9).all()
+    assert json.loads((tmp_path / "p" / "run.json").read_text())["config"][
+        "building_min_score"] == pytest.approx(cut)
+    with rasterio.open(tmp_path / "p" / "instances.tif") as a, \
+            rasterio.open(tmp_path / "all" / "instances.tif") as b:
+        assert np.array_equal(a.read(), b.read())  # the rasters keep every instance
+
+    wf = {"version": 1, "name": "picky", "inputs": {"paths": [str(scene)]},
+          "models": {"semantic": str(weights)},
+          "tiling": {"tile_px": 128, "overlap_px": 16, "chunk_px": 128},
+          "inference": {"device": "cpu"}, "stages": ["predict", "vectorize"],
+          "outputs": {"dir": str(tmp_path / "wf")}, "cluster": {"type": "synchronous"}}
+    (tmp_path / "wf.yaml").write_text(yaml.safe_dump(wf))
+    proc = run("run", str(tmp_path / "wf.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    from_run = gpd.read_file(tmp_path / "wf" / "t" / "t.gpkg", layer="buildings")
+    assert sorted(from_run["building_id"]) == expected["building_id"].tolist()
+
+    one_line_error(run("predict", str(scene), "--out", str(tmp_path / "bad"), "--model",
+                       str(weights), "--min-score", "1.5", *common), "min_score", "[0, 1]")
+
+
 def test_card_with_unknown_task_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 

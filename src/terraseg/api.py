@@ -123,6 +123,7 @@ def predict_to_dir(
     asset: str = DEFAULT_ASSET,
     resample: bool = True,
     tta: str = "none",
+    min_score: float | None = None,
 ) -> PredictResult:
     """Open a scene, build the model and predictor, and run :func:`predict_scene`.
 
@@ -135,7 +136,8 @@ def predict_to_dir(
     resampled to its GSD when outside the tolerance (``resample=False`` refuses
     instead), one band repeated to RGB, 16-bit values stretched for an 8-bit
     model; outputs stay on the scene's grid. ``tta="d4"`` averages the eight
-    flips and rotations of every tile.
+    flips and rotations of every tile. ``min_score`` replaces the card's
+    ``building_min_score`` (buildings scoring below it are left out of the vectors).
 
     Everything is validated (scene, CRS, sizes, device, model, outputs) before
     the model sees a pixel.
@@ -153,6 +155,10 @@ def predict_to_dir(
     inp = scene if isinstance(scene, SceneInput) else scene_input(scene, asset=asset)
     sc = open_input(inp, assume_crs=assume_crs)
     net, spec = resolve_models(model, None)
+    if min_score is not None:
+        if not 0.0 <= min_score <= 1.0:
+            raise ConfigError(f"min_score must lie in [0, 1], got {min_score}", min_score=min_score)
+        spec = spec.model_copy(update={"building_min_score": float(min_score)})
     view, spec = adapt_scene(sc, spec, gsd=model_gsd(model), resample=resample)
     grid = plan_scene(view, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
     warn_if_huge(sc, len(grid))
@@ -165,6 +171,7 @@ def predict_to_dir(
         "model": model, "tile_px": tile_px, "overlap_px": overlap_px,
         "chunk_px": chunk_px, "batch_size": batch_size, "device": device, "amp": amp,
         "backend": backend, "resample": resample, "tta": tta,
+        "building_min_score": spec.building_min_score,
         "ramp": ramp, "write_probabilities": write_probabilities, "assume_crs": assume_crs,
     }
     show = sys.stderr.isatty() if show_progress is None else show_progress

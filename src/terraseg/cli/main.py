@@ -143,6 +143,9 @@ def predict(
     tta: Annotated[
         str, typer.Option("--tta", help="Test-time augmentation: none, or d4 (average the eight flips and rotations of each tile; 8x the model's work).")
     ] = "none",
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", help="Leave out buildings whose score (mean building probability) is below this; default: the model card's building_min_score (`terraseg models`), 0 keeps all. Needs --probabilities.")
+    ] = None,
 ) -> None:
     """Predict class masks for a scene chunk by chunk into a COG, then vectorize them."""
     from terraseg.io.inputs import scene_input
@@ -169,6 +172,7 @@ def predict(
         show_progress=bool(_state["progress"]),
         resample=resample,
         tta=tta,
+        min_score=min_score,
     )
     st = result.stats
     typer.echo(

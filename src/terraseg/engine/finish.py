@@ -36,7 +36,7 @@ from terraseg.core.stitch import NODATA
 from terraseg.instances.merge import BOUNDARY_HALO_PX, _label_probabilities, _label_window
 from terraseg.instances.summary import ChunkSummary, summarize_chunk
 from terraseg.io.masks import open_mask
-from terraseg.io.raster_sink import read_class_names
+from terraseg.io.raster_sink import read_class_names, read_min_score
 from terraseg.vector.centerlines import _chunk_lines
 from terraseg.vector.chunks import polygonize_chunk
 from terraseg.vector.dissolve import (
@@ -148,7 +148,9 @@ class FinishOptions:
     COG gives scores (and a boundary model's seeds); ``pixel_area_m2``; ``nodata`` of
     the class COG; ``min_area_m2``, ``simplify_m``, ``regularize``, ``prune_m`` as
     ``vectorize_masks``; ``max_road_vertices`` as ``iter_roads``' ``max_vertices``;
-    ``road_min_area_m2``: road regions smaller than this are dropped.
+    ``road_min_area_m2``: road regions smaller than this are dropped; ``min_score``:
+    buildings scoring below it are left out of the vectors (the model card's
+    ``building_min_score``; only with ``has_probs``).
     """
 
     shape: tuple[int, int]
@@ -168,6 +170,7 @@ class FinishOptions:
     prune_m: float = 12.0
     max_road_vertices: int | None = None
     road_min_area_m2: float = ROAD_MIN_AREA_M2
+    min_score: float = 0.0
 
     @classmethod
     def from_masks(
@@ -182,9 +185,11 @@ class FinishOptions:
         **vector: Any,
     ) -> FinishOptions:
         """Options for the class COG ``classes_path`` (class ids from its class names,
-        as :mod:`terraseg.engine.postprocess` reads them); ``vector`` sets
-        ``min_area_m2``, ``simplify_m``, ``regularize``, ``prune_m``, ``max_road_vertices``."""
+        as :mod:`terraseg.engine.postprocess` reads them, and ``min_score`` from its
+        :data:`~terraseg.io.raster_sink.MIN_SCORE_TAG`); ``vector`` sets ``min_area_m2``,
+        ``simplify_m``, ``regularize``, ``prune_m``, ``max_road_vertices``, ``min_score``."""
         classes = open_mask(classes_path)
+        vector.setdefault("min_score", read_min_score(classes_path))
         path = Path(classes_path)
         edge = _find_class(path, "building edge")
         gsd = classes.gsd_xy_m

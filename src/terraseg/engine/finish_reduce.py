@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ from terraseg.vector.dissolve import (
     _dissolve,
     _Dissolver,
 )
-from terraseg.vector.finishing import _Drops
+from terraseg.vector.finishing import GeometryDropWarning, _Drops
 from terraseg.vector.vectorization import (
     _assemble_buildings,
     _assemble_roads,
@@ -133,7 +134,7 @@ def _reduce_buildings(
     dis = _Dissolver(layout)
     live: dict[int, int] = {}
     drops = _Drops(sum(p.drops[0] for p in chunks), sum(p.drops[1] for p in chunks))
-    batches = []
+    batches, n_low = [], 0
     for i, part in enumerate(chunks):
         local, glob = relabel.lookup(part.index)
         final_ids = _to_global(part.building_ids, local, glob)
@@ -152,11 +153,19 @@ def _reduce_buildings(
                 del live[v]
         batch = _buildings_frame(np.concatenate(ids), np.concatenate(geoms),
                                  np.concatenate(area), score, frame.crs)
+        if opts.min_score > 0 and score is not None:
+            low = batch["score"].to_numpy() < opts.min_score
+            n_low += int(low.sum())
+            batch = batch[~low]
         if len(batch):
             batches.append(batch)
     if len(dis):
         raise AssertionError("internal error: building parts left undissolved")  # pragma: no cover
     drops.warn("vectorize_buildings", opts.min_area_m2)
+    if n_low:
+        warnings.warn(f"vectorize_buildings: left out {n_low} buildings scoring below "
+                      f"{opts.min_score:g} (building_min_score: the model card's or --min-score)",
+                      GeometryDropWarning, stacklevel=2)
     return _assemble_buildings(batches, frame.crs)
 
 

@@ -29,7 +29,7 @@ from terraseg.engine.chunk import NODATA, STAGES
 from terraseg.errors import OutputExistsError
 from terraseg.io.atomic import atomic_output, check_writable_dir
 from terraseg.io.chunkstore import write_region
-from terraseg.io.raster_sink import RasterSink, bounded_gdal_cache
+from terraseg.io.raster_sink import MIN_SCORE_TAG, RasterSink, bounded_gdal_cache
 from terraseg.io.scene import Scene
 from terraseg.io.warped import RegriddedSink, scene_validity
 from terraseg.models.spec import ModelSpec
@@ -140,6 +140,11 @@ def output_paths(
     return out, classes_path, probs_path, run_json
 
 
+def mask_tags(spec: ModelSpec) -> dict[str, str]:
+    """Tags of a class COG beyond its class names: the model's ``building_min_score``, if set."""
+    return {MIN_SCORE_TAG: f"{spec.building_min_score:g}"} if spec.building_min_score else {}
+
+
 def open_probability_sink(
     stack: contextlib.ExitStack, scene: Scene, spec: ModelSpec, probs_path: Path, *,
     overwrite: bool,
@@ -194,7 +199,7 @@ def _open_sinks(
             RasterSink(
                 classes_path, like=scene, count=1, dtype="uint8", nodata=NODATA,
                 overwrite=overwrite, class_names=spec.class_names(), colormap=spec.colormap(),
-                band_names=["class"],
+                band_names=["class"], tags=mask_tags(spec),
             )
         )
     probs_sink = None

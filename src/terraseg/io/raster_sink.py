@@ -71,10 +71,15 @@ _COG_COMPRESSIONS = frozenset(
     {"NONE", "LZW", "JPEG", "DEFLATE", "ZSTD", "WEBP", "LERC", "LERC_DEFLATE", "LERC_ZSTD", "LZMA"}
 )
 
-__all__ = ["CLASS_NAMES_TAG", "RasterSink", "read_class_names", "validate_cog"]
+__all__ = [
+    "CLASS_NAMES_TAG", "MIN_SCORE_TAG", "RasterSink", "read_class_names", "read_min_score",
+    "validate_cog",
+]
 
 #: Dataset and band-1 metadata tag holding ``{"value": "class name"}`` as JSON.
 CLASS_NAMES_TAG = "TERRASEG_CLASS_NAMES"
+MIN_SCORE_TAG = "TERRASEG_BUILDING_MIN_SCORE"
+"""Tag of a class COG: its model's ``building_min_score`` (when not 0), read by the vectorizer."""
 OverviewResampling: TypeAlias = Literal["nearest", "mode", "average", "bilinear", "cubic"]
 _COLORMAP_DTYPES = ("uint8", "uint16")
 
@@ -120,6 +125,8 @@ class RasterSink:
         ``{pixel value: name}`` of a class raster; stored as the JSON tag
         :data:`CLASS_NAMES_TAG` (dataset and band 1) and as GDAL category names
         in ``<path>.aux.xml``.
+    tags
+        More dataset tags (``{name: text}``), e.g. :data:`MIN_SCORE_TAG`.
     colormap
         ``{pixel value: (r, g, b)}`` or ``(r, g, b, a)`` colour table for band 1
         (``uint8``/``uint16`` only); QGIS shows it as a paletted raster.
@@ -154,6 +161,7 @@ class RasterSink:
         overwrite: bool = False,
         band_names: Sequence[str] | None = None,
         class_names: Mapping[int, str] | None = None,
+        tags: Mapping[str, str] | None = None,
         colormap: Mapping[int, Sequence[int]] | None = None,
         resampling: OverviewResampling = "nearest",
         compress: str = "deflate",
@@ -168,6 +176,7 @@ class RasterSink:
         self.overwrite = overwrite
         self.band_names = list(band_names) if band_names is not None else None
         self.class_names = {int(k): str(v) for k, v in (class_names or {}).items()}
+        self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self.colormap = {int(k): tuple(int(c) for c in v) for k, v in (colormap or {}).items()}
         self.resampling = resampling
         self.compress = compress
@@ -264,6 +273,8 @@ class RasterSink:
             payload = json.dumps({str(k): v for k, v in sorted(self.class_names.items())})
             ds.update_tags(**{CLASS_NAMES_TAG: payload})
             ds.update_tags(1, **{CLASS_NAMES_TAG: payload})
+        if self.tags:
+            ds.update_tags(**self.tags)
 
     def write(self, window: PixelWindow, array: npt.ArrayLike) -> None:
         """Write ``array`` ``(band, y, x)`` (or ``(y, x)`` for one band) at ``window``.
@@ -485,6 +496,13 @@ def read_class_names(path: str | os.PathLike[str]) -> dict[int, str]:
     with rasterio.open(path) as ds:
         raw = ds.tags().get(CLASS_NAMES_TAG)
     return {int(k): str(v) for k, v in json.loads(raw).items()} if raw else {}
+
+
+def read_min_score(path: str | os.PathLike[str]) -> float:
+    """The :data:`MIN_SCORE_TAG` of a class COG (0.0 when it has none)."""
+    with rasterio.open(path) as ds:
+        raw = ds.tags().get(MIN_SCORE_TAG)
+    return float(raw) if raw else 0.0
 
 
 def validate_cog(path: str | os.PathLike[str]) -> list[str]:

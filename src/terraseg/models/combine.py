@@ -162,5 +162,6 @@ def resolve_models(
         activation="identity",
         tile_px=inst_spec.tile_px,
         overlap_px=inst_spec.overlap_px,
+        building_min_score=inst_spec.building_min_score,  # the scores are the instance model's
     )
     return net, spec

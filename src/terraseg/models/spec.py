@@ -140,6 +140,12 @@ class ModelSpec(BaseModel):
     )
     tile_px: int = Field(default=512, gt=0, description="Recommended tile size, pixels.")
     overlap_px: int = Field(default=64, ge=0, description="Recommended tile overlap, pixels.")
+    building_min_score: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="Buildings whose score (mean building probability) is below this are "
+        "left out of the vector layers (chosen on validation data; 0: keep all). Needs "
+        "the probability raster; instances.tif keeps them.",
+    )
 
     @property
     def n_classes(self) -> int:

@@ -28,7 +28,11 @@ What it does, all with this project's own code and nothing downloaded:
    fine-tunes stage 1's weights (``init_from``) at lr 0.001 on the training
    cities plus seeds 16, 17, 18 (``terraseg train --init-from``); ``--stage1
    PATH`` starts it from an existing stage-1 model such as the bundled one;
-4. predicts the evaluation scene through the engine (tile 512, overlap 64,
+4. predicts the validation scene and stores in the card the
+   ``building_min_score`` (0.50-0.95) with the best building F1@0.5 there:
+   ``terraseg predict`` leaves out buildings whose score (mean building
+   probability) is lower (:func:`terraseg.recipes.evaluation.choose_min_score`);
+5. predicts the evaluation scene through the engine (tile 512, overlap 64,
    chunk 2048), labels instances by seeded watershed, vectorizes, and stores
    building F1@0.5, mean IoU, count ratio and pixel IoU in the card.
 """
@@ -119,9 +123,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         stem = args.out / NAME
         if not args.eval_only:
             _train(args, scenes, stem, workdir)
-        from terraseg.recipes.evaluation import record_evaluation
+        from terraseg.recipes.evaluation import record_figures
 
-        record_evaluation(stem, scenes["eval"][0], workdir)
+        record_figures(stem, scenes["val"][0], scenes["eval"][0], workdir)
 
 
 def _train(args: argparse.Namespace, scenes: dict[str, list[Path]], stem: Path,
