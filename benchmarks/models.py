@@ -6,7 +6,9 @@ scene, 11-15 trained the models): ``terraseg predict`` (class raster and
 probabilities) → instances → vectors → ``terraseg evaluate``, timed, then the
 same with a second chunk size to show that chunking does not change the
 polygons (count, and the largest Hausdorff distance between matched polygons,
-in pixels).
+in pixels). Terraces: of the true buildings that share a wall with another
+(closer than one pixel), the share matched one-to-one at IoU >= 0.5, and the
+predicted polygons that cover most of two or more of them (merged terraces).
 
 Prints one human line per model, the speed ratios against the first model, and one JSON
 line.
@@ -48,6 +50,22 @@ def compare_polygons(a: Path, b: Path, gsd_m: float) -> dict[str, Any]:
     }
 
 
+def terraces(pred: Path, truth: Path, gsd_m: float) -> dict[str, Any]:
+    """How a model splits touching buildings (terraces, semi-detached houses)."""
+    p = gpd.read_file(pred, layer="buildings").geometry.to_numpy()
+    t = gpd.read_file(truth, layer="buildings").geometry.to_numpy()
+    a, b = shapely.STRtree(t).query(t, predicate="dwithin", distance=gsd_m)
+    touching = np.unique(a[a != b])
+    tt = t[touching]
+    m = match_polygons(p, tt, iou_threshold=0.5)
+    pi, ti = shapely.STRtree(tt).query(p, predicate="intersects")
+    covered = shapely.area(shapely.intersection(p[pi], tt[ti])) >= 0.5 * shapely.area(tt[ti])
+    per_pred = np.bincount(pi[covered], minlength=len(p))
+    return {"touching_truth": int(len(tt)), "touching_matched": int(len(m.iou)),
+            "touching_recall": round(len(m.iou) / len(tt), 4) if len(tt) else None,
+            "merged_polygons": int((per_pred >= 2).sum())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+",
@@ -80,7 +98,9 @@ def main() -> None:
                 work / f"c{second}" / f"eval-{model}-{scene.stem}" / f"{scene.stem}.gpkg",
                 gsd_m=0.5,
             )
-            res = runs[first] | {f"chunk_{first}_vs_{second}": same}
+            res = runs[first] | {f"chunk_{first}_vs_{second}": same, "terraces": terraces(
+                work / f"c{first}" / f"eval-{model}-{scene.stem}" / f"{scene.stem}.gpkg",
+                scene.with_name(f"{scene.stem}.truth.gpkg"), gsd_m=0.5)}
             out["models"][model] = res
             print(
                 f"{model}: building F1@0.5 {res.get('eval_building_f1')}, mean IoU "
@@ -88,7 +108,7 @@ def main() -> None:
                 f"ratio {res.get('eval_building_count_ratio')}, building pixel IoU "
                 f"{res.get('eval_iou_building')}, road F1 {res.get('eval_road_f1')}; "
                 f"{res['eval_mpx_s']} Mpx/s end to end ({res['eval_predict_mpx_s']} predict); "
-                f"chunk {first} vs {second}: {same}",
+                f"chunk {first} vs {second}: {same}; terraces: {res['terraces']}",
                 file=sys.stderr,
             )
         base = args.models[0]

@@ -308,6 +308,28 @@ def test_card_min_score_leaves_out_low_scoring_buildings_everywhere(
                        str(weights), "--min-score", "1.5", *common), "min_score", "[0, 1]")
 
 
+def test_recipe_chooses_min_score_on_validation_data(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """``record_min_score`` stores the grid value with the best validation F1 in the card."""
+    import shutil
+
+    from terraseg.models.card import load_card
+    from terraseg.recipes.evaluation import MIN_SCORE_GRID, record_min_score
+
+    weights = tiny_models["tiny-boundary"]
+    shutil.copy(weights, tmp_path / weights.name)
+    shutil.copy(weights.with_name("tiny-boundary.card.yaml"), tmp_path)
+    stem = tmp_path / "tiny-boundary"
+    scene = tiny_models["scene"]
+    best = record_min_score(stem, scene, scene.with_name(f"{scene.stem}.truth.gpkg"), tmp_path)
+    card = load_card(tmp_path / "tiny-boundary.card.yaml")
+    assert best in MIN_SCORE_GRID and card.building_min_score == best
+    assert card.metrics["val_min_score_f1"] >= card.metrics["val_min_score_f1_keep_all"]
+    assert f"building_min_score: {best:g}" in (card.evaluation or "")
+    assert card.to_spec().building_min_score == best
+
+
 def test_card_with_unknown_task_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 
