@@ -247,9 +247,16 @@ def fetch(url: str, dest: Path) -> Path:
 
 
 def test_s3_output_synchronous(tmp_path: Path, cities: list[Path], reference: Path,
-                               s3: str) -> None:
+                               s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from terraseg.io.objstore import S3Store
+
+    def no_download(self: S3Store, name: str, local_path: object) -> None:
+        raise AssertionError(f"downloaded {name}: outputs are read through GDAL, never fetched")
+
     url = f"s3://{s3}/runs/r1"
-    run_workflow(load_workflow(workflow(tmp_path, cities, url)))
+    with monkeypatch.context() as m:
+        m.setattr(S3Store, "get_file", no_download)
+        run_workflow(load_workflow(workflow(tmp_path, cities, url)))
     got = fetch(url, tmp_path / "got")
     names = sorted(p.relative_to(got).as_posix() for p in got.rglob("*") if p.is_file())
     for s in ("a", "b"):

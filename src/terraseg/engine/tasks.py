@@ -387,21 +387,23 @@ def project_task(job: SceneJob, exported: dict[str, Any], *after: Any) -> dict[s
     out = job.out_store
     name = f"{job.name}.qgz"
 
-    def run(folder: Path) -> None:
-        write_scene_project(
-            folder / name, vectors, crs, imagery=job.imagery, overwrite=True,
-            masks={m.removesuffix(".tif"): folder / m for m in masks if (folder / m).exists()})
-
     if out.is_local:
-        run(job.out)
+        write_scene_project(
+            job.out / name, vectors, crs, imagery=job.imagery, overwrite=True,
+            masks={m.removesuffix(".tif"): job.out / m for m in masks if (job.out / m).exists()})
         where = str(job.out / name)
-    else:
+    else:  # styles from the masks' overviews through GDAL (/vsis3/), never a download
+        from terraseg.export.qgis_project import inspect_raster
+
+        infos = {}
+        for m in masks:
+            if out.exists(m):
+                with out.gdal_env(m):
+                    infos[m.removesuffix(".tif")] = inspect_raster(out.gdal_path(m))
         with tempfile.TemporaryDirectory(prefix="terraseg-project-") as tmp_:
-            tmp = Path(tmp_)
-            for m in masks:  # the project reads the masks' classes and styles
-                if out.exists(m):
-                    out.get_file(m, tmp / m)
-            run(tmp)
+            tmp = Path(tmp_)  # the project's relative paths: its masks lie beside it
+            write_scene_project(tmp / name, vectors, crs, imagery=job.imagery, overwrite=True,
+                                masks={k: tmp / f"{k}.tif" for k in infos}, mask_infos=infos)
             out.put_file(tmp / name, name)
             where = out.url_of(name)
     seconds = dict(exported["seconds"])

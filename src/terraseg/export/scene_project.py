@@ -100,14 +100,19 @@ def write_scene_project(
     masks: Mapping[str, str | os.PathLike[str]] | None = None,
     imagery: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    mask_infos: Mapping[str, RasterInfo] | None = None,
 ) -> Path:
     """Write a scene's ``.qgz`` from its vector layers (:func:`vector_project_layers`,
     as :attr:`~terraseg.export.writers.ExportResult.vector_layers` returns them) and
     the masks and imagery that exist by now; each mask must be a valid COG in
     ``crs``. Written under a temporary name, then renamed.
+
+    ``mask_infos`` (one :func:`~terraseg.export.qgis_project.inspect_raster` per
+    mask, e.g. read from object storage through GDAL) are used instead of opening
+    ``masks``, whose paths then only place the layers (they need not exist yet).
     """
     return _write_project(Path(path), vectors, masks, None if imagery is None else Path(imagery),
-                          crs, None, overwrite=overwrite)
+                          crs, None, overwrite=overwrite, infos=mask_infos)
 
 
 def _write_project(
@@ -119,10 +124,11 @@ def _write_project(
     fallback_crs: pyproj.CRS | None,
     *,
     overwrite: bool,
+    infos: Mapping[str, RasterInfo] | None = None,
 ) -> Path:
-    """Vectors, then the masks (inspected) and the imagery, written atomically to ``out`` in
-    ``crs``, else the first mask's CRS, else ``fallback_crs``."""
-    infos = _inspect_masks(masks or {})
+    """Vectors, then the masks (inspected, unless ``infos`` are given) and the imagery,
+    written atomically to ``out`` in ``crs``, else the first mask's CRS, else ``fallback_crs``."""
+    infos = _inspect_masks(masks or {}) if infos is None else infos
     mask_paths = {k: (Path(v), infos[k]) for k, v in (masks or {}).items()}
     tree = [*vectors, *_raster_layers(out.parent, mask_paths, imagery)]
     if crs is not None:
