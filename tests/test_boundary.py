@@ -308,6 +308,7 @@ def test_card_min_score_leaves_out_low_scoring_buildings_everywhere(
                        str(weights), "--min-score", "1.5", *common), "min_score", "[0, 1]")
 
 
+@pytest.mark.slow  # ~20 s: a recipe step (predict + ten evaluations)
 def test_recipe_chooses_min_score_on_validation_data(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
