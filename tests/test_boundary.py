@@ -255,7 +255,7 @@ def test_card_min_score_leaves_out_low_scoring_buildings_everywhere(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
     """A card's building_min_score drops exactly the buildings scoring below it, in
-    ``terraseg predict`` and in a workflow run; ``--min-score`` overrides it."""
+    ``terraseg predict``, the notebook API and a workflow run; ``--min-score`` overrides it."""
     import json
     import shutil
 
@@ -292,6 +292,18 @@ def test_card_min_score_leaves_out_low_scoring_buildings_everywhere(
     with rasterio.open(tmp_path / "p" / "instances.tif") as a, \
             rasterio.open(tmp_path / "all" / "instances.tif") as b:
         assert np.array_equal(a.read(), b.read())  # the rasters keep every instance
+
+    # the notebook API from probabilities: the same buildings, scores and threshold
+    import terraseg
+
+    probs = terraseg.predict(str(scene), model=str(weights), tile_px=128, overlap_px=16,
+                             chunk_px=128, device="cpu", probabilities=True)
+    assert probs.attrs["building_min_score"] == pytest.approx(cut)
+    nb = terraseg.vectorize(probs, chunk_px=128)["buildings"].sort_values(
+        "building_id").reset_index(drop=True)
+    assert nb["building_id"].tolist() == expected["building_id"].tolist()
+    assert nb.geometry.geom_equals_exact(expected.geometry, 1e-9).all()
+    assert np.allclose(nb["score"], expected["score"])
 
     wf = {"version": 1, "name": "picky", "inputs": {"paths": [str(scene)]},
           "models": {"semantic": str(weights)},

@@ -356,7 +356,8 @@ def _result_dataarray(out: Any, sc: Scene, win: PixelWindow, spec: Any) -> xr.Da
     da = cast("xr.DataArray", da.rio.write_crs(sc.crs).rio.write_transform(transform))
     if not probabilities:
         da = da.rio.write_nodata(255)
-    da.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name)
+    da.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name,
+                    building_min_score=spec.building_min_score)
     return da
 
 
@@ -373,13 +374,32 @@ def vectorize(
     ``classes`` is a class COG path or a ``(y, x)`` labels DataArray (e.g. from
     :func:`predict`); ``instances`` an instance COG path/DataArray, computed
     from ``classes`` when omitted. Every GeoDataFrame is in the scene CRS.
+
+    ``classes`` may instead be the ``(class, y, x)`` probabilities of
+    ``predict(..., probabilities=True)``: then each building gets its ``score``,
+    a boundary model's instances are seeded from its probabilities, and the
+    model card's ``building_min_score`` applies, so the buildings are the ones
+    ``terraseg predict`` writes for the same scene.
     """
     import tempfile
 
-    from terraseg.engine.postprocess import label_instances, vectorize_masks
+    from terraseg.engine.postprocess import finish_scene, label_instances, vectorize_masks
 
     with tempfile.TemporaryDirectory(prefix="terraseg-") as tmp:
         t = Path(tmp)
+        if not isinstance(classes, (str, os.PathLike)) and classes.ndim == 3:
+            if instances is not None:
+                raise ValueError("pass instances with a class raster, not with probabilities")
+            from terraseg.engine.outputs import masks_from_probabilities
+
+            classes_path, probs_path = masks_from_probabilities(
+                classes.values, _grid_of(classes), t,
+                class_names={int(k): str(v) for k, v in classes.attrs["classes"].items()},
+                building_min_score=float(classes.attrs.get("building_min_score", 0.0)))
+            finished = finish_scene(classes_path, t / "instances.tif", chunk_px=chunk_px,
+                                    probabilities_path=probs_path, min_area_m2=min_area_m2,
+                                    regularize=regularize)
+            return finished.layers.as_dict()
         classes_path = _as_raster_path(classes, t / "classes.tif")
         if instances is None:
             inst_path = t / "instances.tif"
@@ -400,14 +420,19 @@ def _as_raster_path(source: RasterLike, path: Path) -> Path:
 
     da = source
     names = {int(k): str(v) for k, v in da.attrs.get("classes", {}).items()} or None
-    with RasterSink(path, like={"crs": da.rio.crs, "transform": da.rio.transform(),
-                                "shape": da.shape[-2:]},
+    with RasterSink(path, like=_grid_of(da),
                     dtype=str(da.dtype), nodata=da.rio.nodata if da.rio.nodata is not None else 0,
                     class_names=names) as sink:
         from terraseg.core.grid import PixelWindow
 
         sink.write(PixelWindow(0, 0, *da.shape[-2:]), da.values.reshape(1, *da.shape[-2:]))
     return path
+
+
+def _grid_of(da: xr.DataArray) -> dict[str, Any]:
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+    return {"crs": da.rio.crs, "transform": da.rio.transform(), "shape": da.shape[-2:]}
 
 
 def run(

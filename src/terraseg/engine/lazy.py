@@ -454,5 +454,6 @@ def predict_dataarray(
     result = result.rio.write_crs(crs).rio.write_transform(transform)
     if not probabilities:
         result = result.rio.write_nodata(NODATA)
-    result.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name)
+    result.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name,
+                        building_min_score=spec.building_min_score)
     return cast("xr.DataArray", result)

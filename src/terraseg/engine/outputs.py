@@ -145,6 +145,40 @@ def mask_tags(spec: ModelSpec) -> dict[str, str]:
     return {MIN_SCORE_TAG: f"{spec.building_min_score:g}"} if spec.building_min_score else {}
 
 
+def masks_from_probabilities(
+    probs: np.ndarray[Any, Any],
+    like: Any,
+    out_dir: Path,
+    *,
+    class_names: dict[int, str],
+    building_min_score: float = 0.0,
+) -> tuple[Path, Path]:
+    """``classes.tif`` and ``probabilities.tif`` in ``out_dir`` from in-memory probabilities.
+
+    ``probs`` is ``(class, y, x)`` float as :func:`terraseg.predict` returns it (NaN
+    = nodata) on the grid of ``like``; labels are its argmax, as the engine takes
+    them from its accumulators, and the probabilities are quantised as the engine
+    writes them, so the finishing steps see what a ``terraseg predict`` run wrote.
+    """
+    from terraseg.core.grid import PixelWindow
+    from terraseg.core.stitch import argmax_classes, quantize_probs
+
+    p = np.asarray(probs, np.float32)
+    valid: np.ndarray[Any, np.dtype[np.bool_]] = ~np.isnan(p).any(axis=0)
+    p = np.where(valid, p, np.float32(0.0))
+    labels = argmax_classes(p)
+    labels[~valid] = NODATA
+    window = PixelWindow(0, 0, *labels.shape)
+    classes_path, probs_path = out_dir / "classes.tif", out_dir / "probabilities.tif"
+    tags = {MIN_SCORE_TAG: f"{building_min_score:g}"} if building_min_score else {}
+    with RasterSink(classes_path, like=like, nodata=NODATA, class_names=class_names,
+                    tags=tags, band_names=["class"]) as sink:
+        sink.write(window, labels[None])
+    with RasterSink(probs_path, like=like, count=len(p), nodata=NODATA) as sink:
+        sink.write(window, quantize_probs(p, valid, nodata=NODATA))
+    return classes_path, probs_path
+
+
 def open_probability_sink(
     stack: contextlib.ExitStack, scene: Scene, spec: ModelSpec, probs_path: Path, *,
     overwrite: bool,

@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import geopandas as gpd
 import numpy as np
@@ -119,6 +119,7 @@ def finish_scene(
     probabilities_path: str | os.PathLike[str] | None = None,
     panoptic_path: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    **vector: Any,
 ) -> SceneFinish:
     """Instances and vectors of a scene in this process: every chunk's
     :func:`~terraseg.engine.finish.finish_chunk`, then
@@ -126,9 +127,11 @@ def finish_scene(
     :func:`~terraseg.engine.finish_reduce.write_instance_rasters` (``instances.tif``, and
     ``panoptic.tif`` when ``panoptic_path`` is given). The same functions run on a
     cluster's workers, so both give the same output. The chunks' local labels wait in
-    a temporary folder until the rasters are written.
+    a temporary folder until the rasters are written. ``vector``: polygon options of
+    :meth:`~terraseg.engine.finish.FinishOptions.from_masks` (``min_area_m2``...).
     """
-    opts = FinishOptions.from_masks(classes_path, probabilities_path, chunk_px=chunk_px)
+    opts = FinishOptions.from_masks(classes_path, probabilities_path, chunk_px=chunk_px,
+                                    **vector)
     classes = open_mask(classes_path)
     read, read_probs = _readers(classes, probabilities_path)
     with tempfile.TemporaryDirectory(prefix="terraseg-labels-") as tmp:
