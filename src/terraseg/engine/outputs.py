@@ -164,7 +164,7 @@ def masks_from_probabilities(
     from terraseg.core.stitch import argmax_classes, quantize_probs
 
     p = np.asarray(probs, np.float32)
-    valid: np.ndarray[Any, np.dtype[np.bool_]] = ~np.isnan(p).any(axis=0)
+    valid = np.asarray(~np.isnan(p).any(axis=0), dtype=bool)
     p = np.where(valid, p, np.float32(0.0))
     labels = argmax_classes(p)
     labels[~valid] = NODATA
