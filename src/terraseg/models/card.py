@@ -285,8 +285,9 @@ class ModelCard(ModelSpec):
             what += f"({enc})"
         gsd = f"{self.gsd_m:g} m" if self.gsd_m else "any gsd"
         classes = "/".join(c.name for c in self.classes)
+        score = f", min score {self.building_min_score:g}" if self.building_min_score else ""
         return (
-            f"{self.task}, {classes}, bands {list(self.input.bands)}, {gsd}, {what}"
+            f"{self.task}, {classes}, bands {list(self.input.bands)}, {gsd}{score}, {what}"
             + (f" - {self.description}" if self.description else "")
         )
 
