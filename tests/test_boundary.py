@@ -320,27 +320,37 @@ def test_card_min_score_leaves_out_low_scoring_buildings_everywhere(
                        str(weights), "--min-score", "1.5", *common), "min_score", "[0, 1]")
 
 
-@pytest.mark.slow  # ~20 s: a recipe step (predict + ten evaluations)
-def test_recipe_chooses_min_score_on_validation_data(
+@pytest.mark.slow  # ~1 min: a recipe step (predict, 7 finishes, 77 evaluations)
+def test_recipe_chooses_building_filters_on_validation_data(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    """``record_min_score`` stores the grid value with the best validation F1 in the card."""
+    """``record_building_filters`` stores the pair with the best validation F1 in the card."""
     import shutil
 
     from terraseg.models.card import load_card
-    from terraseg.recipes.evaluation import MIN_SCORE_GRID, record_min_score
+    from terraseg.recipes.evaluation import MIN_AREA_GRID, MIN_SCORE_GRID, record_building_filters
 
     weights = tiny_models["tiny-boundary"]
     shutil.copy(weights, tmp_path / weights.name)
     shutil.copy(weights.with_name("tiny-boundary.card.yaml"), tmp_path)
     stem = tmp_path / "tiny-boundary"
     scene = tiny_models["scene"]
-    best = record_min_score(stem, scene, scene.with_name(f"{scene.stem}.truth.gpkg"), tmp_path)
+    record_building_filters(stem, scene, scene.with_name(f"{scene.stem}.truth.gpkg"), tmp_path)
     card = load_card(tmp_path / "tiny-boundary.card.yaml")
-    assert best in MIN_SCORE_GRID and card.building_min_score == best
-    assert card.metrics["val_min_score_f1"] >= card.metrics["val_min_score_f1_keep_all"]
-    assert f"building_min_score: {best:g}" in (card.evaluation or "")
-    assert card.to_spec().building_min_score == best
+    score, area = card.building_min_score, card.building_min_area_m2
+    assert score in (0.0, *MIN_SCORE_GRID) and area in MIN_AREA_GRID
+    assert card.metrics["val_filters_f1"] >= card.metrics["val_filters_f1_default"]
+    assert f"building_min_score {score:g} and building_min_area_m2 {area:g}" in (
+        card.evaluation or "")
+    # the pair reaches a run: the class raster carries it for the vectorizer
+    from terraseg.engine.finish import FinishOptions
+
+    out = tmp_path / "run"
+    proc = run("predict", str(scene), "--out", str(out), "--model", str(stem) + ".safetensors",
+               "--tile-px", "128", "--overlap-px", "16", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    opts = FinishOptions.from_masks(out / "classes.tif", out / "probabilities.tif")
+    assert (opts.min_score, opts.min_area_m2) == (score, area)
 
 
 def test_card_with_unknown_task_is_refused(tiny_models: dict[str, Path], tmp_path: Path) -> None:

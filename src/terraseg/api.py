@@ -124,6 +124,7 @@ def predict_to_dir(
     resample: bool = True,
     tta: str = "none",
     min_score: float | None = None,
+    min_area_m2: float | None = None,
 ) -> PredictResult:
     """Open a scene, build the model and predictor, and run :func:`predict_scene`.
 
@@ -136,8 +137,9 @@ def predict_to_dir(
     resampled to its GSD when outside the tolerance (``resample=False`` refuses
     instead), one band repeated to RGB, 16-bit values stretched for an 8-bit
     model; outputs stay on the scene's grid. ``tta="d4"`` averages the eight
-    flips and rotations of every tile. ``min_score`` replaces the card's
-    ``building_min_score`` (buildings scoring below it are left out of the vectors).
+    flips and rotations of every tile. ``min_score`` and ``min_area_m2`` replace the
+    card's ``building_min_score`` and ``building_min_area_m2`` (buildings scoring
+    below the one or smaller than the other are left out of the vectors).
 
     Everything is validated (scene, CRS, sizes, device, model, outputs) before
     the model sees a pixel.
@@ -159,6 +161,11 @@ def predict_to_dir(
         if not 0.0 <= min_score <= 1.0:
             raise ConfigError(f"min_score must lie in [0, 1], got {min_score}", min_score=min_score)
         spec = spec.model_copy(update={"building_min_score": float(min_score)})
+    if min_area_m2 is not None:
+        if not min_area_m2 >= 0:
+            raise ConfigError(f"min_area_m2 must be >= 0, got {min_area_m2}",
+                              min_area_m2=min_area_m2)
+        spec = spec.model_copy(update={"building_min_area_m2": float(min_area_m2)})
     view, spec = adapt_scene(sc, spec, gsd=model_gsd(model), resample=resample)
     grid = plan_scene(view, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
     warn_if_huge(sc, len(grid))
@@ -172,6 +179,7 @@ def predict_to_dir(
         "chunk_px": chunk_px, "batch_size": batch_size, "device": device, "amp": amp,
         "backend": backend, "resample": resample, "tta": tta,
         "building_min_score": spec.building_min_score,
+        "building_min_area_m2": spec.building_min_area_m2,
         "ramp": ramp, "write_probabilities": write_probabilities, "assume_crs": assume_crs,
     }
     show = sys.stderr.isatty() if show_progress is None else show_progress
@@ -357,7 +365,8 @@ def _result_dataarray(out: Any, sc: Scene, win: PixelWindow, spec: Any) -> xr.Da
     if not probabilities:
         da = da.rio.write_nodata(255)
     da.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name,
-                    building_min_score=spec.building_min_score)
+                    building_min_score=spec.building_min_score,
+                    building_min_area_m2=spec.building_min_area_m2)
     return da
 
 
@@ -366,7 +375,7 @@ def vectorize(
     *,
     instances: RasterLike | None = None,
     chunk_px: int = 2048,
-    min_area_m2: float = 4.0,
+    min_area_m2: float | None = None,
     regularize: bool = True,
 ) -> dict[str, gpd.GeoDataFrame]:
     """Buildings, roads, road centerlines and the road graph as GeoDataFrames.
@@ -378,8 +387,9 @@ def vectorize(
     ``classes`` may instead be the ``(class, y, x)`` probabilities of
     ``predict(..., probabilities=True)``: then each building gets its ``score``,
     a boundary model's instances are seeded from its probabilities, and the
-    model card's ``building_min_score`` applies, so the buildings are the ones
-    ``terraseg predict`` writes for the same scene.
+    model card's ``building_min_score`` and ``building_min_area_m2`` apply, so the
+    buildings are the ones ``terraseg predict`` writes for the same scene.
+    ``min_area_m2`` (default: the card's, else 4 m²) drops smaller buildings.
     """
     import tempfile
 
@@ -390,15 +400,18 @@ def vectorize(
         if not isinstance(classes, (str, os.PathLike)) and classes.ndim == 3:
             if instances is not None:
                 raise ValueError("pass instances with a class raster, not with probabilities")
-            from terraseg.engine.outputs import masks_from_probabilities
+            from terraseg.engine.outputs import filter_tags, masks_from_probabilities
 
+            attrs = classes.attrs
             classes_path, probs_path = masks_from_probabilities(
                 classes.values, _grid_of(classes), t,
-                class_names={int(k): str(v) for k, v in classes.attrs["classes"].items()},
-                building_min_score=float(classes.attrs.get("building_min_score", 0.0)))
+                class_names={int(k): str(v) for k, v in attrs["classes"].items()},
+                tags=filter_tags(float(attrs.get("building_min_score", 0.0)),
+                                 float(attrs.get("building_min_area_m2", 4.0))))
+            vector: dict[str, Any] = {} if min_area_m2 is None else {"min_area_m2": min_area_m2}
             finished = finish_scene(classes_path, t / "instances.tif", chunk_px=chunk_px,
-                                    probabilities_path=probs_path, min_area_m2=min_area_m2,
-                                    regularize=regularize)
+                                    probabilities_path=probs_path, regularize=regularize,
+                                    **vector)
             return finished.layers.as_dict()
         classes_path = _as_raster_path(classes, t / "classes.tif")
         if instances is None:
@@ -407,7 +420,8 @@ def vectorize(
         else:
             inst_path = _as_raster_path(instances, t / "instances.tif")
         layers = vectorize_masks(classes_path, inst_path, chunk_px=chunk_px,
-                                 min_area_m2=min_area_m2, regularize=regularize)
+                                 min_area_m2=4.0 if min_area_m2 is None else min_area_m2,
+                                 regularize=regularize)
         return layers.as_dict()
 
 

@@ -146,6 +146,9 @@ def predict(
     min_score: Annotated[
         float | None, typer.Option("--min-score", help="Leave out buildings whose score (mean building probability) is below this; default: the model card's building_min_score (`terraseg models`), 0 keeps all. Needs --probabilities.")
     ] = None,
+    min_area_m2: Annotated[
+        float | None, typer.Option("--min-area-m2", help="Leave out buildings smaller than this (true m²); default: the model card's building_min_area_m2, else 4.")
+    ] = None,
 ) -> None:
     """Predict class masks for a scene chunk by chunk into a COG, then vectorize them."""
     from terraseg.io.inputs import scene_input
@@ -173,6 +176,7 @@ def predict(
         resample=resample,
         tta=tta,
         min_score=min_score,
+        min_area_m2=min_area_m2,
     )
     st = result.stats
     typer.echo(

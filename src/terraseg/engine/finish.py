@@ -36,7 +36,7 @@ from terraseg.core.stitch import NODATA
 from terraseg.instances.merge import BOUNDARY_HALO_PX, _label_probabilities, _label_window
 from terraseg.instances.summary import ChunkSummary, summarize_chunk
 from terraseg.io.masks import open_mask
-from terraseg.io.raster_sink import read_class_names, read_min_score
+from terraseg.io.raster_sink import read_building_filters, read_class_names
 from terraseg.vector.centerlines import _chunk_lines
 from terraseg.vector.chunks import polygonize_chunk
 from terraseg.vector.dissolve import (
@@ -185,11 +185,13 @@ class FinishOptions:
         **vector: Any,
     ) -> FinishOptions:
         """Options for the class COG ``classes_path`` (class ids from its class names,
-        as :mod:`terraseg.engine.postprocess` reads them, and ``min_score`` from its
-        :data:`~terraseg.io.raster_sink.MIN_SCORE_TAG`); ``vector`` sets ``min_area_m2``,
-        ``simplify_m``, ``regularize``, ``prune_m``, ``max_road_vertices``, ``min_score``."""
+        as :mod:`terraseg.engine.postprocess` reads them, and ``min_score`` and
+        ``min_area_m2`` from its :data:`~terraseg.io.raster_sink.BUILDING_FILTER_TAGS`);
+        ``vector`` sets ``min_area_m2``, ``simplify_m``, ``regularize``, ``prune_m``,
+        ``max_road_vertices``, ``min_score``."""
         classes = open_mask(classes_path)
-        vector.setdefault("min_score", read_min_score(classes_path))
+        for key, value in read_building_filters(classes_path).items():
+            vector.setdefault(key, value)
         path = Path(classes_path)
         edge = _find_class(path, "building edge")
         gsd = classes.gsd_xy_m

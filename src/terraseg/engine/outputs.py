@@ -29,7 +29,7 @@ from terraseg.engine.chunk import NODATA, STAGES
 from terraseg.errors import OutputExistsError
 from terraseg.io.atomic import atomic_output, check_writable_dir
 from terraseg.io.chunkstore import write_region
-from terraseg.io.raster_sink import MIN_SCORE_TAG, RasterSink, bounded_gdal_cache
+from terraseg.io.raster_sink import BUILDING_FILTER_TAGS, RasterSink, bounded_gdal_cache
 from terraseg.io.scene import Scene
 from terraseg.io.warped import RegriddedSink, scene_validity
 from terraseg.models.spec import ModelSpec
@@ -141,8 +141,17 @@ def output_paths(
 
 
 def mask_tags(spec: ModelSpec) -> dict[str, str]:
-    """Tags of a class COG beyond its class names: the model's ``building_min_score``, if set."""
-    return {MIN_SCORE_TAG: f"{spec.building_min_score:g}"} if spec.building_min_score else {}
+    """Tags of a class COG beyond its class names: the model's building filters, if set."""
+    return filter_tags(spec.building_min_score, spec.building_min_area_m2)
+
+
+def filter_tags(min_score: float, min_area_m2: float) -> dict[str, str]:
+    """:data:`~terraseg.io.raster_sink.BUILDING_FILTER_TAGS` of the values that are not
+    the defaults (0 and 4 m²)."""
+    default = ModelSpec.model_fields["building_min_area_m2"].default
+    values = {"min_score": min_score if min_score else None,
+              "min_area_m2": min_area_m2 if min_area_m2 != default else None}
+    return {BUILDING_FILTER_TAGS[k]: f"{v:g}" for k, v in values.items() if v is not None}
 
 
 def masks_from_probabilities(
@@ -151,7 +160,7 @@ def masks_from_probabilities(
     out_dir: Path,
     *,
     class_names: dict[int, str],
-    building_min_score: float = 0.0,
+    tags: dict[str, str] | None = None,
 ) -> tuple[Path, Path]:
     """``classes.tif`` and ``probabilities.tif`` in ``out_dir`` from in-memory probabilities.
 
@@ -159,6 +168,7 @@ def masks_from_probabilities(
     = nodata) on the grid of ``like``; labels are its argmax, as the engine takes
     them from its accumulators, and the probabilities are quantised as the engine
     writes them, so the finishing steps see what a ``terraseg predict`` run wrote.
+    ``tags``: the class COG's :func:`mask_tags`.
     """
     from terraseg.core.grid import PixelWindow
     from terraseg.core.stitch import argmax_classes, quantize_probs
@@ -170,7 +180,6 @@ def masks_from_probabilities(
     labels[~valid] = NODATA
     window = PixelWindow(0, 0, *labels.shape)
     classes_path, probs_path = out_dir / "classes.tif", out_dir / "probabilities.tif"
-    tags = {MIN_SCORE_TAG: f"{building_min_score:g}"} if building_min_score else {}
     with RasterSink(classes_path, like=like, nodata=NODATA, class_names=class_names,
                     tags=tags, band_names=["class"]) as sink:
         sink.write(window, labels[None])

@@ -72,14 +72,18 @@ _COG_COMPRESSIONS = frozenset(
 )
 
 __all__ = [
-    "CLASS_NAMES_TAG", "MIN_SCORE_TAG", "RasterSink", "read_class_names", "read_min_score",
-    "validate_cog",
+    "BUILDING_FILTER_TAGS", "CLASS_NAMES_TAG", "RasterSink", "read_building_filters",
+    "read_class_names", "validate_cog",
 ]
 
 #: Dataset and band-1 metadata tag holding ``{"value": "class name"}`` as JSON.
 CLASS_NAMES_TAG = "TERRASEG_CLASS_NAMES"
-MIN_SCORE_TAG = "TERRASEG_BUILDING_MIN_SCORE"
-"""Tag of a class COG: its model's ``building_min_score`` (when not 0), read by the vectorizer."""
+BUILDING_FILTER_TAGS = {
+    "min_score": "TERRASEG_BUILDING_MIN_SCORE",
+    "min_area_m2": "TERRASEG_BUILDING_MIN_AREA_M2",
+}
+"""Tags of a class COG: its model's ``building_min_score`` and ``building_min_area_m2``
+(when not the defaults), read back by the vectorizer."""
 OverviewResampling: TypeAlias = Literal["nearest", "mode", "average", "bilinear", "cubic"]
 _COLORMAP_DTYPES = ("uint8", "uint16")
 
@@ -126,7 +130,7 @@ class RasterSink:
         :data:`CLASS_NAMES_TAG` (dataset and band 1) and as GDAL category names
         in ``<path>.aux.xml``.
     tags
-        More dataset tags (``{name: text}``), e.g. :data:`MIN_SCORE_TAG`.
+        More dataset tags (``{name: text}``), e.g. :data:`BUILDING_FILTER_TAGS`.
     colormap
         ``{pixel value: (r, g, b)}`` or ``(r, g, b, a)`` colour table for band 1
         (``uint8``/``uint16`` only); QGIS shows it as a paletted raster.
@@ -498,11 +502,11 @@ def read_class_names(path: str | os.PathLike[str]) -> dict[int, str]:
     return {int(k): str(v) for k, v in json.loads(raw).items()} if raw else {}
 
 
-def read_min_score(path: str | os.PathLike[str]) -> float:
-    """The :data:`MIN_SCORE_TAG` of a class COG (0.0 when it has none)."""
+def read_building_filters(path: str | os.PathLike[str]) -> dict[str, float]:
+    """The :data:`BUILDING_FILTER_TAGS` a class COG has (``{"min_score": 0.85}``...)."""
     with rasterio.open(path) as ds:
-        raw = ds.tags().get(MIN_SCORE_TAG)
-    return float(raw) if raw else 0.0
+        tags = ds.tags()
+    return {k: float(tags[tag]) for k, tag in BUILDING_FILTER_TAGS.items() if tags.get(tag)}
 
 
 def validate_cog(path: str | os.PathLike[str]) -> list[str]:

@@ -163,5 +163,6 @@ def resolve_models(
         tile_px=inst_spec.tile_px,
         overlap_px=inst_spec.overlap_px,
         building_min_score=inst_spec.building_min_score,  # the scores are the instance model's
+        building_min_area_m2=inst_spec.building_min_area_m2,
     )
     return net, spec

@@ -146,6 +146,11 @@ class ModelSpec(BaseModel):
         "left out of the vector layers (chosen on validation data; 0: keep all). Needs "
         "the probability raster; instances.tif keeps them.",
     )
+    building_min_area_m2: float = Field(
+        default=4.0, ge=0.0,
+        description="Buildings smaller than this (true m²) are left out of the vector layers "
+        "(chosen on validation data with building_min_score; default 4).",
+    )
 
     @property
     def n_classes(self) -> int:

@@ -29,9 +29,10 @@ What it does, all with this project's own code and nothing downloaded:
    cities plus seeds 16, 17, 18 (``terraseg train --init-from``); ``--stage1
    PATH`` starts it from an existing stage-1 model such as the bundled one;
 4. predicts the validation scene and stores in the card the
-   ``building_min_score`` (0.50-0.95) with the best building F1@0.5 there:
-   ``terraseg predict`` leaves out buildings whose score (mean building
-   probability) is lower (:func:`terraseg.recipes.evaluation.choose_min_score`);
+   ``building_min_score`` (0 or 0.50-0.95) and ``building_min_area_m2`` (4-30)
+   with the best building F1@0.5 there: ``terraseg predict`` leaves out buildings
+   whose score (mean building probability) is lower or that are smaller
+   (:func:`terraseg.recipes.evaluation.choose_building_filters`);
 5. predicts the evaluation scene through the engine (tile 512, overlap 64,
    chunk 2048), labels instances by seeded watershed, vectorizes, and stores
    building F1@0.5, mean IoU, count ratio and pixel IoU in the card.

@@ -18,7 +18,8 @@ What it does, all with this project's own code and nothing downloaded:
        terraseg train train11.tif train11.truth.gpkg --extra ... --task detection \\
            --max-steps 1200 --batch-size 2 --patch-px 256 --lr 0.002 --seed 0 --fp16
 
-3. chooses the card's ``building_min_score`` on the validation scene (seed 14)
+3. chooses the card's ``building_min_score`` and ``building_min_area_m2`` on the
+   validation scene (seed 14)
    and predicts the evaluation scene through the engine (tile 512, overlap 64,
    chunk 2048: detections rendered as boundary-layout probabilities, blended,
    labelled, vectorized), storing building F1@0.5, mean IoU, AP and count ratio

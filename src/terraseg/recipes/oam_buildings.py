@@ -22,10 +22,10 @@ never saw, neither in training nor in validation:
   not in training.
 
 Training starts from the bundled synthetic ``demo-instance`` (``init_from``).
-After training, the card's ``building_min_score`` is chosen on the validation
-image (the value of 0.50-0.95 with its best building F1@0.5;
-:func:`terraseg.recipes.evaluation.choose_min_score`), then the validation and
-test images are measured with it.
+After training, the card's ``building_min_score`` and ``building_min_area_m2``
+are chosen on the validation image (the pair with its best building F1@0.5;
+:func:`terraseg.recipes.evaluation.choose_building_filters`), then the
+validation and test images are measured with them.
 Truth polygons of the test scenes are clipped to the image; pieces with less
 than half their area inside are dropped (they cannot be matched fairly).
 """
@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stage1", type=Path, default=None,
                         help="Use this model as stage 1's result instead of training it.")
     parser.add_argument("--eval-only", action="store_true",
-                        help="Only re-choose building_min_score and re-measure val_/test_*.")
+                        help="Only re-choose the building filters and re-measure val_/test_*.")
     args = parser.parse_args(argv)
     root = data_root()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -271,9 +271,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         train(root, args.workdir, stem, TRAIN, settings,
               f"{module} --stage1-steps {args.stage1_steps} --max-steps {args.max_steps} "
               "(stage 2, from stage 1)")
-    from terraseg.recipes.evaluation import record_min_score
+    from terraseg.recipes.evaluation import record_building_filters
 
-    record_min_score(stem, prepared_image(VAL[0], root, args.workdir),
+    record_building_filters(stem, prepared_image(VAL[0], root, args.workdir),
                      clipped_truth(VAL[0], root, args.workdir), args.workdir)
     metrics = evaluate(stem, root, args.workdir)
     from terraseg.models.card import load_card, save_card
