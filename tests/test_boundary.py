@@ -293,6 +293,15 @@ def test_card_min_score_leaves_out_low_scoring_buildings_everywhere(
             rasterio.open(tmp_path / "all" / "instances.tif") as b:
         assert np.array_equal(a.read(), b.read())  # the rasters keep every instance
 
+    # `terraseg vectorize` of the run's classes (probabilities.tif beside them): the same
+    proc = run("vectorize", str(tmp_path / "p" / "classes.tif"), "--out",
+               str(tmp_path / "v" / "t.gpkg"), "--chunk-px", "128")
+    assert proc.returncode == 0, proc.stderr
+    again = gpd.read_file(tmp_path / "v" / "t.gpkg", layer="buildings").sort_values(
+        "building_id").reset_index(drop=True)
+    assert again["building_id"].tolist() == expected["building_id"].tolist()
+    assert np.allclose(again["score"], expected["score"])
+
     # the notebook API from probabilities: the same buildings, scores and threshold
     import terraseg
 

@@ -233,6 +233,15 @@ def vectorize_cmd(
     ] = None,
     chunk_px: Annotated[int, typer.Option("--chunk-px", help="Chunk size, pixels.")] = 2048,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    probabilities: Annotated[
+        Path | None,
+        typer.Option(
+            "--probabilities",
+            help="Probability COG of the same run: building scores, a boundary model's "
+            "seeds and the card's min score, as in the run; default: probabilities.tif "
+            "beside MASK when it is there.",
+        ),
+    ] = None,
 ) -> None:
     """Vectorize masks into buildings, roads and road centerlines (GeoPackage + QGIS project)."""
     if out.suffix.lower() != ".gpkg":
@@ -240,8 +249,12 @@ def vectorize_cmd(
 
         raise ConfigError(f"--out '{out}' must end in .gpkg; e.g. --out {out.with_suffix('.gpkg')}")
     inst = instances if instances is not None else out.with_name("instances.tif")
+    beside = mask.with_name("probabilities.tif")
+    if probabilities is None and instances is None and beside.is_file():
+        probabilities = beside
     _vectorize_and_report(mask, inst, out.parent, out.stem, chunk_px=chunk_px,
-                          overwrite=overwrite, given_instances=instances is not None)
+                          overwrite=overwrite, given_instances=instances is not None,
+                          probabilities=probabilities)
 
 
 @app.command("export")
