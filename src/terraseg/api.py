@@ -394,6 +394,7 @@ def vectorize(
     import tempfile
 
     from terraseg.engine.postprocess import finish_scene, label_instances, vectorize_masks
+    from terraseg.models.spec import BUILDING_MIN_AREA_M2
 
     with tempfile.TemporaryDirectory(prefix="terraseg-") as tmp:
         t = Path(tmp)
@@ -407,7 +408,8 @@ def vectorize(
                 classes.values, _grid_of(classes), t,
                 class_names={int(k): str(v) for k, v in attrs["classes"].items()},
                 tags=filter_tags(float(attrs.get("building_min_score", 0.0)),
-                                 float(attrs.get("building_min_area_m2", 4.0))))
+                                 float(attrs.get("building_min_area_m2",
+                                                 BUILDING_MIN_AREA_M2))))
             vector: dict[str, Any] = {} if min_area_m2 is None else {"min_area_m2": min_area_m2}
             finished = finish_scene(classes_path, t / "instances.tif", chunk_px=chunk_px,
                                     probabilities_path=probs_path, regularize=regularize,
@@ -420,7 +422,8 @@ def vectorize(
         else:
             inst_path = _as_raster_path(instances, t / "instances.tif")
         layers = vectorize_masks(classes_path, inst_path, chunk_px=chunk_px,
-                                 min_area_m2=4.0 if min_area_m2 is None else min_area_m2,
+                                 min_area_m2=BUILDING_MIN_AREA_M2 if min_area_m2 is None
+                                 else min_area_m2,
                                  regularize=regularize)
         return layers.as_dict()
 

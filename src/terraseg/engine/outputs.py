@@ -32,7 +32,7 @@ from terraseg.io.chunkstore import write_region
 from terraseg.io.raster_sink import BUILDING_FILTER_TAGS, RasterSink, bounded_gdal_cache
 from terraseg.io.scene import Scene
 from terraseg.io.warped import RegriddedSink, scene_validity
-from terraseg.models.spec import ModelSpec
+from terraseg.models.spec import BUILDING_MIN_AREA_M2, ModelSpec
 
 __all__ = [
     "PredictResult",
@@ -140,17 +140,11 @@ def output_paths(
     return out, classes_path, probs_path, run_json
 
 
-def mask_tags(spec: ModelSpec) -> dict[str, str]:
-    """Tags of a class COG beyond its class names: the model's building filters, if set."""
-    return filter_tags(spec.building_min_score, spec.building_min_area_m2)
-
-
 def filter_tags(min_score: float, min_area_m2: float) -> dict[str, str]:
-    """:data:`~terraseg.io.raster_sink.BUILDING_FILTER_TAGS` of the values that are not
-    the defaults (0 and 4 m²)."""
-    default = ModelSpec.model_fields["building_min_area_m2"].default
+    """Tags of a class COG beyond its class names: the model's building filters
+    (:data:`~terraseg.io.raster_sink.BUILDING_FILTER_TAGS`) that are not the defaults."""
     values = {"min_score": min_score if min_score else None,
-              "min_area_m2": min_area_m2 if min_area_m2 != default else None}
+              "min_area_m2": min_area_m2 if min_area_m2 != BUILDING_MIN_AREA_M2 else None}
     return {BUILDING_FILTER_TAGS[k]: f"{v:g}" for k, v in values.items() if v is not None}
 
 
@@ -168,7 +162,7 @@ def masks_from_probabilities(
     = nodata) on the grid of ``like``; labels are its argmax, as the engine takes
     them from its accumulators, and the probabilities are quantised as the engine
     writes them, so the finishing steps see what a ``terraseg predict`` run wrote.
-    ``tags``: the class COG's :func:`mask_tags`.
+    ``tags``: the class COG's :func:`filter_tags`.
     """
     from terraseg.core.grid import PixelWindow
     from terraseg.core.stitch import argmax_classes, quantize_probs
@@ -242,7 +236,8 @@ def _open_sinks(
             RasterSink(
                 classes_path, like=scene, count=1, dtype="uint8", nodata=NODATA,
                 overwrite=overwrite, class_names=spec.class_names(), colormap=spec.colormap(),
-                band_names=["class"], tags=mask_tags(spec),
+                band_names=["class"],
+                tags=filter_tags(spec.building_min_score, spec.building_min_area_m2),
             )
         )
     probs_sink = None

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "BUILDING_MIN_AREA_M2",
     "BOUNDARY_CLASSES",
     "DEFAULT_CLASSES",
     "IGNORE_LABEL",
@@ -123,6 +124,10 @@ class InputSpec(BaseModel):
         return out
 
 
+BUILDING_MIN_AREA_M2 = 4.0
+"""The default ``building_min_area_m2``: buildings smaller than this (true m²) are dropped."""
+
+
 class ModelSpec(BaseModel):
     """The parts of a model card the engine needs."""
 
@@ -147,7 +152,7 @@ class ModelSpec(BaseModel):
         "the probability raster; instances.tif keeps them.",
     )
     building_min_area_m2: float = Field(
-        default=4.0, ge=0.0,
+        default=BUILDING_MIN_AREA_M2, ge=0.0,
         description="Buildings smaller than this (true m²) are left out of the vector layers "
         "(chosen on validation data with building_min_score; default 4).",
     )
