@@ -293,6 +293,15 @@ def test_card_min_score_leaves_out_low_scoring_buildings_everywhere(
             rasterio.open(tmp_path / "all" / "instances.tif") as b:
         assert np.array_equal(a.read(), b.read())  # the rasters keep every instance
 
+    # --min-area-m2 replaces the card's minimum area (4 m²): fewer buildings, recorded
+    proc = run("predict", str(scene), "--out", str(tmp_path / "big"), "--model", str(weights),
+               "--min-area-m2", "60", *common)
+    assert proc.returncode == 0, proc.stderr
+    big = gpd.read_file(tmp_path / "big" / "t.gpkg", layer="buildings")
+    assert set(big["building_id"]) < set(kept["building_id"])
+    config = json.loads((tmp_path / "big" / "run.json").read_text())["config"]
+    assert config["building_min_area_m2"] == 60 and config["building_min_score"] == cut
+
     # `terraseg vectorize` of the run's classes (probabilities.tif beside them): the same
     proc = run("vectorize", str(tmp_path / "p" / "classes.tif"), "--out",
                str(tmp_path / "v" / "t.gpkg"), "--chunk-px", "128")
