@@ -300,43 +300,53 @@ def test_real_scheduler_worker_killed_then_client_killed_and_resumed(
         assert (read_classes(out2, s) == read_classes(reference, s)).all()
 
 
-def test_failed_chunks_are_logged_and_resumable(
-    tmp_path: Path, scenes: list[Path], reference: Path, slow_model: Path
+def test_predict_failed_chunk_is_logged_and_resumed(
+    tmp_path: Path, scenes: list[Path], reference: Path, slow_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A scene that turns unreadable mid-run: failures.jsonl, exit 2, then --resume finishes."""
+    """`terraseg predict` runs the workflows' driver: a chunk that raises goes to
+    failures.jsonl and the command fails with a ChunkFailedError (one line, exit status 2 from
+    the console script) and no output; --resume computes only that chunk and gives the
+    uninterrupted run's classes."""
     import shutil
 
-    from terraseg.engine.pipeline import ChunkFailure, local_runner, predict_scene_resumable
+    from typer.testing import CliRunner
+
+    import terraseg.engine.chunk as chunk_mod
+    from terraseg.cli.main import app
     from terraseg.errors import ChunkFailedError
-    from terraseg.io.scene import open_scene
 
-    scene = open_scene(scenes[1])
-    from terraseg.engine.distributed import PredictorOptions, get_worker_predictor
-    from terraseg.engine.pipeline import plan_scene
+    real = chunk_mod.run_chunk
 
-    predictor, spec = get_worker_predictor(PredictorOptions(model=str(slow_model), device="cpu"))
-    grid = plan_scene(scene, tile_px=256, overlap_px=32, chunk_px=256)
-    good = local_runner(scene, grid, predictor, spec)
-
-    def flaky(chunks):  # type: ignore[no-untyped-def]
-        for item in good(chunks):
-            if item.index == (1, 1):
-                yield ChunkFailure(item.index, grid.chunk(1, 1).core, "OSError: disk hiccup", "tb")
-            else:
-                yield item
+    def flaky(scene, chunk, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if chunk.index == (1, 1):
+            raise OSError("disk hiccup")
+        return real(scene, chunk, *args, **kwargs)
 
     out = tmp_path / "b"
-    with pytest.raises(ChunkFailedError, match=r"1 of 6 chunks failed .*--resume"):
-        predict_scene_resumable(scene, spec, out, flaky, tile_px=256, overlap_px=32, chunk_px=256)
+    args = ["predict", str(scenes[1]), "--out", str(out), "--model", str(slow_model),
+            "--device", "cpu", "--batch-size", "4", "--tile-px", "256", "--overlap-px", "32",
+            "--chunk-px", "256", "--no-probabilities", "--no-vectorize"]
+    monkeypatch.setattr(chunk_mod, "run_chunk", flaky)
+    res = CliRunner().invoke(app, ["-q", *args])
+    assert isinstance(res.exception, ChunkFailedError), res.output
+    assert "1 of 6 chunks failed" in str(res.exception) and "--resume" in str(res.exception)
     lines = (out / "failures.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and json.loads(lines[0])["chunk"] == [1, 1]
-    assert not (out / "classes.tif").exists()
-    res = predict_scene_resumable(
-        scene, spec, out, good, tile_px=256, overlap_px=32, chunk_px=256, resume=True
-    )
-    assert res.stats["chunks_computed"] == 1 and res.stats["chunks_resumed"] == 5
+    record = json.loads(lines[0])
+    assert len(lines) == 1 and record["chunk"] == [1, 1] and "disk hiccup" in record["error"]
+    assert sorted(p.name for p in out.iterdir()) == [".chunks", "failures.jsonl"]
+
+    monkeypatch.setattr(chunk_mod, "run_chunk", real)
+    refused = CliRunner().invoke(app, ["-q", *args])  # neither --resume nor --overwrite
+    assert isinstance(refused.exception, OutputExistsError)
+    assert "--resume" in str(refused.exception)
+    res = CliRunner().invoke(app, ["-q", *args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "(5 resumed)" in res.output
+    stats = json.loads((out / "run.json").read_text())
+    assert stats["chunks_computed"] == 1 and stats["chunks_resumed"] == 5
     assert (read_classes(tmp_path, "b") == read_classes(reference, "b")).all()
-    assert not (out / "failures.jsonl").exists()
+    assert not (out / "failures.jsonl").exists() and not (out / ".chunks").exists()
     shutil.rmtree(out)
 
 

@@ -340,7 +340,7 @@ def test_s3_output_survives_killed_worker_and_killed_client(
 def test_predict_run_and_api_give_the_same_output(
     tmp_path: Path, cities: list[Path], reference: Path
 ) -> None:
-    """`terraseg predict` (the streaming in-process driver), `terraseg run` (the task graph) and
+    """`terraseg predict` (the driver's graph in its own process), `terraseg run` and
     `terraseg.predict` (the notebook API): byte-identical classes and the same buildings."""
     import terraseg
 
@@ -357,3 +357,26 @@ def test_predict_run_and_api_give_the_same_output(
     da = terraseg.predict(str(scene), model="cheap", tile_px=256, overlap_px=32, device="cpu",
                           chunk_px=256)
     assert (np.asarray(da.values).squeeze() == classes_of(reference, "a")).all()
+
+
+def test_predict_to_dir_runs_on_a_dask_client(
+    tmp_path: Path, cities: list[Path], reference: Path
+) -> None:
+    """`terraseg.predict_to_dir(client=...)`: the one scene's tasks run on the client's worker
+    processes, with the outputs of the in-process run."""
+    from distributed import Client, LocalCluster
+
+    import terraseg
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as lc, Client(lc) as client:
+        res = terraseg.predict_to_dir(
+            cities[0], tmp_path / "a", model="cheap", tile_px=256, overlap_px=32, chunk_px=256,
+            device="cpu", write_probabilities=True, vectorize=True, client=client)
+    same_outputs(tmp_path, reference, ("a",))
+    chunks = json.loads(res.run_json.read_text())["chunk_tasks"]
+    assert len(chunks) == res.stats["grid"]["n_chunks"]
+    assert all(c["worker"].startswith("tcp://127.0.0.1:") for c in chunks)
+    assert res.counts["buildings"] == len(buildings_of(tmp_path, "a"))
+    assert res.n_instances is not None and res.n_instances >= res.counts["buildings"]
+    assert not (tmp_path / "a" / ".chunks").exists()

@@ -260,32 +260,35 @@ def test_model_fingerprints(tmp_path: Path, model: Path) -> None:
     assert set(run_model_fingerprint("cheap", None)) == {"semantic"}
 
 
-def test_dask_task_keys_carry_the_manifest_token(scene: Path) -> None:
-    from terraseg.engine.distributed import DaskRunner, PredictorOptions
-    from terraseg.engine.pipeline import plan_scene
-    from terraseg.io.scene import open_scene
+def test_task_keys_carry_the_manifest_token(tmp_path: Path, scene: Path) -> None:
+    """Every task of a scene (Dask key) carries its manifest's token: a scheduler that still
+    holds a chunk of another configuration never hands it back for this one."""
+    from terraseg.engine.batch import plan_scene_job
+    from terraseg.engine.cluster import LocalClient, run_scenes
+    from terraseg.engine.distributed import PredictorOptions, get_worker_predictor
+    from terraseg.io.inputs import open_input, scene_input
 
-    class Submitted(Exception):
-        pass
+    class Recording(LocalClient):
+        def __init__(self) -> None:
+            super().__init__()
+            self.keys: list[str] = []
 
-    class FakeClient:
-        key = ""
+        def submit(self, fn: Any, *args: Any, key: str, **kw: Any) -> Any:
+            self.keys.append(key)
+            return super().submit(fn, *args, key=key, **kw)
 
-        def scatter(self, items: list[object], broadcast: bool) -> list[object]:
-            return items
-
-        def submit(self, *args: object, key: str, **kwargs: object) -> None:
-            FakeClient.key = key
-            raise Submitted
-
-    sc = open_scene(scene)
-    grid = plan_scene(sc, tile_px=64, overlap_px=8, chunk_px=128)
-    opts = PredictorOptions(model="cheap")
-    runner = DaskRunner(FakeClient(), sc, grid, opts, token="0123456789abcdef")
-    with pytest.raises(Submitted):
-        next(iter(runner([grid.chunk(0, 0)])))
-    assert FakeClient.key == f"terraseg-chunk-{sc.path}-0123456789abcdef-(0, 0)"
-    # without a manifest token the key still differs by ramp (and model, tiling, scene)
-    a = DaskRunner(FakeClient(), sc, grid, opts).token
-    b = DaskRunner(FakeClient(), sc, grid, opts, ramp="linear").token
-    assert a != b and len(a) == 16
+    opts = PredictorOptions(model="cheap", device="cpu")
+    spec = get_worker_predictor(opts)[1]
+    inp = scene_input(scene)
+    tokens, keys = [], []
+    for ramp in ("cosine", "linear"):
+        plan = plan_scene_job(open_input(inp), inp, str(tmp_path / ramp), opts=opts, spec=spec,
+                              tile_px=64, overlap_px=8, chunk_px=128, ramp=ramp, vectorize=False)
+        client = Recording()
+        run_scenes([plan], client)
+        assert plan.manifest is not None
+        tokens.append(manifest_token(plan.manifest)[:12])
+        assert f"terraseg-chunk-city-{tokens[-1]}-0-0" in client.keys
+        assert all(f"-{tokens[-1]}" in k for k in client.keys)
+        keys.append(set(client.keys))
+    assert tokens[0] != tokens[1] and not keys[0] & keys[1]

@@ -8,6 +8,7 @@ The notebook API::
     layers = terraseg.vectorize(classes)             # GeoDataFrames in the scene CRS
     ids, segs = terraseg.segment(scene, method="slic")   # no model: superpixels, k-means...
     obj = terraseg.extract(scene, point=(x, y))      # the building (or region) at a point
+    res = terraseg.predict_to_dir("city.tif", "out", vectorize=True)   # `terraseg predict`
     summary = terraseg.run("workflows/demo.yaml")    # a batch run on Dask
 """
 
@@ -18,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 from terraseg._version import __version__
 
 if TYPE_CHECKING:  # the real signatures, for type checkers and IDEs
-    from terraseg.api import extract, predict, run, segment, vectorize
+    from terraseg.api import extract, predict, predict_to_dir, run, segment, vectorize
     from terraseg.config import load_workflow
     from terraseg.io.scene import open_scene
 
 __all__ = [
-    "__version__", "extract", "load_workflow", "open_scene", "predict", "run", "segment",
-    "vectorize",
+    "__version__", "extract", "load_workflow", "open_scene", "predict", "predict_to_dir", "run",
+    "segment", "vectorize",
 ]
 
 
@@ -34,7 +35,7 @@ def __getattr__(name: str) -> Any:
         from terraseg.io.scene import open_scene
 
         return open_scene
-    if name in ("predict", "vectorize", "run", "segment", "extract"):
+    if name in ("predict", "predict_to_dir", "vectorize", "run", "segment", "extract"):
         from terraseg import api
 
         return getattr(api, name)

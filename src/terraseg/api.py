@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from terraseg.engine.adapt import adapt_scene, model_gsd
-from terraseg.engine.inference import TTA, AmpMode, Backend, TilePredictor, check_tta
-from terraseg.engine.pipeline import PredictResult, Ramp, plan_scene, predict_scene
-from terraseg.io.inputs import SceneInput, open_input, scene_input
-from terraseg.io.remote import is_remote
+from terraseg.engine.inference import TTA, TilePredictor, check_tta
+from terraseg.engine.pipeline import plan_scene
+from terraseg.engine.predict_dir import LargeSceneWarning, predict_to_dir
+from terraseg.io.inputs import open_input, scene_input
 from terraseg.io.stac import DEFAULT_ASSET
 from terraseg.models.combine import resolve_models
-from terraseg.progress import progress_callback
 
 if TYPE_CHECKING:
     import distributed
@@ -36,6 +34,7 @@ RasterLike: TypeAlias = "str | os.PathLike[str] | xr.DataArray"
 """A raster path or a ``(y, x)`` DataArray with a CRS."""
 
 __all__ = [
+    "LargeSceneWarning",
     "RasterLike",
     "SceneLike",
     "WindowLike",
@@ -48,13 +47,6 @@ __all__ = [
     "segment",
     "vectorize",
 ]
-
-
-def _scene_label(inp: SceneInput) -> str:
-    """How run.json names the scene: the STAC document, the URL, or the normalised path."""
-    if inp.stac_source is not None:
-        return inp.stac_source
-    return inp.href if is_remote(inp.href) else str(Path(inp.href))
 
 
 def plan_summary(
@@ -78,119 +70,6 @@ def plan_summary(
         "gsd_m": sc.gsd_m,
         **grid.summary(),
     }
-
-
-#: Above this many pixels a single-process ``predict`` warns and suggests a cluster run.
-HUGE_SCENE_PX = 2_000_000_000
-
-
-class LargeSceneWarning(UserWarning):
-    """A scene so large that one process will take hours; use ``terraseg run`` on Dask."""
-
-
-def warn_if_huge(scene: Scene, n_chunks: int) -> None:
-    """Warn, before any compute, when a single-process run over ``scene`` would be very long."""
-    import warnings
-
-    px = scene.shape[0] * scene.shape[1]
-    if px > HUGE_SCENE_PX:
-        warnings.warn(
-            f"scene '{scene.path}' is {px / 1e9:.1f} Gpx ({n_chunks} chunks): one process "
-            "will take hours; run it with `terraseg run` on a Dask cluster, or predict a "
-            "window with terraseg.predict(..., window=...)",
-            LargeSceneWarning,
-            stacklevel=3,
-        )
-
-
-def predict_to_dir(
-    scene: str | os.PathLike[str] | SceneInput,
-    out: str | os.PathLike[str],
-    *,
-    model: str = "demo-instance",
-    tile_px: int = 512,
-    overlap_px: int = 64,
-    chunk_px: int = 2048,
-    batch_size: int = 8,
-    device: str = "auto",
-    amp: str = "auto",
-    ramp: str = "cosine",
-    write_probabilities: bool = False,
-    assume_crs: str | None = None,
-    overwrite: bool = False,
-    show_progress: bool | None = None,
-    backend: str = "torch",
-    asset: str = DEFAULT_ASSET,
-    resample: bool = True,
-    tta: str = "none",
-    min_score: float | None = None,
-    min_area_m2: float | None = None,
-) -> PredictResult:
-    """Open a scene, build the model and predictor, and run :func:`predict_scene`.
-
-    ``scene`` is a path, an ``http(s)://`` or ``s3://`` URL (read with range
-    requests), a STAC item JSON (``asset`` picks its raster by key or role), or
-    a :class:`~terraseg.io.inputs.SceneInput` from :func:`scene_input`. A STAC
-    item's id and asset are recorded in ``run.json``.
-
-    The scene is adapted to the model's card (:func:`terraseg.engine.adapt.adapt_scene`):
-    resampled to its GSD when outside the tolerance (``resample=False`` refuses
-    instead), one band repeated to RGB, 16-bit values stretched for an 8-bit
-    model; outputs stay on the scene's grid. ``tta="d4"`` averages the eight
-    flips and rotations of every tile. ``min_score`` and ``min_area_m2`` replace the
-    card's ``building_min_score`` and ``building_min_area_m2`` (buildings scoring
-    below the one or smaller than the other are left out of the vectors).
-
-    Everything is validated (scene, CRS, sizes, device, model, outputs) before
-    the model sees a pixel.
-    """
-    from terraseg.errors import ConfigError
-
-    if ramp not in ("cosine", "linear", "none"):
-        raise ConfigError(f"unknown ramp '{ramp}'; use cosine, linear or none", ramp=ramp)
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"unknown amp '{amp}'; use auto, bf16, fp16 or off", amp=amp)
-    if backend not in ("torch", "onnxruntime"):
-        raise ConfigError(f"unknown backend '{backend}'; use torch or onnxruntime",
-                          backend=backend)
-    check_tta(tta)
-    inp = scene if isinstance(scene, SceneInput) else scene_input(scene, asset=asset)
-    sc = open_input(inp, assume_crs=assume_crs)
-    net, spec = resolve_models(model, None)
-    if min_score is not None:
-        if not 0.0 <= min_score <= 1.0:
-            raise ConfigError(f"min_score must lie in [0, 1], got {min_score}", min_score=min_score)
-        spec = spec.model_copy(update={"building_min_score": float(min_score)})
-    if min_area_m2 is not None:
-        if not min_area_m2 >= 0:
-            raise ConfigError(f"min_area_m2 must be >= 0, got {min_area_m2}",
-                              min_area_m2=min_area_m2)
-        spec = spec.model_copy(update={"building_min_area_m2": float(min_area_m2)})
-    view, spec = adapt_scene(sc, spec, gsd=model_gsd(model), resample=resample)
-    grid = plan_scene(view, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
-    warn_if_huge(sc, len(grid))
-    predictor = TilePredictor(
-        net, device=device, batch_size=batch_size, amp=cast(AmpMode, amp),
-        activation=spec.activation, backend=cast(Backend, backend), tta=cast(TTA, tta),
-    )
-    config = {
-        "scene": _scene_label(inp), **inp.run_info(), "crs_assumed": sc.crs_assumed,
-        "model": model, "tile_px": tile_px, "overlap_px": overlap_px,
-        "chunk_px": chunk_px, "batch_size": batch_size, "device": device, "amp": amp,
-        "backend": backend, "resample": resample, "tta": tta,
-        "building_min_score": spec.building_min_score,
-        "building_min_area_m2": spec.building_min_area_m2,
-        "ramp": ramp, "write_probabilities": write_probabilities, "assume_crs": assume_crs,
-    }
-    show = sys.stderr.isatty() if show_progress is None else show_progress
-    with progress_callback("predict", unit="chunk", enabled=show) as cb:
-        return predict_scene(
-            view, predictor, spec, out, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px,
-            ramp=cast(Ramp, ramp), write_probabilities=write_probabilities, overwrite=overwrite,
-            progress=cb, config=config,
-        )
-
-
 
 
 # ----------------------------------------------------------------------------- notebooks

@@ -134,6 +134,9 @@ def predict(
         bool, typer.Option("--vectorize/--no-vectorize", help="Also write instances.tif and <scene>.gpkg (+ .qgz).")
     ] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted or failed run from OUT/.chunks: only the chunks not stored yet are computed (refused, naming the change, if the model, tiling or scene changed).")
+    ] = False,
     asset: Annotated[
         str, typer.Option("--asset", help="STAC item: the asset key or role to read.")
     ] = "visual",
@@ -150,9 +153,12 @@ def predict(
         float | None, typer.Option("--min-area-m2", help="Leave out buildings smaller than this (true m²); default: the model card's building_min_area_m2, else 4.")
     ] = None,
 ) -> None:
-    """Predict class masks for a scene chunk by chunk into a COG, then vectorize them."""
+    """Predict class masks for a scene chunk by chunk into a COG, then vectorize them.
+
+    A failed chunk is written to OUT/failures.jsonl and the run exits with status 2;
+    rerun with --resume to compute only the chunks that are missing.
+    """
     from terraseg.io.inputs import scene_input
-    from terraseg.io.remote import is_remote
 
     inp = scene_input(scene, asset=asset)  # a bad STAC item fails here, before torch loads
     from terraseg.api import predict_to_dir
@@ -177,22 +183,25 @@ def predict(
         tta=tta,
         min_score=min_score,
         min_area_m2=min_area_m2,
+        vectorize=vectorize,
+        resume=resume,
     )
     st = result.stats
+    resumed = st.get("chunks_resumed") or 0
     typer.echo(
         f"wrote {result.classes_path} ({st['shape'][0]}x{st['shape'][1]} px, "
-        f"{st['grid']['n_chunks']} chunks, {st['tiles_run']} tiles) "
-        f"in {st['seconds']['wall']:.1f} s, {st['throughput_mpx_s']:.2f} Mpx/s, "
-        f"peak RSS {st['peak_rss_mb']:.0f} MB; details in {result.run_json}"
+        f"{st['grid']['n_chunks']} chunks{f' ({resumed} resumed)' if resumed else ''}, "
+        f"{st['tiles_run']} tiles) in {st['seconds']['wall']:.1f} s, "
+        f"{st['throughput_mpx_s']:.2f} Mpx/s, peak RSS {st['peak_rss_mb']:.0f} MB; details in "
+        f"{result.run_json}"
     )
-    if vectorize:
-        # the imagery layer of the QGIS project: a local scene with its own CRS only
-        own_crs = not result.stats["config"].get("crs_assumed")
-        _vectorize_and_report(result.classes_path, out / "instances.tif", out, inp.name,
-                              chunk_px=chunk_px, overwrite=overwrite,
-                              probabilities=result.probabilities_path,
-                              imagery=Path(inp.href) if own_crs and not is_remote(inp.href)
-                              else None, run_info=inp.run_info())
+    if result.n_instances is not None:
+        typer.echo(f"wrote {out / 'instances.tif'} ({result.n_instances} building instances)")
+    if result.counts:
+        counts = ", ".join(f"{n} {k}" for k, n in result.counts.items())
+        paths = ", ".join(p for k, p in result.outputs.items()
+                          if k.endswith((".gpkg", ".qgz", ".fgb", ".parquet")))
+        typer.echo(f"wrote {paths} ({counts})")
 
 
 def _vectorize_and_report(

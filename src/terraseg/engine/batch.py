@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ from terraseg.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from terraseg.engine.cluster import ScenePlan
-    from terraseg.engine.distributed import PredictorOptions
+    from terraseg.engine.distributed import InProcessPredictor, PredictorOptions
 
 __all__ = ["RunSummary", "SceneSummary", "plan_workflow", "run_workflow"]
 
@@ -232,61 +232,98 @@ def _plan_scene(
     resume: bool,
     overwrite: bool,
 ) -> ScenePlan:
+    """One workflow scene's job for :func:`~terraseg.engine.cluster.run_scenes`."""
+    export = "export" in wf.stages
+    return plan_scene_job(
+        sc, inp, scene_dir, opts=opts, spec=spec, tile_px=wf.tiling.tile_px,
+        overlap_px=wf.tiling.overlap_px, chunk_px=wf.tiling.chunk_px, ramp=wf.tiling.ramp,
+        pad=wf.tiling.pad, probabilities=wf.outputs.probabilities, predict="predict" in wf.stages,
+        vectorize="vectorize" in wf.stages or export,
+        formats=tuple(wf.outputs.formats) if export else ("gpkg",),
+        to_crs=wf.outputs.crs if export else None, config=config,
+        run_info={"config_hash": wf.config_hash()}, resume=resume, overwrite=overwrite,
+    )
+
+
+def plan_scene_job(
+    sc: Scene,
+    inp: SceneInput,
+    scene_dir: str,
+    *,
+    opts: PredictorOptions | InProcessPredictor,
+    spec: ModelSpec,
+    tile_px: int,
+    overlap_px: int,
+    chunk_px: int,
+    ramp: str = "cosine",
+    pad: str = "reflect",
+    probabilities: bool = False,
+    predict: bool = True,
+    vectorize: bool = True,
+    formats: tuple[str, ...] = ("gpkg",),
+    to_crs: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    run_info: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> ScenePlan:
     """One scene's job for :func:`~terraseg.engine.cluster.run_scenes`, checked before any compute.
 
-    ``scene_dir`` is a local folder or an ``s3://`` prefix. Refuses existing
-    outputs (unless ``overwrite``) and a resume of another configuration;
-    writes the chunk store's manifest; a resumed scene whose outputs are
-    finished is not predicted (nor vectorized) again.
+    What ``terraseg run`` plans for each scene of a workflow and ``terraseg
+    predict`` for its one scene. ``sc`` is the scene as the model sees it
+    (:func:`~terraseg.engine.adapt.adapt_scene`); ``scene_dir`` a local folder or
+    an ``s3://`` prefix. Refuses existing outputs (unless ``overwrite``) and a
+    resume of another configuration; writes the chunk store's manifest; a
+    resumed scene whose outputs are finished is not predicted (nor vectorized)
+    again.
     """
     from terraseg.engine.cluster import ScenePlan
     from terraseg.engine.pipeline import _resumable_chunks, check_bands, plan_scene
-    from terraseg.engine.resume import check_finished
+    from terraseg.engine.resume import build_manifest, check_finished
     from terraseg.engine.tasks import SceneJob
     from terraseg.io.chunkstore import DirStore
     from terraseg.io.objstore import open_store
+    from terraseg.models.identity import run_model_fingerprint
 
-    stages = list(wf.stages)
     out = open_store(scene_dir)
-    grid = plan_scene(sc, tile_px=wf.tiling.tile_px, overlap_px=wf.tiling.overlap_px,
-                      chunk_px=wf.tiling.chunk_px)
-    predict = "predict" in stages
+    grid = plan_scene(sc, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
     manifest = None
     done: set[tuple[int, int]] = set()
     if predict:
         check_bands(sc, spec)
-        manifest = _manifest(wf, sc, spec, grid, opts)
+        manifest = build_manifest(
+            sc, spec, grid, model=(run_model_fingerprint(opts.model, opts.instance)
+                                   if opts.model or opts.instance else None), ramp=ramp,
+            pad=pad, probabilities=probabilities, tta=opts.tta)
         if resume and out.exists("classes.tif"):  # refuse another configuration's output
             check_finished(scene_dir, (out, "run.json"), manifest)
             predict = False
         else:
-            _check_outputs(out, probabilities=wf.outputs.probabilities, overwrite=overwrite)
+            _check_outputs(out, probabilities=probabilities, overwrite=overwrite,
+                           vectors=f"{inp.name}.gpkg" if vectorize else None)
             done = _resumable_chunks(scene_dir, DirStore(out.child(".chunks")), manifest,
                                      resume=resume, overwrite=overwrite)
             out.delete_prefix("failures.jsonl")
-    vector = "vectorize" in stages or "export" in stages
-    export = "export" in stages
-    if vector and not predict and not out.exists("classes.tif"):
+    if vectorize and not predict and not out.exists("classes.tif"):
         raise ConfigError(
             f"stage 'vectorize' needs '{out.url_of('classes.tif')}'; add 'predict' to stages or "
             "run it first"
         )
-    if vector and resume and out.exists(f"{inp.name}.gpkg"):
-        vector = False  # finished by the run being resumed
-    formats = tuple(wf.outputs.formats) if export else ("gpkg",)
+    if vectorize and resume and out.exists(f"{inp.name}.gpkg"):
+        vectorize = False  # finished by the run being resumed
     job = SceneJob(
         name=inp.name, scene=sc, spec=spec, grid=grid, opts=opts, out_dir=scene_dir,
-        ramp=wf.tiling.ramp, pad=wf.tiling.pad, with_probs=wf.outputs.probabilities,
-        predict=predict, vectorize=vector, formats=formats,
-        to_crs=wf.outputs.crs if export else None, vector_chunk_px=wf.tiling.chunk_px,
+        ramp=ramp, pad=pad, with_probs=probabilities, predict=predict, vectorize=vectorize,
+        formats=formats, to_crs=to_crs, vector_chunk_px=chunk_px,
         relabel=not (resume and out.exists("instances.tif")),
         imagery=sc.path if _is_file(sc.path) and not sc.crs_assumed else None,
-        run_info={"config_hash": wf.config_hash(), "model": spec.name, **inp.run_info()},
+        run_info={**(run_info or {}), "model": spec.name, **inp.run_info()},
     )
-    return ScenePlan(job, manifest, frozenset(done), config | inp.run_info())
+    return ScenePlan(job, manifest, frozenset(done), dict(config or {}) | inp.run_info())
 
 
-def _check_outputs(out: Any, *, probabilities: bool, overwrite: bool) -> None:
+def _check_outputs(out: Any, *, probabilities: bool, overwrite: bool,
+                   vectors: str | None = None) -> None:
     """Refuse to replace a finished scene's outputs unless ``overwrite``; probe the store."""
     from terraseg.engine.outputs import output_paths
     from terraseg.errors import OutputExistsError
@@ -294,9 +331,11 @@ def _check_outputs(out: Any, *, probabilities: bool, overwrite: bool) -> None:
 
     if out.is_local:
         output_paths(Path(out.url), write_probabilities=probabilities, overwrite=overwrite)
-        return
-    check_store(out)  # one line for a missing bucket or unreachable endpoint, before compute
-    for name in ("classes.tif", "probabilities.tif" if probabilities else "", "run.json"):
+    else:
+        check_store(out)  # one line for a missing bucket or unreachable endpoint, before compute
+    names = ("classes.tif", "probabilities.tif" if probabilities else "", "run.json",
+             vectors or "")
+    for name in names:
         if name and out.exists(name) and not overwrite:
             raise OutputExistsError(f"output '{out.url_of(name)}' already exists; pass "
                                     "--overwrite to replace it", path=out.url_of(name))
@@ -320,20 +359,6 @@ def _resources(device: str, client: Any) -> dict[str, float] | None:
 
 def _resumed_stats(job: Any) -> dict[str, Any]:
     return {"chunks_computed": 0, "chunks_resumed": "all"} if not job.predict else {}
-
-
-def _manifest(
-    wf: Workflow, sc: Scene, spec: ModelSpec, grid: ChunkGrid, opts: PredictorOptions
-) -> dict[str, Any]:
-    """What makes this scene's chunks (model weights, card, tiling, grid, scene file)."""
-    from terraseg.engine.resume import build_manifest
-    from terraseg.models.identity import run_model_fingerprint
-
-    return build_manifest(
-        sc, spec, grid, model=run_model_fingerprint(opts.model, opts.instance),
-        ramp=wf.tiling.ramp, pad=wf.tiling.pad, probabilities=wf.outputs.probabilities,
-        tta=wf.inference.tta,
-    )
 
 
 def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:

@@ -48,7 +48,7 @@ from terraseg.engine.tasks import (
     vector_chunk_task,
     vector_scene_task,
 )
-from terraseg.errors import ChunkFailedError
+from terraseg.errors import ChunkFailedError, EmptySceneError
 from terraseg.io.manifest import manifest_token
 
 __all__ = ["LocalClient", "SceneOutcome", "run_scenes"]
@@ -172,6 +172,10 @@ class SceneOutcome:
     stats: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     error: BaseException | None = None
+    #: features per vector layer (``{"buildings": n, ...}``), when the scene was vectorized
+    counts: dict[str, int] = field(default_factory=dict)
+    #: building instances in ``instances.tif``, when this run labelled them
+    n_instances: int | None = None
 
 
 @dataclass(slots=True)
@@ -342,6 +346,9 @@ class _Driver:
             sr.chunks.append({k: res[k] for k in keys if res.get(k) not in (None, "")}
                              | {"seconds": round(res["seconds"].get("chunk", 0.0), 4)})
         sr.outcome.outputs.update(res.get("outputs", {}))
+        sr.outcome.counts.update(res.get("counts", {}))
+        if res.get("n_instances") is not None:
+            sr.outcome.n_instances = int(res["n_instances"])
 
 
 def _regridded(job: SceneJob) -> bool:
@@ -372,6 +379,8 @@ def _finish_scene(sr: _SceneRun, *, keep_chunks: bool) -> None:
     """The client's part of a finished scene: ``run.json``, the store removed, the summary."""
     job = sr.job
     out = sr.outcome
+    if isinstance(out.error, EmptySceneError):  # nothing to resume: no partial output either
+        job.store.clear()
     if out.error is not None:
         if isinstance(out.error, ChunkFailedError):
             n = len(job.grid)
@@ -382,7 +391,7 @@ def _finish_scene(sr: _SceneRun, *, keep_chunks: bool) -> None:
         return
     wall = time.perf_counter() - sr.t0
     if job.predict:
-        predictor = f"{job.opts.model or job.opts.instance} ({job.opts.backend})"
+        predictor = job.opts.describe()
         devices = sorted({c.get("device", "") for c in sr.chunks} - {""})
         stats = run_stats(
             job.scene, job.spec, job.grid, sr.run, wall=wall, device=",".join(devices),

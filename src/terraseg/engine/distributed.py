@@ -15,12 +15,10 @@ import contextlib
 import importlib.util
 import logging
 import threading
-import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from terraseg.core.grid import Chunk, ChunkGrid
 from terraseg.engine.devices import (
     SPREAD_ENV,
     check_worker_resources,
@@ -30,11 +28,10 @@ from terraseg.engine.devices import (
     worker_info,
 )
 from terraseg.errors import ConfigError
-from terraseg.io.scene import Scene
 
 __all__ = [
     "DASHBOARD_MISSING",
-    "DaskRunner",
+    "InProcessPredictor",
     "PredictorOptions",
     "check_worker_resources",
     "chunk_resources",
@@ -66,12 +63,42 @@ class PredictorOptions:
         return ("PredictorOptions", self.model, self.device, self.batch_size, self.amp,
                 self.backend, self.instance, self.tta)
 
+    def describe(self) -> str:
+        """How ``run.json`` names the predictor."""
+        models = " + ".join(m for m in (self.model, self.instance) if m)
+        return (f"{models} (backend={self.backend}, device={self.device}, "
+                f"batch_size={self.batch_size}, amp={self.amp}, tta={self.tta})")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class InProcessPredictor:
+    """A predictor the caller built (a notebook's or a recipe's model in memory).
+
+    Stands in for :class:`PredictorOptions` in a run that stays in this process
+    (:class:`~terraseg.engine.cluster.LocalClient`): :func:`get_worker_predictor`
+    returns it as it is. It names no model file, so its run's manifest has no
+    weights hash.
+    """
+
+    predictor: Any
+    spec: Any
+    model: str | None = None
+    instance: str | None = None
+    tta: str = "none"
+
+    @property
+    def device(self) -> str:
+        return str(self.predictor.device)
+
+    def describe(self) -> str:
+        return repr(self.predictor)
+
 
 _PREDICTORS: dict[PredictorOptions, Any] = {}
 _PREDICTORS_LOCK = threading.Lock()
 
 
-def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
+def get_worker_predictor(opts: PredictorOptions | InProcessPredictor) -> tuple[Any, Any]:
     """``(TilePredictor, ModelSpec)`` for ``opts``, built once per worker process.
 
     Every thread of the worker (``--nthreads``, ``threads_per_worker``) shares the
@@ -80,6 +107,8 @@ def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
     :func:`~terraseg.engine.devices.worker_device` of ``opts.device``: this
     worker's own GPU for ``auto``/``cuda``.
     """
+    if isinstance(opts, InProcessPredictor):
+        return opts.predictor, opts.spec
     with _PREDICTORS_LOCK:
         if opts not in _PREDICTORS:
             from terraseg.engine.inference import TilePredictor
@@ -93,111 +122,6 @@ def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
             )
             _PREDICTORS[opts] = (predictor, spec)
         return _PREDICTORS[opts]  # type: ignore[no-any-return]
-
-
-def _chunk_task(
-    scene: Scene,
-    grid: ChunkGrid,
-    index: tuple[int, int],
-    opts: PredictorOptions,
-    ramp: str,
-    pad: str,
-    with_probs: bool,
-) -> Any:
-    """Runs on a worker: one chunk through the pipeline."""
-    from terraseg.engine.pipeline import run_chunk
-
-    predictor, spec = get_worker_predictor(opts)
-    chunk = grid.chunk(*index)
-    return run_chunk(scene, chunk, grid, predictor, spec, ramp=ramp, pad=pad,  # type: ignore[arg-type]
-                     with_probs=with_probs)
-
-
-class DaskRunner:
-    """A :data:`~terraseg.engine.pipeline.ChunkRunner` that runs chunks as Dask tasks.
-
-    Parameters
-    ----------
-    client
-        A ``distributed.Client``.
-    scene, grid
-        What to compute (both pickle cheaply: paths and numbers).
-    opts
-        How workers build their model.
-    resources
-        Worker resources per task, e.g. ``{"GPU": 1}`` for workers started with
-        ``--resources GPU=1`` (one model per GPU). ``None``: no constraint.
-    retries
-        How many times Dask retries a chunk whose task raised (a worker that
-        dies is handled by Dask itself, without counting as a retry).
-    token
-        Goes into every task key, ``terraseg-chunk-{scene}-{token}-{index}``: the
-        run's :func:`~terraseg.io.manifest.manifest_token` (model weights, card,
-        tiling, grid and scene file), so a scheduler that still holds a chunk of
-        another configuration never hands it back for this one. ``None``: a
-        token of the scene path, grid, predictor options, ramp, padding and
-        probabilities.
-    """
-
-    def __init__(
-        self,
-        client: Any,
-        scene: Scene,
-        grid: ChunkGrid,
-        opts: PredictorOptions,
-        *,
-        ramp: Literal["cosine", "linear", "none"] = "cosine",
-        pad: Literal["reflect", "nodata"] = "reflect",
-        with_probs: bool = False,
-        resources: dict[str, float] | None = None,
-        retries: int = 1,
-        token: str | None = None,
-    ) -> None:
-        self.client = client
-        self.scene = scene
-        self.grid = grid
-        self.opts = opts
-        self.ramp = ramp
-        self.pad = pad
-        self.with_probs = with_probs
-        self.resources = resources
-        self.retries = retries
-        if token is None:
-            from dask.base import tokenize
-
-            token = tokenize(scene.path, grid, opts, ramp, pad, with_probs)[:16]
-        self.token = token
-
-    def __call__(self, chunks: Sequence[Chunk]) -> Iterator[Any]:
-        from distributed import as_completed
-
-        from terraseg.engine.pipeline import ChunkFailure
-
-        if not chunks:
-            return
-        # scatter the small shared arguments once instead of pickling them per task
-        scene_f, grid_f = self.client.scatter([self.scene, self.grid], broadcast=True)
-        futures = {}
-        for chunk in chunks:
-            fut = self.client.submit(
-                _chunk_task, scene_f, grid_f, chunk.index, self.opts, self.ramp, self.pad,
-                self.with_probs, key=f"terraseg-chunk-{self.scene.path}-{self.token}-{chunk.index}",
-                resources=self.resources, retries=self.retries, pure=False,
-            )
-            futures[fut] = chunk
-        try:
-            for fut in as_completed(futures):
-                chunk = futures[fut]
-                if fut.status == "error":
-                    exc = fut.exception()
-                    tb = "".join(traceback.format_exception(exc)) if exc else ""
-                    yield ChunkFailure(chunk.index, chunk.core, f"{type(exc).__name__}: {exc}", tb)
-                else:
-                    yield fut.result()
-                fut.release()
-        finally:
-            for fut in futures:
-                fut.cancel()
 
 
 def _local_workers(n_workers: int, device: str) -> tuple[int, dict[str, float] | None]:

@@ -1,27 +1,23 @@
-"""The one scene driver: plan, run the chunks, write the outputs; no Dask here.
+"""Plan a scene, run its chunks, check what it holds; no Dask here.
 
-One scene: run the chunks in order with the next chunk's read prefetched, write
-interiors as soon as they are done, and finish each chunk's seams once its
-neighbours are done (:func:`predict_scene`, streaming); or let a
-:data:`ChunkRunner` compute chunks anywhere (Dask workers, this process) into a
-chunk store that a killed run resumes from (:func:`predict_scene_resumable`).
-Every lattice tile is predicted exactly once, and the result does not depend on
-the chunk size. :mod:`terraseg.engine.chunk` holds the per-chunk stages,
-:mod:`terraseg.engine.outputs` what a run writes, and
-:mod:`terraseg.engine.distributed` schedules the same functions on Dask.
+The per-chunk stages live in :mod:`terraseg.engine.chunk`. Every scene run,
+``terraseg predict``, ``terraseg run`` and :func:`predict_scene`, goes through the
+one driver, :func:`terraseg.engine.cluster.run_scenes` (tasks in
+:mod:`terraseg.engine.tasks`, planned by
+:func:`terraseg.engine.batch.plan_scene_job`): chunks into a chunk store that a
+killed or failed run resumes from, seams finished from the neighbours' stored
+pieces, COGs streamed from the store. :func:`iter_predictions` streams the chunks
+of a window in one process, for the notebook API's eager path
+(:mod:`terraseg.engine.window`). Every lattice tile is predicted exactly once,
+and the result does not depend on the chunk size.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
-import json
 import logging
 import os
-import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,13 +42,8 @@ from terraseg.engine.inference import TilePredictor
 from terraseg.engine.outputs import (
     PredictResult,
     RunStats,
-    SceneWriter,
-    open_sinks,
-    output_paths,
-    run_stats,
-    stage_run_json,
 )
-from terraseg.engine.resume import build_manifest, check_resume
+from terraseg.engine.resume import check_resume
 from terraseg.errors import (
     BandError,
     ChunkFailedError,
@@ -60,27 +51,23 @@ from terraseg.errors import (
     OutputExistsError,
     ResumeMismatchError,
 )
-from terraseg.io.chunkstore import ChunkOutput, DirStore, write_from_store
+from terraseg.io.chunkstore import DirStore
 from terraseg.io.scene import Scene, open_scene
 from terraseg.models.spec import ModelSpec
 
 __all__ = [
     "NODATA",
-    "ChunkFailure",
     "ChunkInput",
     "ChunkResult",
-    "ChunkRunner",
     "PredictResult",
     "Ramp",
     "RunStats",
     "check_bands",
     "check_not_empty",
     "iter_predictions",
-    "local_runner",
     "plan_scene",
     "predict_chunk",
     "predict_scene",
-    "predict_scene_resumable",
     "read_chunk",
     "run_chunk",
 ]
@@ -256,17 +243,19 @@ def predict_scene(
     pad: Literal["reflect", "nodata"] = "reflect",
     write_probabilities: bool = False,
     overwrite: bool = False,
-    prefetch: bool = True,
     progress: Callable[[int, int], None] | None = None,
     config: dict[str, Any] | None = None,
 ) -> PredictResult:
-    """Predict a whole scene chunk by chunk and write ``classes.tif`` (COG) and ``run.json``.
+    """Predict a whole scene chunk by chunk with a predictor built here, into ``classes.tif``.
 
-    In one process, streaming: interiors are written as soon as a chunk is
-    done, and only the thin strips shared with neighbour chunks wait for those
-    neighbours, so peak memory depends on ``chunk_px`` and the model, not on
-    the scene size. For a resumable run on Dask see
-    :func:`predict_scene_resumable`.
+    The scene runs in this process through the driver of ``terraseg predict`` and
+    ``terraseg run`` (:func:`~terraseg.engine.cluster.run_scenes`): chunks are stored
+    in ``out_dir/.chunks``, their seams finished from the neighbours' stored pieces,
+    and the COGs streamed from the store, so peak memory depends on ``chunk_px``
+    and the model, not on the scene size. A chunk that raises fails the run with
+    :class:`~terraseg.errors.ChunkFailedError` and leaves no output. For a model
+    given by name or file, with vectors, resume and Dask workers, see
+    :func:`~terraseg.engine.predict_dir.predict_to_dir`.
 
     Parameters
     ----------
@@ -286,97 +275,43 @@ def predict_scene(
         each tile to its core).
     pad
         How tiles that hang past the scene edge are filled: ``"reflect"`` or ``"nodata"``.
+    progress
+        ``progress(done, total)`` as chunks finish.
     """
-    t_start = time.perf_counter()
+    import json
+
+    from terraseg.engine.batch import plan_scene_job
+    from terraseg.engine.cluster import run_scenes
+    from terraseg.engine.distributed import InProcessPredictor
+    from terraseg.io.inputs import scene_input
+
     scene = scene if isinstance(scene, Scene) else open_scene(scene)
-    check_bands(scene, spec)
-    grid = plan_scene(scene, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
-    out, classes_path, probs_path, run_json = output_paths(
-        out_dir, write_probabilities=write_probabilities, overwrite=overwrite
-    )
-    run = RunStats()
-    with contextlib.ExitStack() as stack:
-        classes_sink, probs_sink = open_sinks(
-            stack, scene, spec, classes_path, probs_path, overwrite=overwrite
-        )
-        with SceneWriter(classes_sink, probs_sink) as writer:
-            for window, acc, valid in iter_predictions(
-                scene, grid, predictor, spec, ramp=ramp, pad=pad, prefetch=prefetch, stats=run,
-                progress=progress,
-            ):
-                writer.write(window, acc, valid)
-        check_not_empty(scene, run)  # raising here publishes nothing
-        t_write = time.perf_counter()
-        classes_sink.finish()
-        if probs_sink is not None:
-            probs_sink.finish()
-        run.seconds["write"] = (
-            writer.seconds + writer.thread_seconds + time.perf_counter() - t_write
-        )
-        stats = run_stats(
-            scene, spec, grid, run, wall=time.perf_counter() - t_start,
-            device=str(predictor.device), predictor=repr(predictor), config=config,
-        )
-        stage_run_json(stack, run_json, stats)
-    # every output is renamed into place here, together
-    return PredictResult(out, classes_path, probs_path, run_json, stats)
+    out = Path(out_dir)
+    plan = plan_scene_job(
+        scene, scene_input(scene.path), str(out), opts=InProcessPredictor(predictor, spec),
+        spec=spec, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px, ramp=ramp, pad=pad,
+        probabilities=write_probabilities, vectorize=False, config=config, overwrite=overwrite)
+
+    def chunks_done(label: str, done: int, total: int) -> None:
+        if progress is not None and label.endswith(" chunks"):
+            progress(done, total)
+
+    try:
+        run_scenes([plan], None, progress=chunks_done)
+    except ChunkFailedError as exc:  # a model in memory has no identity to resume with
+        failures = out / "failures.jsonl"
+        first = json.loads(failures.read_text().splitlines()[0])
+        plan.job.store.clear()
+        failures.unlink()
+        raise ChunkFailedError(
+            f"chunk {first['chunk']} failed: {first['error']} (predict_scene keeps no "
+            "partial output)") from exc
+    probs = out / "probabilities.tif"
+    return PredictResult(out, out / "classes.tif", probs if write_probabilities else None,
+                         out / "run.json", json.loads((out / "run.json").read_text()))
 
 
 # --------------------------------------------------------------------------- resumable
-
-
-@dataclass(slots=True)
-class ChunkFailure:
-    """A chunk whose task raised: recorded in ``failures.jsonl``, recomputed on resume."""
-
-    index: tuple[int, int]
-    window: PixelWindow
-    error: str
-    traceback: str
-
-
-ChunkRunner = Callable[[Sequence[Chunk]], Iterator["ChunkOutput | ChunkFailure"]]
-"""Computes the given chunks (in any order, anywhere) and yields their outputs."""
-
-
-def local_runner(
-    scene: Scene,
-    grid: ChunkGrid,
-    predictor: TilePredictor,
-    spec: ModelSpec,
-    *,
-    ramp: Ramp = "cosine",
-    pad: Literal["reflect", "nodata"] = "reflect",
-    with_probs: bool = False,
-) -> ChunkRunner:
-    """A :data:`ChunkRunner` that runs chunks one after another in this process."""
-
-    def run(chunks: Sequence[Chunk]) -> Iterator[ChunkOutput | ChunkFailure]:
-        for chunk in chunks:
-            try:
-                yield run_chunk(scene, chunk, grid, predictor, spec, ramp=ramp, pad=pad,
-                                with_probs=with_probs)
-            except Exception as exc:  # recorded, the run goes on
-                yield ChunkFailure(chunk.index, chunk.core, f"{type(exc).__name__}: {exc}",
-                                   traceback.format_exc())
-
-    return run
-
-
-def _check_store_not_empty(scene: Scene, store: DirStore, grid: ChunkGrid) -> None:
-    """All stored chunks skipped as nodata: the scene has nothing to predict."""
-    if all(store.get(c.index).labels is None for c in grid):
-        check_not_empty(scene, RunStats())
-
-
-def _record_failure(path: Path, item: ChunkFailure) -> None:
-    """Append one failed chunk (index, window, error, traceback) to ``failures.jsonl``."""
-    w = item.window
-    with open(path, "a") as fh:
-        fh.write(json.dumps({
-            "chunk": list(item.index), "window": [w.row_off, w.col_off, w.height, w.width],
-            "error": item.error, "traceback": item.traceback,
-        }) + "\n")
 
 
 def _resumable_chunks(
@@ -403,103 +338,3 @@ def _resumable_chunks(
         done = set()
     store.write_manifest(manifest)
     return done
-
-
-def predict_scene_resumable(
-    scene: Scene,
-    spec: ModelSpec,
-    out_dir: str | os.PathLike[str],
-    runner: ChunkRunner,
-    *,
-    tile_px: int = 512,
-    overlap_px: int = 64,
-    chunk_px: int = 2048,
-    write_probabilities: bool = False,
-    resume: bool = False,
-    overwrite: bool = False,
-    keep_chunks: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    config: dict[str, Any] | None = None,
-    device: str = "",
-    manifest: Mapping[str, Any] | None = None,
-) -> PredictResult:
-    """Predict a scene through a chunk store: parallel, resumable, failure-tolerant.
-
-    ``runner`` computes the chunks that are not stored yet (on Dask workers, or
-    locally); each output is saved in ``out_dir/.chunks/`` as it arrives, so an
-    interrupted run continues with ``resume=True`` and recomputes only the
-    missing chunks. Chunks that fail are written to ``out_dir/failures.jsonl``
-    (window and traceback); the others still finish, and the run then raises
-    :class:`~terraseg.errors.ChunkFailedError`. When every chunk is stored the
-    COGs are streamed from the store, and the store is removed.
-
-    ``manifest`` (:func:`terraseg.engine.resume.build_manifest`) says what makes
-    the chunks: the model's weights hash, the card, the tiling, the grid and the
-    scene file. It is written to ``.chunks/manifest.json`` before the first
-    chunk and into ``run.json``; ``resume=True`` with a different one raises
-    :class:`~terraseg.errors.ResumeMismatchError` naming the change (with
-    ``overwrite`` too, the stored chunks are discarded instead). Without it one
-    is built from the arguments, the spec and the default ramp and padding,
-    which cannot tell changed weights under the same card.
-    """
-    t_start = time.perf_counter()
-    check_bands(scene, spec)
-    grid = plan_scene(scene, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
-    out, classes_path, probs_path, run_json = output_paths(
-        out_dir, write_probabilities=write_probabilities, overwrite=overwrite
-    )
-    if manifest is None:
-        manifest = build_manifest(scene, spec, grid, probabilities=write_probabilities)
-    store = DirStore(out / ".chunks")
-    done = _resumable_chunks(out, store, manifest, resume=resume, overwrite=overwrite)
-    todo = [c for c in grid if c.index not in done]
-    failures_path = out / "failures.jsonl"
-    failures_path.unlink(missing_ok=True)
-    run = RunStats()
-    failures: list[ChunkFailure] = []
-    n_done = len(done)
-    if progress is not None:
-        progress(n_done, len(grid))
-    for item in runner(todo):
-        if isinstance(item, ChunkFailure):
-            failures.append(item)
-            _record_failure(failures_path, item)
-            continue
-        store.put(item)
-        for key, value in item.stats.get("seconds", {}).items():
-            run.seconds[key] = run.seconds.get(key, 0.0) + value
-        run.tiles_run += int(item.stats.get("tiles_run", 0))
-        run.chunks_skipped_nodata += int(bool(item.stats.get("skipped")))
-        n_done += 1
-        if progress is not None:
-            progress(n_done, len(grid))
-    if failures:
-        first = failures[0]
-        raise ChunkFailedError(
-            f"{len(failures)} of {len(grid)} chunks failed (first: chunk {list(first.index)}: "
-            f"{first.error}); details in '{failures_path}'; fix the cause and rerun with "
-            "--resume to compute only those chunks",
-            failures=failures_path,
-        )
-    if not todo or run.tiles_run == 0:
-        _check_store_not_empty(scene, store, grid)
-    t_write = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        classes_sink, probs_sink = open_sinks(
-            stack, scene, spec, classes_path, probs_path, overwrite=overwrite
-        )
-        write_from_store(grid, store, classes_sink, probs_sink, n_classes=spec.n_classes)
-        classes_sink.finish()
-        if probs_sink is not None:
-            probs_sink.finish()
-        run.seconds["write"] = time.perf_counter() - t_write
-        stats = run_stats(
-            scene, spec, grid, run, wall=time.perf_counter() - t_start, device=device,
-            predictor=device, config=config,
-            extra={"chunks_computed": len(todo), "chunks_resumed": len(done),
-                   "manifest": dict(manifest)},
-        )
-        stage_run_json(stack, run_json, stats)
-    if not keep_chunks:
-        store.clear()
-    return PredictResult(out, classes_path, probs_path, run_json, stats)

@@ -218,10 +218,11 @@ def vector_scene_task(job: SceneJob, *after: Any) -> dict[str, Any]:
             for path in written:
                 store.put_file(path, path.name)
             outputs = {k: store.url_of(Path(v).name) for k, v in local.items()}
-    return {"outputs": outputs, "seconds": {"vectors": time.perf_counter() - t0}}
+    counts = outputs.pop("counts")
+    return {"outputs": outputs, "seconds": {"vectors": time.perf_counter() - t0}, **counts}
 
 
-def _vectorize_in(job: SceneJob, folder: Path) -> dict[str, str]:
+def _vectorize_in(job: SceneJob, folder: Path) -> dict[str, Any]:
     from terraseg.engine.postprocess import vectorize_scene
 
     instances = folder / "instances.tif"
@@ -233,7 +234,8 @@ def _vectorize_in(job: SceneJob, folder: Path) -> dict[str, str]:
         probabilities_path=probs if probs.exists() else None, formats=formats,  # type: ignore[arg-type]
         to_crs=job.to_crs, run_info=job.run_info, overwrite=True, imagery=job.imagery,
     )
-    return {"instances": str(instances)} | {
+    counts = {"counts": result.layers.counts(), "n_instances": result.n_instances}
+    return {"instances": str(instances), "counts": counts} | {
         Path(p).name: str(p) for p in result.export.paths if Path(p).suffix != ".tif"
     }
 
@@ -337,7 +339,8 @@ def instances_task(job: SceneJob, fopts: Any, buildings: Any, *after: Any) -> di
         write_instance_rasters(fopts, buildings[1], load, read, inst, pan, like=like,
                                overwrite=True)
     return {"seconds": {"instances": time.perf_counter() - t0},
-            "outputs": {"instances": out.url_of("instances.tif")}}
+            "outputs": {"instances": out.url_of("instances.tif")},
+            "n_instances": buildings[1].n_instances}
 
 
 def export_task(job: SceneJob, buildings: Any, roads: Any) -> dict[str, Any]:
@@ -373,7 +376,7 @@ def export_task(job: SceneJob, buildings: Any, roads: Any) -> dict[str, Any]:
                 out.put_file(p, Path(p).name)
                 paths.append(out.url_of(Path(p).name))
     return {"seconds": {"export": time.perf_counter() - t0},
-            "outputs": {Path(p).name: p for p in paths},
+            "outputs": {Path(p).name: p for p in paths}, "counts": layers.counts(),
             "project": (result.vector_layers, layers.buildings.crs.to_wkt())}
 
 
@@ -408,4 +411,5 @@ def project_task(job: SceneJob, exported: dict[str, Any], *after: Any) -> dict[s
             where = out.url_of(name)
     seconds = dict(exported["seconds"])
     seconds["export"] += time.perf_counter() - t0
-    return {"seconds": seconds, "outputs": {**exported["outputs"], name: where}}
+    return {"seconds": seconds, "outputs": {**exported["outputs"], name: where},
+            "counts": exported["counts"]}

@@ -3,10 +3,10 @@
 A worker turns one chunk into a :class:`ChunkOutput` (final interior labels,
 optional quantised probabilities, and the small float32 *pieces* that overlap
 neighbour chunks) and saves it with :meth:`DirStore.put`, atomically. The
-file's presence is the chunk's done marker. Once every chunk is stored,
-:func:`write_from_store` streams them in row-major order into the scene-sized
-COGs, finishing each seam from the chunk's and its neighbours' pieces; it holds
-at most about two rows of chunks' pieces, never a scene-sized array.
+file's presence is the chunk's done marker. Once a chunk and its neighbours are
+stored, :func:`finish_core` finishes the chunk's seams from their pieces and the
+whole core is stored too; the COGs are then streamed from the cores, chunk by
+chunk, never as a scene-sized array.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,6 @@ __all__ = [
     "CoreReader",
     "DirStore",
     "finish_core",
-    "write_from_store",
     "write_region",
 ]
 
@@ -210,8 +209,8 @@ def finish_core(
     """The final labels (and quantised probabilities) of one chunk's whole core.
 
     The interior comes from the chunk's stored output as it is; each seam is
-    assembled from the chunk's and its neighbours' pieces exactly as
-    :func:`write_from_store` does, so the pixels are the same. ``(None, None)``
+    assembled from the chunk's and its neighbours' pieces, the same blend as the
+    streamed window path (:func:`terraseg.engine.pipeline.iter_predictions`). ``(None, None)``
     for a chunk skipped as all-nodata whose seams hold no prediction either.
     """
     chunk = grid.chunk(*index)
@@ -304,49 +303,6 @@ class CoreReader:
         while len(self._cache) > 9:
             self._cache.popitem(last=False)
         return data
-
-
-def write_from_store(
-    grid: ChunkGrid,
-    store: DirStore,
-    classes: RasterSink,
-    probs: RasterSink | None = None,
-    *,
-    n_classes: int,
-    progress: Callable[[int, int], None] | None = None,
-) -> None:
-    """Stream every stored chunk into the scene rasters, finishing seams from neighbours' pieces.
-
-    Pieces are loaded once per chunk and kept in a small cache covering about
-    two rows of chunks, so memory does not grow with the number of rows.
-    """
-    rows, cols = grid.shape_in_chunks
-    cache: OrderedDict[tuple[int, int], Pieces] = OrderedDict()
-    keep = 2 * cols + 4
-
-    def pieces_of(idx: tuple[int, int]) -> Pieces:
-        if idx in cache:
-            cache.move_to_end(idx)
-            return cache[idx]
-        got = store.get_pieces(idx)
-        cache[idx] = got
-        while len(cache) > keep:
-            cache.popitem(last=False)
-        return got
-
-    chunks = list(grid)
-    for i, chunk in enumerate(chunks):
-        out = store.get(chunk.index)
-        write_region(classes, probs, chunk.interior, out.labels, out.probs)
-        if out.seam_valid:
-            neigh: Iterable[Pieces] = [pieces_of(n.index) for n in grid.neighbours(chunk)]
-            all_pieces = [p for group in neigh for p in group] + out.pieces
-            for window, valid in out.seam_valid:
-                acc = assemble(window, all_pieces, n_classes + 1)
-                labels, qprobs = labels_from_acc(acc, valid, with_probs=probs is not None)
-                write_region(classes, probs, window, labels, qprobs)
-        if progress is not None:
-            progress(i + 1, len(chunks))
 
 
 def write_region(
