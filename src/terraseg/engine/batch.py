@@ -27,7 +27,7 @@ from terraseg.models.spec import ModelSpec
 
 if TYPE_CHECKING:
     from terraseg.engine.cluster import ScenePlan
-    from terraseg.engine.distributed import InProcessPredictor, PredictorOptions
+    from terraseg.engine.distributed import PredictorOptions
 
 __all__ = ["RunSummary", "SceneSummary", "plan_workflow", "run_workflow"]
 
@@ -250,7 +250,7 @@ def plan_scene_job(
     inp: SceneInput,
     scene_dir: str,
     *,
-    opts: PredictorOptions | InProcessPredictor,
+    opts: PredictorOptions,
     spec: ModelSpec,
     tile_px: int,
     overlap_px: int,
@@ -292,8 +292,7 @@ def plan_scene_job(
     if predict:
         check_bands(sc, spec)
         manifest = build_manifest(
-            sc, spec, grid, model=(run_model_fingerprint(opts.model, opts.instance)
-                                   if opts.model or opts.instance else None), ramp=ramp,
+            sc, spec, grid, model=run_model_fingerprint(opts.model, opts.instance), ramp=ramp,
             pad=pad, probabilities=probabilities, tta=opts.tta)
         if resume and out.exists("classes.tif"):  # refuse another configuration's output
             check_finished(scene_dir, (out, "run.json"), manifest)

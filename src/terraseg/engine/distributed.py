@@ -31,7 +31,6 @@ from terraseg.errors import ConfigError
 
 __all__ = [
     "DASHBOARD_MISSING",
-    "InProcessPredictor",
     "PredictorOptions",
     "check_worker_resources",
     "chunk_resources",
@@ -70,35 +69,11 @@ class PredictorOptions:
                 f"batch_size={self.batch_size}, amp={self.amp}, tta={self.tta})")
 
 
-@dataclass(frozen=True, slots=True, eq=False)
-class InProcessPredictor:
-    """A predictor the caller built (a notebook's or a recipe's model in memory).
-
-    Stands in for :class:`PredictorOptions` in a run that stays in this process
-    (:class:`~terraseg.engine.cluster.LocalClient`): :func:`get_worker_predictor`
-    returns it as it is. It names no model file, so its run's manifest has no
-    weights hash.
-    """
-
-    predictor: Any
-    spec: Any
-    model: str | None = None
-    instance: str | None = None
-    tta: str = "none"
-
-    @property
-    def device(self) -> str:
-        return str(self.predictor.device)
-
-    def describe(self) -> str:
-        return repr(self.predictor)
-
-
 _PREDICTORS: dict[PredictorOptions, Any] = {}
 _PREDICTORS_LOCK = threading.Lock()
 
 
-def get_worker_predictor(opts: PredictorOptions | InProcessPredictor) -> tuple[Any, Any]:
+def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
     """``(TilePredictor, ModelSpec)`` for ``opts``, built once per worker process.
 
     Every thread of the worker (``--nthreads``, ``threads_per_worker``) shares the
@@ -107,8 +82,6 @@ def get_worker_predictor(opts: PredictorOptions | InProcessPredictor) -> tuple[A
     :func:`~terraseg.engine.devices.worker_device` of ``opts.device``: this
     worker's own GPU for ``auto``/``cuda``.
     """
-    if isinstance(opts, InProcessPredictor):
-        return opts.predictor, opts.spec
     with _PREDICTORS_LOCK:
         if opts not in _PREDICTORS:
             from terraseg.engine.inference import TilePredictor

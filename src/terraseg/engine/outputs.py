@@ -6,10 +6,13 @@ when the run's :class:`contextlib.ExitStack` closes cleanly.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
+import json
 import os
 import platform
 import resource
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -18,10 +21,14 @@ import numpy as np
 
 from terraseg._version import __version__
 from terraseg.core.grid import ChunkGrid, PixelWindow
+from terraseg.core.stitch import (
+    labels_from_acc,
+)
 from terraseg.engine.adapt import AdaptedScene, source_of
 from terraseg.engine.chunk import NODATA, STAGES
 from terraseg.errors import OutputExistsError
-from terraseg.io.atomic import check_writable_dir
+from terraseg.io.atomic import atomic_output, check_writable_dir
+from terraseg.io.chunkstore import write_region
 from terraseg.io.raster_sink import BUILDING_FILTER_TAGS, RasterSink, bounded_gdal_cache
 from terraseg.io.scene import Scene
 from terraseg.io.warped import RegriddedSink, scene_validity
@@ -30,11 +37,13 @@ from terraseg.models.spec import BUILDING_MIN_AREA_M2, ModelSpec
 __all__ = [
     "PredictResult",
     "RunStats",
+    "SceneWriter",
     "open_probability_sink",
     "open_sinks",
     "output_paths",
     "peak_rss_mb",
     "run_stats",
+    "stage_run_json",
 ]
 
 
@@ -63,6 +72,57 @@ class RunStats:
     chunks_done: int = 0
     tiles_run: int = 0
     chunks_skipped_nodata: int = 0
+
+
+class SceneWriter:
+    """Writes finished regions to the class (and probability) sinks.
+
+    Labels are computed on the calling thread (the accumulator is a reused
+    buffer), and the GDAL writes (compression) run on a writer thread, at most
+    ``max_pending`` regions behind, so they overlap the next chunk's model work.
+    Use as a context manager: leaving it waits for every write and re-raises the
+    first error.
+    """
+
+    def __init__(
+        self, classes: RasterSink, probs: RasterSink | None, *, max_pending: int = 4
+    ) -> None:
+        self.classes = classes
+        self.probs = probs
+        self.seconds = 0.0  # labels, on the calling thread
+        self.thread_seconds = 0.0  # GDAL writes, on the writer thread
+        self.max_pending = max_pending
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="terraseg-write")
+        self._pending: list[cf.Future[None]] = []
+
+    def __enter__(self) -> SceneWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            if exc_type is None:
+                self.drain(0)
+        finally:  # on an error, queued writes are dropped: the outputs are discarded anyway
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def drain(self, keep: int) -> None:
+        """Wait until at most ``keep`` writes are pending; re-raise a failed write's error."""
+        while len(self._pending) > keep:
+            self._pending.pop(0).result()
+
+    def _write(self, window: PixelWindow, labels: np.ndarray | None, q: np.ndarray | None) -> None:
+        t0 = time.perf_counter()
+        write_region(self.classes, self.probs, window, labels, q)
+        self.thread_seconds += time.perf_counter() - t0  # only this thread adds here
+
+    def write(self, window: PixelWindow, acc: np.ndarray | None, valid: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        labels = qprobs = None
+        if acc is not None:
+            labels, qprobs = labels_from_acc(acc, valid, with_probs=self.probs is not None)
+        self.seconds += time.perf_counter() - t0
+        self.drain(self.max_pending - 1)
+        self._pending.append(self._pool.submit(self._write, window, labels, qprobs))
 
 
 def peak_rss_mb() -> float:
@@ -110,6 +170,7 @@ def masks_from_probabilities(
     writes them, so the finishing steps see what a ``terraseg predict`` run wrote.
     ``tags``: the class COG's :func:`filter_tags`.
     """
+    from terraseg.core.grid import PixelWindow
     from terraseg.core.stitch import argmax_classes, quantize_probs
 
     p = np.asarray(probs, np.float32)
@@ -240,3 +301,12 @@ def run_stats(
     }
 
 
+def stage_run_json(stack: contextlib.ExitStack, run_json: Path, stats: dict[str, Any]) -> None:
+    """Write ``run.json`` under a temporary name, renamed when ``stack`` closes cleanly.
+
+    Entered after the raster sinks were finished, so all outputs of a run are
+    renamed together at the very end; a failure before that (a full disk)
+    leaves the previous run's files untouched.
+    """
+    tmp = stack.enter_context(atomic_output(run_json, overwrite=True))
+    tmp.write_text(json.dumps(stats, indent=2, default=str))

@@ -1,22 +1,25 @@
-"""Plan a scene, run its chunks, check what it holds; no Dask here.
+"""Plan a scene and run its chunks in one process; no Dask here.
 
-The per-chunk stages live in :mod:`terraseg.engine.chunk`. Every scene run,
-``terraseg predict``, ``terraseg run`` and :func:`predict_scene`, goes through the
-one driver, :func:`terraseg.engine.cluster.run_scenes` (tasks in
-:mod:`terraseg.engine.tasks`, planned by
-:func:`terraseg.engine.batch.plan_scene_job`): chunks into a chunk store that a
-killed or failed run resumes from, seams finished from the neighbours' stored
-pieces, COGs streamed from the store. :func:`iter_predictions` streams the chunks
-of a window in one process, for the notebook API's eager path
-(:mod:`terraseg.engine.window`). Every lattice tile is predicted exactly once,
-and the result does not depend on the chunk size.
+``terraseg predict`` and ``terraseg run`` go through one resumable driver,
+:func:`terraseg.engine.cluster.run_scenes` (tasks in :mod:`terraseg.engine.tasks`,
+planned by :func:`terraseg.engine.batch.plan_scene_job`): chunks into a chunk
+store that a killed or failed run resumes from. This module holds what that
+driver shares with the streaming path of a predictor built in memory
+(:func:`predict_scene`: benchmarks and recipes; :func:`iter_predictions`: a
+window for the notebook API, :mod:`terraseg.engine.window`), which runs the
+chunks in order with the next chunk's read prefetched, writes interiors as soon
+as they are done and finishes each chunk's seams once its neighbours are done.
+Every lattice tile is predicted exactly once, and the result does not depend on
+the chunk size. :mod:`terraseg.engine.chunk` holds the per-chunk stages.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -42,11 +45,15 @@ from terraseg.engine.inference import TilePredictor
 from terraseg.engine.outputs import (
     PredictResult,
     RunStats,
+    SceneWriter,
+    open_sinks,
+    output_paths,
+    run_stats,
+    stage_run_json,
 )
 from terraseg.engine.resume import check_resume
 from terraseg.errors import (
     BandError,
-    ChunkFailedError,
     EmptySceneError,
     OutputExistsError,
     ResumeMismatchError,
@@ -243,19 +250,22 @@ def predict_scene(
     pad: Literal["reflect", "nodata"] = "reflect",
     write_probabilities: bool = False,
     overwrite: bool = False,
+    prefetch: bool = True,
     progress: Callable[[int, int], None] | None = None,
     config: dict[str, Any] | None = None,
 ) -> PredictResult:
-    """Predict a whole scene chunk by chunk with a predictor built here, into ``classes.tif``.
+    """Predict a whole scene chunk by chunk and write ``classes.tif`` (COG) and ``run.json``.
 
-    The scene runs in this process through the driver of ``terraseg predict`` and
-    ``terraseg run`` (:func:`~terraseg.engine.cluster.run_scenes`): chunks are stored
-    in ``out_dir/.chunks``, their seams finished from the neighbours' stored pieces,
-    and the COGs streamed from the store, so peak memory depends on ``chunk_px``
-    and the model, not on the scene size. A chunk that raises fails the run with
-    :class:`~terraseg.errors.ChunkFailedError` and leaves no output. For a model
-    given by name or file, with vectors, resume and Dask workers, see
-    :func:`~terraseg.engine.predict_dir.predict_to_dir`.
+    In one process, streaming: interiors are written as soon as a chunk is
+    done, and only the thin strips shared with neighbour chunks wait for those
+    neighbours, so peak memory depends on ``chunk_px`` and the model, not on
+    the scene size. It is the engine's fastest path for a predictor built in memory
+    (benchmarks, recipes): the next chunk's read overlaps the model, and nothing is
+    stored. A chunk that raises fails the run, leaving no output.
+    ``terraseg predict`` and ``terraseg run`` use the resumable driver,
+    :func:`~terraseg.engine.predict_dir.predict_to_dir` and
+    :func:`~terraseg.engine.cluster.run_scenes`, built from the same per-chunk
+    functions (same classes, tested).
 
     Parameters
     ----------
@@ -275,40 +285,40 @@ def predict_scene(
         each tile to its core).
     pad
         How tiles that hang past the scene edge are filled: ``"reflect"`` or ``"nodata"``.
-    progress
-        ``progress(done, total)`` as chunks finish.
     """
-    import json
-
-    from terraseg.engine.batch import plan_scene_job
-    from terraseg.engine.cluster import run_scenes
-    from terraseg.engine.distributed import InProcessPredictor
-    from terraseg.io.inputs import scene_input
-
+    t_start = time.perf_counter()
     scene = scene if isinstance(scene, Scene) else open_scene(scene)
-    out = Path(out_dir)
-    plan = plan_scene_job(
-        scene, scene_input(scene.path), str(out), opts=InProcessPredictor(predictor, spec),
-        spec=spec, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px, ramp=ramp, pad=pad,
-        probabilities=write_probabilities, vectorize=False, config=config, overwrite=overwrite)
-
-    def chunks_done(label: str, done: int, total: int) -> None:
-        if progress is not None and label.endswith(" chunks"):
-            progress(done, total)
-
-    try:
-        run_scenes([plan], None, progress=chunks_done)
-    except ChunkFailedError as exc:  # a model in memory has no identity to resume with
-        failures = out / "failures.jsonl"
-        first = json.loads(failures.read_text().splitlines()[0])
-        plan.job.store.clear()
-        failures.unlink()
-        raise ChunkFailedError(
-            f"chunk {first['chunk']} failed: {first['error']} (predict_scene keeps no "
-            "partial output)") from exc
-    probs = out / "probabilities.tif"
-    return PredictResult(out, out / "classes.tif", probs if write_probabilities else None,
-                         out / "run.json", json.loads((out / "run.json").read_text()))
+    check_bands(scene, spec)
+    grid = plan_scene(scene, tile_px=tile_px, overlap_px=overlap_px, chunk_px=chunk_px)
+    out, classes_path, probs_path, run_json = output_paths(
+        out_dir, write_probabilities=write_probabilities, overwrite=overwrite
+    )
+    run = RunStats()
+    with contextlib.ExitStack() as stack:
+        classes_sink, probs_sink = open_sinks(
+            stack, scene, spec, classes_path, probs_path, overwrite=overwrite
+        )
+        with SceneWriter(classes_sink, probs_sink) as writer:
+            for window, acc, valid in iter_predictions(
+                scene, grid, predictor, spec, ramp=ramp, pad=pad, prefetch=prefetch, stats=run,
+                progress=progress,
+            ):
+                writer.write(window, acc, valid)
+        check_not_empty(scene, run)  # raising here publishes nothing
+        t_write = time.perf_counter()
+        classes_sink.finish()
+        if probs_sink is not None:
+            probs_sink.finish()
+        run.seconds["write"] = (
+            writer.seconds + writer.thread_seconds + time.perf_counter() - t_write
+        )
+        stats = run_stats(
+            scene, spec, grid, run, wall=time.perf_counter() - t_start,
+            device=str(predictor.device), predictor=repr(predictor), config=config,
+        )
+        stage_run_json(stack, run_json, stats)
+    # every output is renamed into place here, together
+    return PredictResult(out, classes_path, probs_path, run_json, stats)
 
 
 # --------------------------------------------------------------------------- resumable
