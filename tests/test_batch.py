@@ -350,6 +350,34 @@ def test_predict_failed_chunk_is_logged_and_resumed(
     shutil.rmtree(out)
 
 
+def test_predict_interrupted_after_its_class_cog_resumes(
+    tmp_path: Path, scenes: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run interrupted after its COGs were written, in the project task: nothing is
+    published (the outputs move into place together when the scene is finished), the chunk
+    store is kept, and --resume finishes the scene from it without computing a chunk."""
+    import terraseg.engine.cluster as cluster_mod
+    from terraseg.engine.predict_dir import predict_to_dir
+
+    def broken(*args: object) -> None:  # Ctrl-C (or a kill) while the project is written
+        raise KeyboardInterrupt("killed while writing the project")
+
+    kw = {"model": "cheap", "device": "cpu", "tile_px": 256, "overlap_px": 32, "chunk_px": 256,
+          "vectorize": True, "show_progress": False}
+    out = tmp_path / "a"
+    monkeypatch.setattr(cluster_mod, "project_task", broken)
+    with pytest.raises(KeyboardInterrupt, match="killed while"):
+        predict_to_dir(scenes[0], out, **kw)
+    assert {p.name for p in out.iterdir()} == {".chunks", ".publish"}
+    monkeypatch.undo()
+    with pytest.raises(OutputExistsError):  # neither --resume nor --overwrite
+        predict_to_dir(scenes[0], out, **kw)
+    res = predict_to_dir(scenes[0], out, resume=True, **kw)
+    assert res.stats["chunks_computed"] == 0
+    assert res.stats["chunks_resumed"] == res.stats["grid"]["n_chunks"]
+    assert (out / "a.qgz").exists() and res.counts and not (out / ".chunks").exists()
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "workflows").glob("*.yaml")))
 def test_every_shipped_workflow_runs_end_to_end(tmp_path: Path, name: str) -> None:
     """Each file in workflows/ runs on a tiny synthetic scene (cluster: this process)."""

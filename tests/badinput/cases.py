@@ -498,8 +498,13 @@ def interrupted_predict(d: Path) -> dict[str, Any]:
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if out.is_dir() and any(is_tmp_name(p.name) for p in out.iterdir()):
-                time.sleep(0.5)  # the sink is open: chunks are being computed (~3 s in all)
+            staged = out / ".publish"  # the outputs are written there, then moved together
+            try:
+                writing = any(is_tmp_name(p.name) for p in staged.iterdir())
+            except FileNotFoundError:
+                writing = False
+            if writing:
+                time.sleep(0.5)  # a COG's sink is open: the outputs are being written
                 break
             time.sleep(0.05)
         finished_early = proc.poll() is not None
@@ -533,9 +538,11 @@ def b_interrupted_write(d: Path) -> Setup:
         k = _KILLED
         assert not k["finished_early"], "the scene finished before the kill; make it bigger"
         assert k["kill_returncode"] == -signal.SIGKILL
-        assert k["after_kill"], "the killed run had opened its output (temp file expected)"
-        assert all(is_tmp_name(n) for n in k["after_kill"]), (
-            f"after SIGKILL only hidden temp files may remain, found {k['after_kill']}")
+        assert k["after_kill"], "the killed run had started writing (its chunk store)"
+        # what a kill leaves: the chunk store to resume from and the staging folder of the
+        # outputs (moved into place together when a scene is finished), never an output
+        assert set(k["after_kill"]) <= {".chunks", ".publish"}, (
+            f"after SIGKILL only .chunks and .publish may remain, found {k['after_kill']}")
         out = k["out"]
         with rasterio.open(out / "classes.tif") as src:
             assert src.shape == (3000, 3000)
@@ -592,9 +599,9 @@ def b_huge_sparse_predict(d: Path) -> Setup:
         raise Started
 
     def go() -> None:
-        # Stop at the first chunk: the question is only whether predict warns or
-        # refuses BEFORE it starts 12544 chunks (40 Gpx, hours on a CPU).
-        with mock.patch("terraseg.engine.pipeline.iter_predictions", started):
+        # Stop where the scene's tasks would start: the question is only whether predict
+        # warns or refuses BEFORE it starts 12544 chunks (40 Gpx, hours on a CPU).
+        with mock.patch("terraseg.engine.cluster.run_scenes", started):
             try:
                 predict_api(scene, d / "out", tile_px=512, overlap_px=64, chunk_px=2048)
             except Started:
@@ -623,16 +630,26 @@ def b_disk_full_cog(d: Path) -> Setup:
 def b_disk_full_run_json(d: Path) -> Setup:
     scene = mc.good_scene(d)
     mc.previous_outputs(d / "prev")
-    real = Path.write_text
+    real_text, real_bytes = Path.write_text, Path.write_bytes
+
+    def is_run_json(path: Path) -> bool:  # run.json's temporary name: .run.<hex>.tmp.json
+        return path.suffix == ".json" and is_tmp_name(path.name) and path.name.startswith(".run.")
 
     def write_text(self: Path, data: str, *a: Any, **k: Any) -> int:
-        if self.suffix == ".json" and is_tmp_name(self.name):
-            real(self, data[:20], *a, **k)
+        if is_run_json(self):
+            real_text(self, data[:20], *a, **k)
             _enospc()
-        return real(self, data, *a, **k)
+        return real_text(self, data, *a, **k)
+
+    def write_bytes(self: Path, data: Any) -> int:
+        if is_run_json(self):
+            real_bytes(self, bytes(data)[:20])
+            _enospc()
+        return real_bytes(self, data)
 
     def go() -> None:
-        with mock.patch.object(Path, "write_text", write_text):
+        with mock.patch.object(Path, "write_text", write_text), \
+                mock.patch.object(Path, "write_bytes", write_bytes):
             predict_api(scene, d / "prev", overwrite=True)
 
     return Setup(API(go))

@@ -282,7 +282,7 @@ def plan_scene_job(
     from terraseg.engine.resume import build_manifest, check_finished
     from terraseg.engine.tasks import SceneJob
     from terraseg.io.chunkstore import DirStore
-    from terraseg.io.objstore import open_store
+    from terraseg.io.objstore import STAGE_DIR, open_store
     from terraseg.models.identity import run_model_fingerprint
 
     out = open_store(scene_dir)
@@ -294,11 +294,13 @@ def plan_scene_job(
         manifest = build_manifest(
             sc, spec, grid, model=run_model_fingerprint(opts.model, opts.instance), ramp=ramp,
             pad=pad, probabilities=probabilities, tta=opts.tta)
-        if resume and out.exists("classes.tif"):  # refuse another configuration's output
-            check_finished(scene_dir, (out, "run.json"), manifest)
+        # run.json is written last: a scene without it was interrupted (its outputs so far
+        # are complete files, each written atomically) and is resumed from its chunk store
+        if resume and out.exists("classes.tif") and out.exists("run.json"):
+            check_finished(scene_dir, (out, "run.json"), manifest)  # another config: refused
             predict = False
         else:
-            _check_outputs(out, probabilities=probabilities, overwrite=overwrite,
+            _check_outputs(out, probabilities=probabilities, overwrite=overwrite or resume,
                            vectors=f"{inp.name}.gpkg" if vectorize else None)
             done = _resumable_chunks(scene_dir, DirStore(out.child(".chunks")), manifest,
                                      resume=resume, overwrite=overwrite)
@@ -308,16 +310,19 @@ def plan_scene_job(
             f"stage 'vectorize' needs '{out.url_of('classes.tif')}'; add 'predict' to stages or "
             "run it first"
         )
-    if vectorize and resume and out.exists(f"{inp.name}.gpkg"):
+    if vectorize and resume and not predict and out.exists(f"{inp.name}.gpkg"):
         vectorize = False  # finished by the run being resumed
     job = SceneJob(
         name=inp.name, scene=sc, spec=spec, grid=grid, opts=opts, out_dir=scene_dir,
         ramp=ramp, pad=pad, with_probs=probabilities, predict=predict, vectorize=vectorize,
         formats=formats, to_crs=to_crs, vector_chunk_px=chunk_px,
-        relabel=not (resume and out.exists("instances.tif")),
+        relabel=not (resume and not predict and out.exists("instances.tif")),
         imagery=sc.path if _is_file(sc.path) and not sc.crs_assumed else None,
         run_info={**(run_info or {}), "model": spec.name, **inp.run_info()},
+        stage=STAGE_DIR if predict else "",
     )
+    if predict:  # what an interrupted run had staged is written again
+        out.child(STAGE_DIR).delete_prefix("")
     return ScenePlan(job, manifest, frozenset(done), dict(config or {}) | inp.run_info())
 
 

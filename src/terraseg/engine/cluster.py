@@ -190,12 +190,13 @@ class _SceneRun:
     run: RunStats = field(default_factory=RunStats)
     chunks: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    failures_written: float = float("-inf")
     bytes_received: int = 0
     t0: float = field(default_factory=time.perf_counter)
 
     @property
     def failures_path(self) -> str:
-        return self.job.out_store.url_of("failures.jsonl")
+        return self.job.final_store.url_of("failures.jsonl")
 
 
 def _key(kind: str, sr: _SceneRun, index: tuple[int, int] | None = None) -> str:
@@ -328,11 +329,12 @@ class _Driver:
             sr.failures.append(json.dumps({
                 "chunk": list(index), "window": [w.row_off, w.col_off, w.height, w.width],
                 "error": f"{type(exc).__name__}: {exc}", "traceback": tb}))
-            # the whole file again: an object store has no append
-            sr.job.out_store.put_bytes("failures.jsonl", ("\n".join(sr.failures) + "\n").encode())
+            if time.monotonic() - sr.failures_written >= 5.0:  # else at the scene's end
+                _write_failures(sr)
             if sr.outcome.error is None or not isinstance(sr.outcome.error, ChunkFailedError):
                 first = f"chunk {list(index)}: {type(exc).__name__}: {exc}"
                 sr.outcome.error = ChunkFailedError(first, failures=sr.failures_path)
+                sr.outcome.error.__cause__ = exc  # the first chunk's own error
         elif sr.outcome.error is None:  # a finishing task's own error (not a failed chunk's)
             sr.outcome.error = exc
 
@@ -381,13 +383,18 @@ def _finish_scene(sr: _SceneRun, *, keep_chunks: bool) -> None:
     out = sr.outcome
     if isinstance(out.error, EmptySceneError):  # nothing to resume: no partial output either
         job.store.clear()
+    if sr.failures:
+        _write_failures(sr)
     if out.error is not None:
+        _drop_stage(job)  # a resume finishes the scene again from its stored chunks
         if isinstance(out.error, ChunkFailedError):
             n = len(job.grid)
+            first = out.error
             out.error = ChunkFailedError(
-                f"{len(sr.failures)} of {n} chunks failed (first: {out.error}); details in "
+                f"{len(sr.failures)} of {n} chunks failed (first: {first}); details in "
                 f"'{sr.failures_path}'; fix the cause and rerun with --resume to compute "
                 "only those chunks", failures=sr.failures_path)
+            out.error.__cause__ = first.__cause__
         return
     wall = time.perf_counter() - sr.t0
     if job.predict:
@@ -405,11 +412,45 @@ def _finish_scene(sr: _SceneRun, *, keep_chunks: bool) -> None:
         out.stats = {k: stats[k] for k in ("tiles_run", "chunks_skipped_nodata", "seconds",
                                             "throughput_mpx_s", "chunks_computed",
                                             "chunks_resumed", "input") if k in stats}
-        if not keep_chunks:
-            job.store.clear()
+    if job.stage:
+        out.outputs = _publish(job, out.outputs)
+    if job.predict and not keep_chunks:
+        job.store.clear()
     for key, name in (("classes", "classes.tif"), ("probabilities", "probabilities.tif")):
-        if job.out_store.exists(name):
-            out.outputs[key] = job.out_store.url_of(name)
+        if job.final_store.exists(name):
+            out.outputs[key] = job.final_store.url_of(name)
+
+
+def _write_failures(sr: _SceneRun) -> None:
+    """``failures.jsonl``: every failed chunk so far, the whole file again (an object store
+    has no append), at most every few seconds while the scene runs and once at its end."""
+    sr.job.final_store.put_bytes("failures.jsonl", ("\n".join(sr.failures) + "\n").encode())
+    sr.failures_written = time.monotonic()
+
+
+def _publish(job: SceneJob, outputs: dict[str, str]) -> dict[str, str]:
+    """Move the scene's staged outputs into its folder, ``run.json`` (the mark of a finished
+    scene) last; returns ``outputs`` with the URLs of where they now are."""
+    stage, final = job.out_store, job.final_store
+    names = sorted(stage.list(), key=lambda n: n == "run.json")
+    for name in names:
+        stage.move(name, final, name)
+    _drop_stage(job)
+    staged = stage.url.rstrip("/") + "/"
+    return {k: final.url_of(v[len(staged):]) if v.startswith(staged) else v
+            for k, v in outputs.items()}
+
+
+def _drop_stage(job: SceneJob) -> None:
+    """Remove the scene's staging folder (what is left of an unfinished scene's outputs)."""
+    if not job.stage:
+        return
+    stage = job.out_store
+    stage.delete_prefix("")
+    if stage.is_local:
+        import shutil
+
+        shutil.rmtree(stage.local_path("x").parent, ignore_errors=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from terraseg.io.stac import DEFAULT_ASSET
 if TYPE_CHECKING:
     import distributed
 
+    from terraseg.errors import ChunkFailedError
     from terraseg.io.scene import Scene
 
 __all__ = ["HUGE_SCENE_PX", "LargeSceneWarning", "predict_to_dir", "warn_if_huge"]
@@ -113,12 +114,14 @@ def predict_to_dir(
     below the one or smaller than the other are left out of the vectors).
 
     Everything is validated (scene, CRS, sizes, device, model, outputs) before
-    the model sees a pixel.
+    the model sees a pixel. A scene that turns out unreadable in some chunks (a
+    corrupt block) raises its :class:`~terraseg.errors.SceneReadError`, keeping
+    nothing: a repaired file is a new scene, not a run to resume.
     """
     from terraseg.engine.batch import plan_scene_job
     from terraseg.engine.cluster import run_scenes
     from terraseg.engine.distributed import PredictorOptions, get_worker_predictor
-    from terraseg.errors import ConfigError
+    from terraseg.errors import ChunkFailedError, ConfigError
     from terraseg.progress import progress_bars
 
     if ramp not in ("cosine", "linear", "none"):
@@ -153,12 +156,46 @@ def predict_to_dir(
         config=config, resume=resume, overwrite=overwrite)
     show = sys.stderr.isatty() if show_progress is None else show_progress
     with progress_bars(enabled=show) as bar:
-        (outcome,), _ = run_scenes([plan], client, progress=bar)
+        try:
+            (outcome,), _ = run_scenes([plan], client, progress=bar)
+        except ChunkFailedError as exc:  # the chunks stored are kept for --resume
+            _raise_if_unreadable(exc, plan.job)
+            raise
+        except Exception:  # a finishing step failed (a full disk...): no partial output
+            _discard(plan.job)
+            raise
     run_json = out_dir / "run.json"
     probs = out_dir / "probabilities.tif"
     return PredictResult(out_dir, out_dir / "classes.tif", probs if probs.exists() else None,
                          run_json, json.loads(run_json.read_text()), outputs=outcome.outputs,
                          counts=outcome.counts, n_instances=outcome.n_instances)
+
+
+def _raise_if_unreadable(exc: ChunkFailedError, job: Any) -> None:
+    """Chunks that failed only because the scene cannot be read (a corrupt block): bad
+    input, not a run to resume (repairing the file changes it, and a resume of a changed
+    scene is refused). Raise the read error itself, as one line, and keep nothing."""
+    from terraseg.errors import SceneReadError
+
+    failures = job.final_store.get_bytes("failures.jsonl").decode().splitlines()
+    errors = [json.loads(line)["error"] for line in failures if line.strip()]
+    if isinstance(exc.__cause__, SceneReadError) and all(
+            e.startswith(f"{type(exc.__cause__).__name__}:") for e in errors):
+        _discard(job)
+        raise exc.__cause__ from None
+
+
+def _discard(job: Any) -> None:
+    """Remove what a failed run of ``job`` wrote: its chunk store, staged outputs, failures."""
+    import shutil
+
+    from terraseg.io.objstore import STAGE_DIR
+
+    job.store.clear()
+    job.final_store.delete_prefix("failures.jsonl")
+    job.final_store.delete_prefix(f"{STAGE_DIR}/")
+    if job.final_store.is_local:
+        shutil.rmtree(job.final_store.local_path(STAGE_DIR), ignore_errors=True)
 
 
 def _with_filters(spec: Any, min_score: float | None, min_area_m2: float | None) -> Any:

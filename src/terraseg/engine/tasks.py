@@ -79,11 +79,20 @@ class SceneJob:
     relabel: bool = True
     imagery: str | None = None
     run_info: dict[str, Any] = field(default_factory=dict)
+    #: where under ``out_dir`` the tasks write the outputs, moved into ``out_dir`` together
+    #: when the scene is finished (:data:`~terraseg.io.objstore.STAGE_DIR`); "": in place
+    stage: str = ""
+
+    @property
+    def final_store(self) -> Store:
+        """The scene's output folder: a local folder or an ``s3://`` prefix."""
+        return open_store(self.out_dir)
 
     @property
     def out_store(self) -> Store:
-        """Where the scene's outputs go: a local folder or an ``s3://`` prefix."""
-        return open_store(self.out_dir)
+        """Where the tasks write the scene's outputs (its staging folder, if any)."""
+        final = self.final_store
+        return final.child(self.stage) if self.stage else final
 
     @property
     def out(self) -> Path:
@@ -93,7 +102,7 @@ class SceneJob:
     @property
     def store(self) -> DirStore:
         """The run's chunk store: chunk outputs, finished cores, per-chunk labels."""
-        return DirStore(self.out_store.child(".chunks"))
+        return DirStore(self.final_store.child(".chunks"))
 
     @property
     def classes_path(self) -> Path:

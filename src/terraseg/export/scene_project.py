@@ -37,6 +37,7 @@ from terraseg.export.qgis_project import (
 )
 from terraseg.export.qgis_renderers import GeometryKind
 from terraseg.export.qgis_styles import VectorStyle, num
+from terraseg.io.objstore import STAGE_DIR
 
 __all__ = ["imagery_layer", "vector_project_layers", "write_qgis_project",
            "write_scene_project"]
@@ -147,8 +148,12 @@ def imagery_layer(path: Path, project_dir: Path, *, name: str = "scene") -> Proj
     """The source scene as the bottom layer: bands 1-3 as RGB (or band 1 grey), stretched.
 
     The source is relative to the project folder when the scene is at most two
-    folders up from it (the project and scene move together), else absolute.
+    folders up from it (the project and scene move together), else absolute. A
+    project written in a run's staging folder (:data:`~terraseg.io.objstore.STAGE_DIR`)
+    is placed as from the folder it is published to, its parent.
     """
+    if project_dir.name == STAGE_DIR:
+        project_dir = project_dir.parent
     relative = Path(os.path.relpath(path.resolve(), project_dir.resolve())).as_posix()
     source = (
         relative if relative.startswith("../") else f"./{relative}"

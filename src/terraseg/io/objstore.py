@@ -43,6 +43,12 @@ _TMP_RE = re.compile(r"^\..*\.\d+-[0-9a-f]{8}\.tmp")
 _TRUE = ("1", "TRUE", "YES", "ON")
 
 
+#: The folder under a scene's output folder where a run's tasks write the outputs; the
+#: driver moves them into the scene's folder together, ``run.json`` last, once the scene
+#: is finished, so a failed or killed run never leaves half a set of outputs.
+STAGE_DIR = ".publish"
+
+
 def _check_name(name: str, *, prefix: bool = False) -> str:
     """``name`` if it is a relative POSIX object name; a prefix may be '' or end in '/'."""
     body = name[:-1] if prefix and name.endswith("/") else name
@@ -116,6 +122,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def child(self, name: str) -> Store:
         """The store rooted at ``name`` below this one (per scene, or ``".chunks"``)."""
+
+    @abc.abstractmethod
+    def move(self, name: str, dest: Store, dest_name: str) -> None:
+        """Move object ``name`` to ``dest_name`` in ``dest`` (a store of the same kind):
+        a rename in a folder, a server-side copy then delete in object storage."""
 
     @abc.abstractmethod
     def put_file(self, local_path: str | os.PathLike[str], name: str) -> None:
@@ -238,6 +249,12 @@ class LocalStore(Store):
 
     def child(self, name: str) -> LocalStore:
         return LocalStore(self.local_path(name))
+
+    def move(self, name: str, dest: Store, dest_name: str) -> None:
+        target = dest.local_path(dest_name)
+        with _local_errors(target, "write"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.local_path(name), target)
 
     def put_file(self, local_path: str | os.PathLike[str], name: str) -> None:
         _replace_atomically(self.local_path(name), lambda tmp: shutil.copyfile(local_path, tmp))
@@ -473,6 +490,15 @@ class S3Store(Store):
 
     def child(self, name: str) -> S3Store:
         return S3Store(self.bucket, self.key(name))
+
+    def move(self, name: str, dest: Store, dest_name: str) -> None:
+        if not isinstance(dest, S3Store):
+            raise ConfigError(f"cannot move '{self.url_of(name)}' to another kind of store")
+        with self._errors(name, "write"):  # managed copy: multipart above 8 MiB, server-side
+            client = _s3_client(self.url)
+            client.copy({"Bucket": self.bucket, "Key": self.key(name)}, dest.bucket,
+                        dest.key(dest_name))
+            client.delete_object(Bucket=self.bucket, Key=self.key(name))
 
     def put_file(self, local_path: str | os.PathLike[str], name: str) -> None:
         with self._errors(name, "write"):  # multipart above 8 MiB: appears on completion
