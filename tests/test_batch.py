@@ -378,6 +378,24 @@ def test_predict_interrupted_after_its_class_cog_resumes(
     assert (out / "a.qgz").exists() and res.counts and not (out / ".chunks").exists()
 
 
+def test_predict_overwrite_leaves_none_of_the_previous_outputs(
+    tmp_path: Path, scenes: list[Path]
+) -> None:
+    """--overwrite with fewer outputs (no probabilities, no vectors) removes the previous
+    run's probabilities.tif, instances.tif and GeoPackage instead of leaving them beside."""
+    from terraseg.engine.predict_dir import predict_to_dir
+
+    kw = {"model": "cheap", "device": "cpu", "tile_px": 256, "overlap_px": 32, "chunk_px": 256,
+          "show_progress": False}
+    out = tmp_path / "a"
+    predict_to_dir(scenes[0], out, write_probabilities=True, vectorize=True, **kw)
+    assert {"probabilities.tif", "instances.tif", "a.gpkg", "a.qgz"} <= {
+        p.name for p in out.iterdir()}
+    predict_to_dir(scenes[0], out, overwrite=True, **kw)
+    assert sorted(p.name for p in out.iterdir()) == ["classes.tif", "classes.tif.aux.xml",
+                                                     "run.json"]
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "workflows").glob("*.yaml")))
 def test_every_shipped_workflow_runs_end_to_end(tmp_path: Path, name: str) -> None:
     """Each file in workflows/ runs on a tiny synthetic scene (cluster: this process)."""

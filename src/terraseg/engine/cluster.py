@@ -433,6 +433,12 @@ def _publish(job: SceneJob, outputs: dict[str, str]) -> dict[str, str]:
     scene) last; returns ``outputs`` with the URLs of where they now are."""
     stage, final = job.out_store, job.final_store
     names = sorted(stage.list(), key=lambda n: n == "run.json")
+    # a previous run's outputs that this run does not make would mix with its own
+    made = {"classes.tif", "probabilities.tif", "instances.tif", "panoptic.tif", "run.json",
+            f"{job.name}.gpkg", f"{job.name}.qgz"}
+    for stale in sorted({n for m in made for n in (m, f"{m}.aux.xml")} - set(names)):
+        if final.exists(stale):
+            final.delete_prefix(stale)
     for name in names:
         stage.move(name, final, name)
     _drop_stage(job)
