@@ -26,7 +26,7 @@ from rasterio.transform import from_origin
 from remote_helpers import free_port, moto_s3
 
 from terraseg.errors import ConfigError, ExportError
-from terraseg.io import objstore
+from terraseg.io import objstore, s3client
 from terraseg.io.objstore import (
     LocalStore,
     S3Store,
@@ -408,11 +408,12 @@ def test_check_store_no_credentials(s3_env: str, monkeypatch: pytest.MonkeyPatch
 
 
 def test_check_store_without_boto3(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(objstore, "_CLIENTS", {})
+    monkeypatch.setattr(s3client, "_CLIENTS", {})
     monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 -> ImportError
     one_line_config_error(open_store("s3://bucket/run"), "pip install 'terraseg[s3]'")
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(objstore)
-    assert result.attempted >= 3 and result.failed == 0
+    for module in (objstore, s3client):
+        result = doctest.testmod(module)
+        assert result.attempted >= 2 and result.failed == 0

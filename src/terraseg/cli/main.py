@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -186,6 +186,11 @@ def predict(
         vectorize=vectorize,
         resume=resume,
     )
+    _report_predict(result)
+
+
+def _report_predict(result: Any) -> None:
+    """What ``terraseg predict`` wrote, in three lines at most."""
     st = result.stats
     resumed = st.get("chunks_resumed") or 0
     typer.echo(
@@ -196,7 +201,8 @@ def predict(
         f"{result.run_json}"
     )
     if result.n_instances is not None:
-        typer.echo(f"wrote {out / 'instances.tif'} ({result.n_instances} building instances)")
+        typer.echo(f"wrote {result.out_dir / 'instances.tif'} ({result.n_instances} building "
+                   "instances)")
     if result.counts:
         counts = ", ".join(f"{n} {k}" for k, n in result.counts.items())
         paths = ", ".join(p for k, p in result.outputs.items()

@@ -121,17 +121,10 @@ def predict_to_dir(
     from terraseg.engine.batch import plan_scene_job
     from terraseg.engine.cluster import run_scenes
     from terraseg.engine.distributed import PredictorOptions, get_worker_predictor
-    from terraseg.errors import ChunkFailedError, ConfigError
+    from terraseg.errors import ChunkFailedError
     from terraseg.progress import progress_bars
 
-    if ramp not in ("cosine", "linear", "none"):
-        raise ConfigError(f"unknown ramp '{ramp}'; use cosine, linear or none", ramp=ramp)
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"unknown amp '{amp}'; use auto, bf16, fp16 or off", amp=amp)
-    if backend not in ("torch", "onnxruntime"):
-        raise ConfigError(f"unknown backend '{backend}'; use torch or onnxruntime",
-                          backend=backend)
-    check_tta(tta)
+    _check_options(ramp=ramp, amp=amp, backend=backend, tta=tta)
     inp = scene if isinstance(scene, SceneInput) else scene_input(scene, asset=asset)
     sc = open_input(inp, assume_crs=assume_crs)
     opts = PredictorOptions(model=model, device=device, batch_size=batch_size, amp=amp,
@@ -169,6 +162,19 @@ def predict_to_dir(
     return PredictResult(out_dir, out_dir / "classes.tif", probs if probs.exists() else None,
                          run_json, json.loads(run_json.read_text()), outputs=outcome.outputs,
                          counts=outcome.counts, n_instances=outcome.n_instances)
+
+
+def _check_options(*, ramp: str, amp: str, backend: str, tta: str) -> None:
+    from terraseg.errors import ConfigError
+
+    if ramp not in ("cosine", "linear", "none"):
+        raise ConfigError(f"unknown ramp '{ramp}'; use cosine, linear or none", ramp=ramp)
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise ConfigError(f"unknown amp '{amp}'; use auto, bf16, fp16 or off", amp=amp)
+    if backend not in ("torch", "onnxruntime"):
+        raise ConfigError(f"unknown backend '{backend}'; use torch or onnxruntime",
+                          backend=backend)
+    check_tta(tta)
 
 
 def _raise_if_unreadable(exc: ChunkFailedError, job: Any) -> None:
