@@ -233,8 +233,10 @@ def finish_core(
 
     place(chunk.interior, out.labels, out.probs)
     if out.seam_valid:
-        all_pieces = [p for n in grid.neighbours(chunk) for p in store.get_pieces(n.index)]
-        all_pieces += out.pieces
+        # the chunk's own pieces first, then its neighbours' row-major: the order in which
+        # the streamed path sums them, so the float sums, hence ties, are the same
+        all_pieces = list(out.pieces)
+        all_pieces += [p for n in grid.neighbours(chunk) for p in store.get_pieces(n.index)]
         for window, valid in out.seam_valid:
             acc = assemble(window, all_pieces, n_classes + 1)
             place(window, *labels_from_acc(acc, valid, with_probs=with_probs))
