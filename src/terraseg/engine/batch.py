@@ -294,8 +294,8 @@ def plan_scene_job(
         manifest = build_manifest(
             sc, spec, grid, model=run_model_fingerprint(opts.model, opts.instance), ramp=ramp,
             pad=pad, probabilities=probabilities, tta=opts.tta)
-        # run.json is written last: a scene without it was interrupted (its outputs so far
-        # are complete files, each written atomically) and is resumed from its chunk store
+        # outputs are published together, run.json last: classes.tif without run.json is
+        # a run killed while publishing, resumed from its chunk store like any other
         if resume and out.exists("classes.tif") and out.exists("run.json"):
             check_finished(scene_dir, (out, "run.json"), manifest)  # another config: refused
             predict = False
