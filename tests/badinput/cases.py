@@ -498,13 +498,10 @@ def interrupted_predict(d: Path) -> dict[str, Any]:
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            staged = out / ".publish"  # the outputs are written there, then moved together
-            try:
-                writing = any(is_tmp_name(p.name) for p in staged.iterdir())
-            except FileNotFoundError:
-                writing = False
-            if writing:
-                time.sleep(0.5)  # a COG's sink is open: the outputs are being written
+            # mid-run: the first chunk is stored (of 4, a few seconds each); the outputs come
+            # after the last one, written in .publish/ and then moved into place together
+            if any((out / ".chunks").glob("chunk_*.npz")):
+                time.sleep(0.2)
                 break
             time.sleep(0.05)
         finished_early = proc.poll() is not None
