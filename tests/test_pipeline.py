@@ -460,10 +460,10 @@ def test_peak_memory_flat_2048_vs_16384(tmp_path: Path) -> None:
     # fills up to its cap (GDAL_CACHEMAX=64 in _peak_mb) and the heap may sit up to
     # the trimmer's slack above its last trim. Anything growing with the *area* — a
     # full-scene uint8 array would be +264 MiB — breaks this bound (≈ 200 MiB).
-    from terraseg.engine.pipeline import _MemoryTrimmer
+    from terraseg.engine.chunk import MemoryTrimmer
 
     small = _peak_mb(2048, tmp_path)
     large = _peak_mb(16384, tmp_path)
     allowed = (_seam_row_mb(16384) - _seam_row_mb(2048) + 64
-               + _MemoryTrimmer().slack / 2**20 + 16)
+               + MemoryTrimmer().slack / 2**20 + 16)
     assert large - small <= allowed, (small, large, allowed)
