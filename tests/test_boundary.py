@@ -338,6 +338,33 @@ def test_card_min_score_leaves_out_low_scoring_buildings_everywhere(
                        str(weights), "--min-score", "1.5", *common), "min_score", "[0, 1]")
 
 
+def test_a_model_rewritten_at_the_same_path_is_loaded_again(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """In one process (a notebook, a recipe that re-chooses its filters), a card or weights
+    rewritten at the same path are used by the next run, not the cached first ones."""
+    import json
+    import shutil
+
+    from terraseg.api import predict_to_dir
+    from terraseg.models.card import load_card, save_card
+
+    weights = tmp_path / "tiny-boundary.safetensors"
+    shutil.copy(tiny_models["tiny-boundary"], weights)
+    card_path = tmp_path / "tiny-boundary.card.yaml"
+    shutil.copy(tiny_models["tiny-boundary"].with_name("tiny-boundary.card.yaml"), card_path)
+    kw = {"model": str(weights), "tile_px": 128, "overlap_px": 16, "chunk_px": 128,
+          "device": "cpu", "show_progress": False}
+    first = predict_to_dir(tiny_models["scene"], tmp_path / "a", **kw)
+    assert first.stats["config"]["building_min_score"] == 0.0
+    card = load_card(card_path)
+    save_card(card.model_copy(update={"building_min_score": 0.6}), card_path, overwrite=True)
+    second = predict_to_dir(tiny_models["scene"], tmp_path / "b", **kw)
+    assert second.stats["config"]["building_min_score"] == 0.6
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert run["config"]["building_min_score"] == 0.6
+
+
 @pytest.mark.slow  # ~1 min: a recipe step (predict, 7 finishes, 77 evaluations)
 def test_recipe_chooses_building_filters_on_validation_data(
     tiny_models: dict[str, Path], tmp_path: Path
@@ -360,6 +387,18 @@ def test_recipe_chooses_building_filters_on_validation_data(
     assert card.metrics["val_filters_f1"] >= card.metrics["val_filters_f1_default"]
     assert f"building_min_score {score:g} and building_min_area_m2 {area:g}" in (
         card.evaluation or "")
+    # several validation scenes are pooled (matches, predicted and true summed): the scene
+    # twice scores exactly as once
+    from terraseg.recipes.evaluation import choose_building_filters
+
+    truth = scene.with_name(f"{scene.stem}.truth.gpkg")
+    best, found = choose_building_filters(stem.with_suffix(".safetensors"), [scene, scene],
+                                          [truth, truth], tmp_path / "pooled")
+    assert best == (score, area)
+    assert found[best] == (card.metrics["val_filters_f1"], card.metrics["val_filters_count_ratio"])
+    with pytest.raises(ValueError, match="2 validation scenes but 1 truth"):
+        choose_building_filters(stem.with_suffix(".safetensors"), [scene, scene], [truth],
+                                tmp_path / "pooled")
     # the pair reaches a run: the class raster carries it for the vectorizer
     from terraseg.engine.finish import FinishOptions
 

@@ -78,7 +78,7 @@ def test_scale_jitter_pads_the_mask_with_ignore_when_zooming_out() -> None:
     assert seen
 
 
-@pytest.mark.parametrize("name", ["brightness", "contrast", "hue", "blur", "noise"])
+@pytest.mark.parametrize("name", ["brightness", "contrast", "hue", "colour", "blur", "noise"])
 def test_photometric_augmentations_keep_values_in_range_and_the_mask(name: str) -> None:
     changed = False
     for seed in range(16):
@@ -91,10 +91,34 @@ def test_photometric_augmentations_keep_values_in_range_and_the_mask(name: str) 
     assert changed
 
 
-def test_hue_keeps_grey_pixels_grey() -> None:
+@pytest.mark.parametrize("name", ["hue", "colour"])
+def test_hue_keeps_grey_pixels_grey(name: str) -> None:
     x = torch.full((3, 8, 8), 0.4)
-    xa, _ = AUGMENTATIONS["hue"](x, torch.zeros(8, 8, dtype=torch.long), np.random.default_rng(1))
-    assert torch.allclose(xa, x, atol=1e-6)
+    for seed in range(8):
+        xa, _ = AUGMENTATIONS[name](x, torch.zeros(8, 8, dtype=torch.long),
+                                    np.random.default_rng(seed))
+        assert torch.allclose(xa, x, atol=1e-6)
+
+
+def test_colour_turns_a_red_roof_any_hue_or_grey() -> None:
+    """`colour` reaches hues far from the input's (unlike `hue`'s ±18°) and greys, on about
+    half the samples; the other bands and the mask are untouched."""
+    x = torch.zeros(4, 8, 8)
+    x[0], x[1], x[2], x[3] = 0.7, 0.2, 0.2, 0.9  # a red roof, and a fourth band
+    y = torch.zeros(8, 8, dtype=torch.long)
+    dominant, greyish, unchanged = set(), 0, 0
+    for seed in range(64):
+        xa, ya = AUGMENTATIONS["colour"](x.clone(), y.clone(), np.random.default_rng(seed))
+        assert torch.equal(ya, y) and torch.equal(xa[3], x[3])
+        rgb = xa[:3, 0, 0]
+        unchanged += torch.equal(xa, x)
+        if float(rgb.max() - rgb.min()) < 0.05:
+            greyish += 1
+        else:
+            dominant.add(int(rgb.argmax()))
+    assert dominant == {0, 1, 2}  # red, green and blue roofs
+    assert greyish >= 1
+    assert 16 <= unchanged <= 48
 
 
 def test_augmentation_is_deterministic_from_the_seed() -> None:
@@ -114,7 +138,8 @@ def test_augment_names() -> None:
     with pytest.raises(ConfigError, match=r"augment: unknown augmentation\(s\) \['flip'\]"):
         TrainConfig.checked({"augment": ["d4", "flip"]})
     assert augment_names("none") == ()
-    assert augment_names("full") == tuple(AUGMENTATIONS)
+    assert augment_names("places") == tuple(AUGMENTATIONS)
+    assert augment_names("full") == tuple(n for n in AUGMENTATIONS if n != "colour")
     assert augment_names("noise,d4") == ("d4", "noise")
     with pytest.raises(ValueError, match=r"unknown augmentation\(s\) \['rotate'\]"):
         augment_names(["rotate"])
@@ -505,7 +530,8 @@ def test_cli_train_with_the_real_data_options(
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "terraseg: error: augment: unknown augmentation(s) ['rotate']; use a preset (none, "
-        "basic, full) or names from d4, brightness, contrast, hue, scale, blur, noise"
+        "basic, full, places) or names from d4, brightness, contrast, hue, colour, scale, blur, "
+        "noise"
     )
 
 

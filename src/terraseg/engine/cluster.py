@@ -51,7 +51,7 @@ from terraseg.engine.tasks import (
 from terraseg.errors import ChunkFailedError, EmptySceneError
 from terraseg.io.manifest import manifest_token
 
-__all__ = ["LocalClient", "SceneOutcome", "run_scenes"]
+__all__ = ["LocalClient", "SceneOutcome", "drop_stage", "run_scenes"]
 
 log = logging.getLogger(__name__)
 
@@ -386,7 +386,7 @@ def _finish_scene(sr: _SceneRun, *, keep_chunks: bool) -> None:
     if sr.failures:
         _write_failures(sr)
     if out.error is not None:
-        _drop_stage(job)  # a resume finishes the scene again from its stored chunks
+        drop_stage(job)  # a resume finishes the scene again from its stored chunks
         if isinstance(out.error, ChunkFailedError):
             n = len(job.grid)
             first = out.error
@@ -441,13 +441,13 @@ def _publish(job: SceneJob, outputs: dict[str, str]) -> dict[str, str]:
             final.delete_prefix(stale)
     for name in names:
         stage.move(name, final, name)
-    _drop_stage(job)
+    drop_stage(job)
     staged = stage.url.rstrip("/") + "/"
     return {k: final.url_of(v[len(staged):]) if v.startswith(staged) else v
             for k, v in outputs.items()}
 
 
-def _drop_stage(job: SceneJob) -> None:
+def drop_stage(job: SceneJob) -> None:
     """Remove the scene's staging folder (what is left of an unfinished scene's outputs)."""
     if not job.stage:
         return

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from terraseg.engine.devices import (
@@ -69,8 +70,28 @@ class PredictorOptions:
                 f"batch_size={self.batch_size}, amp={self.amp}, tta={self.tta})")
 
 
-_PREDICTORS: dict[PredictorOptions, Any] = {}
+_PREDICTORS: dict[PredictorOptions, tuple[tuple[object, ...], Any, Any]] = {}
 _PREDICTORS_LOCK = threading.Lock()
+
+
+def _files_stamp(model: str | None) -> tuple[object, ...]:
+    """Size and modification time of a local model's files (weights, card, ...), so that a
+    model rewritten at the same path (retrained, or its card's filters re-chosen) is loaded
+    again instead of served stale from the cache. Bundled names and URLs stamp as ``()``."""
+    if not model or "://" in model:
+        return ()
+    path = Path(model)
+    if not path.is_file():
+        return ()
+    stem = path.name.split(".", 1)[0]
+    stamps: list[object] = []
+    for one in sorted(path.parent.glob(f"{stem}.*")):
+        try:
+            st = one.stat()
+        except OSError:
+            continue
+        stamps.append((one.name, st.st_size, st.st_mtime_ns))
+    return tuple(stamps)
 
 
 def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
@@ -80,10 +101,13 @@ def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
     one predictor, hence one copy of the weights; that is safe because the
     predictor keeps its batch buffers per thread. The predictor runs on
     :func:`~terraseg.engine.devices.worker_device` of ``opts.device``: this
-    worker's own GPU for ``auto``/``cuda``.
+    worker's own GPU for ``auto``/``cuda``. A local model file whose weights or
+    card changed since it was built is built again.
     """
+    stamp = (_files_stamp(opts.model), _files_stamp(opts.instance))
     with _PREDICTORS_LOCK:
-        if opts not in _PREDICTORS:
+        cached = _PREDICTORS.get(opts)
+        if cached is None or cached[0] != stamp:
             from terraseg.engine.inference import TilePredictor
             from terraseg.models.combine import resolve_models
 
@@ -93,8 +117,8 @@ def get_worker_predictor(opts: PredictorOptions) -> tuple[Any, Any]:
                 activation=spec.activation, backend=opts.backend,  # type: ignore[arg-type]
                 tta=opts.tta,  # type: ignore[arg-type]
             )
-            _PREDICTORS[opts] = (predictor, spec)
-        return _PREDICTORS[opts]  # type: ignore[no-any-return]
+            cached = _PREDICTORS[opts] = (stamp, predictor, spec)
+        return cached[1], cached[2]
 
 
 def _local_workers(n_workers: int, device: str) -> tuple[int, dict[str, float] | None]:

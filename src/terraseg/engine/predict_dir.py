@@ -193,15 +193,11 @@ def _raise_if_unreadable(exc: ChunkFailedError, job: Any) -> None:
 
 def _discard(job: Any) -> None:
     """Remove what a failed run of ``job`` wrote: its chunk store, staged outputs, failures."""
-    import shutil
-
-    from terraseg.io.objstore import STAGE_DIR
+    from terraseg.engine.cluster import drop_stage
 
     job.store.clear()
     job.final_store.delete_prefix("failures.jsonl")
-    job.final_store.delete_prefix(f"{STAGE_DIR}/")
-    if job.final_store.is_local:
-        shutil.rmtree(job.final_store.local_path(STAGE_DIR), ignore_errors=True)
+    drop_stage(job)
 
 
 def _with_filters(spec: Any, min_score: float | None, min_area_m2: float | None) -> Any:

@@ -67,16 +67,8 @@ def contrast(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> Samp
     return (mean + (x - mean) * factor).clamp(lo, hi), y
 
 
-def hue(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> Sample:
-    """Rotate the colour of the first three bands about the grey axis by up to ±18°.
-
-    Images with fewer than three bands are returned unchanged. Grey pixels
-    (equal bands) stay grey.
-    """
-    angle = float(rng.uniform(-0.05, 0.05)) * 2 * math.pi
-    if x.shape[0] < 3:
-        return x, y
-    lo, hi = _limits(x)
+def _rotate_hue(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """The first three bands rotated about the grey axis by ``angle`` radians (not clamped)."""
     c, s = math.cos(angle), math.sin(angle)
     k = 1 / 3
     r = math.sqrt(k)
@@ -89,7 +81,40 @@ def hue(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> Sample:
         ],
         dtype=x.dtype,
     )
-    rgb = torch.einsum("ij,jhw->ihw", rot, x[:3])
+    return torch.cat([torch.einsum("ij,jhw->ihw", rot, x[:3]), x[3:]])
+
+
+def hue(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> Sample:
+    """Rotate the colour of the first three bands about the grey axis by up to ±18°.
+
+    Images with fewer than three bands are returned unchanged. Grey pixels
+    (equal bands) stay grey.
+    """
+    angle = float(rng.uniform(-0.05, 0.05)) * 2 * math.pi
+    if x.shape[0] < 3:
+        return x, y
+    lo, hi = _limits(x)
+    return _rotate_hue(x, angle).clamp(lo, hi), y
+
+
+def colour(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> Sample:
+    """On half the samples, any hue and a saturation gain in [0, 1.5] (0: grey).
+
+    Roof colours change from place to place (red and grey iron sheets, orange
+    tiles, white concrete), so a model trained on a few places must learn roofs
+    by shape and texture, not hue: the first three bands are rotated about the
+    grey axis by an angle drawn from the whole circle, then pulled towards or
+    pushed away from their per-pixel grey. Images with fewer than three bands
+    are returned unchanged; grey pixels stay grey.
+    """
+    angle = float(rng.uniform(-math.pi, math.pi))
+    gain = float(rng.uniform(0.0, 1.5))
+    if rng.random() >= 0.5 or x.shape[0] < 3:
+        return x, y
+    lo, hi = _limits(x)
+    rgb = _rotate_hue(x, angle)[:3]
+    grey = rgb.mean(dim=0, keepdim=True)
+    rgb = grey + (rgb - grey) * gain
     return torch.cat([rgb, x[3:]]).clamp(lo, hi), y
 
 
@@ -159,6 +184,7 @@ AUGMENTATIONS: dict[str, Augment] = {
     "brightness": brightness,
     "contrast": contrast,
     "hue": hue,
+    "colour": colour,
     "scale": scale,
     "blur": blur,
     "noise": noise,
@@ -168,10 +194,13 @@ AUGMENTATIONS: dict[str, Augment] = {
 PRESETS: dict[str, tuple[str, ...]] = {
     "none": (),
     "basic": ("d4", "brightness"),
-    "full": tuple(AUGMENTATIONS),
+    "full": tuple(name for name in AUGMENTATIONS if name != "colour"),
+    "places": tuple(AUGMENTATIONS),
 }
 """Named sets: ``basic`` (flips/rotations and ±10 % gain, the default, as before
-issue 17), ``full`` (everything, for real imagery), ``none``."""
+issue 17), ``full`` (all but ``colour``, for real imagery), ``places`` (everything:
+``full`` and any-hue ``colour``, for models that must work in places whose roofs
+look unlike the training places'), ``none``."""
 
 
 def augment_names(value: str | Sequence[str]) -> tuple[str, ...]:

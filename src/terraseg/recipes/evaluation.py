@@ -9,6 +9,7 @@ user gets.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from terraseg.api import predict_to_dir
@@ -81,50 +82,64 @@ def evaluate_buildings(
 
 
 def choose_building_filters(
-    model: str | Path, scene: Path, truth: Path, workdir: Path, *, chunk_px: int = 2048,
-    max_count_error: float | None = None,
+    model: str | Path, scene: Path | Sequence[Path], truth: Path | Sequence[Path],
+    workdir: Path, *, chunk_px: int = 2048, max_count_error: float | None = None,
 ) -> tuple[tuple[float, float], dict[tuple[float, float], tuple[float, float]]]:
     """The ``(building_min_score, building_min_area_m2)`` of :data:`MIN_SCORE_GRID` (and 0)
     by :data:`MIN_AREA_GRID` with the best building F1@0.5 on validation data.
 
-    ``scene`` is validation data (never the test scene). It is predicted once
-    (``terraseg predict``, probabilities kept); its buildings are finished once per
-    minimum area, exactly as the engine drops small ones, and those scoring at
-    least each minimum score are scored against ``truth`` with ``terraseg
-    evaluate``. Returns the best pair (on a tie the one that drops least) and the
-    F1 and count ratio (predicted / true) of every pair; ``(0, 4)`` is the
-    engine's default (keep every score, 4 m²). With ``max_count_error`` only pairs
-    whose count ratio is within it of 1 compete (the defaults when none is).
+    ``scene`` is validation data (never the test scene), one scene or several with
+    one ``truth`` each. Each is predicted once (``terraseg predict``, probabilities
+    kept); its buildings are finished once per minimum area, exactly as the engine
+    drops small ones, and those scoring at least each minimum score are scored
+    against the truth with ``terraseg evaluate``. Several scenes are pooled: matches,
+    predicted and true buildings are summed over them before F1 (so a place with
+    more buildings weighs more, and no single place picks the filters). Returns the
+    best pair (on a tie the one that drops least) and the F1 and count ratio
+    (predicted / true) of every pair; ``(0, 4)`` is the engine's default (keep every
+    score, 4 m²). With ``max_count_error`` only pairs whose count ratio is within it
+    of 1 compete (the defaults when none is).
     """
     from terraseg.engine.postprocess import finish_scene
 
-    out = workdir / f"filters-{Path(model).stem}-{scene.stem}"
-    result = predict_to_dir(scene, out, model=str(model), chunk_px=chunk_px, device="cpu",
-                            write_probabilities=True, overwrite=True, show_progress=False,
-                            min_score=0.0, min_area_m2=0.0)
-    found: dict[tuple[float, float], tuple[float, float]] = {}
-    for area in MIN_AREA_GRID:
-        buildings = finish_scene(
-            result.classes_path, out / f"instances-{area:g}.tif", chunk_px=chunk_px,
-            probabilities_path=result.probabilities_path, overwrite=True, min_area_m2=area,
-        ).layers.buildings
-        for score in (0.0, *MIN_SCORE_GRID):
-            kept = out / f"kept-{score:.2f}-{area:g}.gpkg"
-            buildings[buildings["score"] >= score].to_file(kept, layer="buildings",
-                                                          driver="GPKG")
-            b = evaluate(kept, truth, task="buildings").buildings
-            assert b is not None
-            found[score, area] = (round(float(b.f1), 4), round(b.n_pred / max(b.n_truth, 1), 4))
+    scenes = [scene] if isinstance(scene, Path) else list(scene)
+    truths = [truth] if isinstance(truth, Path) else list(truth)
+    if len(scenes) != len(truths):
+        raise ValueError(f"{len(scenes)} validation scenes but {len(truths)} truth files")
+    counts: dict[tuple[float, float], list[int]] = {}  # tp, predicted, true
+    for one, one_truth in zip(scenes, truths, strict=True):
+        out = workdir / f"filters-{Path(model).stem}-{one.stem}"
+        result = predict_to_dir(one, out, model=str(model), chunk_px=chunk_px, device="cpu",
+                                write_probabilities=True, overwrite=True, show_progress=False,
+                                min_score=0.0, min_area_m2=0.0)
+        for area in MIN_AREA_GRID:
+            buildings = finish_scene(
+                result.classes_path, out / f"instances-{area:g}.tif", chunk_px=chunk_px,
+                probabilities_path=result.probabilities_path, overwrite=True, min_area_m2=area,
+            ).layers.buildings
+            for score in (0.0, *MIN_SCORE_GRID):
+                kept = out / f"kept-{score:.2f}-{area:g}.gpkg"
+                buildings[buildings["score"] >= score].to_file(kept, layer="buildings",
+                                                              driver="GPKG")
+                b = evaluate(kept, one_truth, task="buildings").buildings
+                assert b is not None
+                total = counts.setdefault((score, area), [0, 0, 0])
+                total[0] += b.tp
+                total[1] += b.n_pred
+                total[2] += b.n_truth
+    found = {k: (round(2 * tp / max(n_pred + n_truth, 1), 4), round(n_pred / max(n_truth, 1), 4))
+             for k, (tp, n_pred, n_truth) in counts.items()}
     allowed = [k for k, (_, ratio) in found.items()
                if max_count_error is None or abs(ratio - 1) <= max_count_error] or [(0.0, 4.0)]
     best = max(allowed, key=lambda k: (found[k][0], -k[0], -k[1]))
     return best, found
 
 
-def record_building_filters(stem: Path, scene: Path, truth: Path, workdir: Path, *,
+def record_building_filters(stem: Path, scene: Path | Sequence[Path],
+                            truth: Path | Sequence[Path], workdir: Path, *,
                             max_count_error: float | None = None) -> None:
-    """:func:`choose_building_filters` on validation ``scene``, kept in the card as
-    ``building_min_score`` and ``building_min_area_m2``.
+    """:func:`choose_building_filters` on validation ``scene`` (or scenes, pooled), kept in
+    the card as ``building_min_score`` and ``building_min_area_m2``.
 
     The card's ``val_filters_f1`` is the validation F1 with them and
     ``val_filters_f1_default`` with the engine's defaults (``val_filters_count_ratio``
@@ -140,13 +155,16 @@ def record_building_filters(stem: Path, scene: Path, truth: Path, workdir: Path,
     rule = ("" if max_count_error is None else
             f" among those that keep the predicted count within {max_count_error:.0%} of the "
             "true count")
+    scenes = [scene] if isinstance(scene, Path) else list(scene)
+    names = (f"scene {scenes[0].name}" if len(scenes) == 1 else
+             f"scenes {', '.join(one.name for one in scenes)} (pooled)")
     card = load_card(card_path)
     before, eval_sep, eval_note = (card.evaluation or "").partition("; eval_*:")
     evaluation = before.split("; building filters:")[0]
     note = (f"building filters: building_min_score {score:g} and building_min_area_m2 "
             f"{area:g}, the pair of 0 or {MIN_SCORE_GRID[0]:g}-{MIN_SCORE_GRID[-1]:g} (step "
             f"0.05) by {'/'.join(f'{a:g}' for a in MIN_AREA_GRID)} m2 with the best building "
-            f"F1@0.5{rule} on the validation scene {scene.name} (F1 {f1:.4f}, count ratio "
+            f"F1@0.5{rule} on the validation {names} (F1 {f1:.4f}, count ratio "
             f"{ratio:.3f}; {f1_0:.4f} and {ratio_0:.3f} with the defaults 0 and 4 m2); "
             "buildings scoring below the one or smaller than the other are left out of the "
             "vectors")

@@ -274,8 +274,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               "(stage 2, from stage 1)")
     from terraseg.recipes.evaluation import record_building_filters
 
-    record_building_filters(stem, prepared_image(VAL[0], root, args.workdir),
-                     clipped_truth(VAL[0], root, args.workdir), args.workdir)
+    record_building_filters(stem, [prepared_image(p, root, args.workdir) for p in VAL],
+                            [clipped_truth(p, root, args.workdir) for p in VAL], args.workdir)
     metrics = evaluate(stem, root, args.workdir)
     from terraseg.models.card import load_card, save_card
 
