@@ -12,18 +12,23 @@ see that folder's README for licences). Run from a checkout::
 The data is split by place, so that the test figures are on imagery the model
 never saw, neither in training nor in validation:
 
-* **training**: Zanzibar block 1, Catanduanes blocks 1–2, Banepa outskirts
-  blocks 1–2, Banepa centre (resampled from 0.149 m to 0.298 m) and Banepa
+* **training**: Zanzibar block 1, Catanduanes block 1, Banepa outskirts block 1,
+  Banepa centre (resampled from 0.149 m to 0.298 m), and in stage 2 also Banepa
   north (loss masked outside ``label_extent_bbox.geojson``, where buildings are
-  not labelled), all at OpenAerialMap's zoom 19 (0.30 m Mercator pixel);
-* **validation** (checkpoint choice): Zanzibar block 2;
+  not labelled) and Nairobi block 2, all at OpenAerialMap's zoom 19 (0.30 m
+  Mercator pixel); and four synthetic cities at 0.3 m
+  (:func:`terraseg.synthetic.make_city`, made in the workdir), whose roofs
+  (orange tiles, grey and white flat roofs, long blocks) the real places lack;
+* **validation** (checkpoint and building filters): block 2 of Zanzibar,
+  Catanduanes and Banepa outskirts, pooled: one image of a hundred-odd
+  buildings picked both poorly;
 * **test**: Kampala block A at its native 7.46 cm (``terraseg predict``
-  resamples it to the model's 0.3 m) and Nairobi blocks 1–2 at 0.30 m, a city
-  not in training.
+  resamples it to the model's 0.3 m) and Nairobi block 1 at 0.30 m.
 
 Training starts from the bundled synthetic ``demo-instance`` (``init_from``).
 After training, the card's ``building_min_score`` and ``building_min_area_m2``
-are chosen on the validation image (the pair with its best building F1@0.5;
+are chosen on the validation images (the pair with the best building F1@0.5,
+matches summed over them;
 :func:`terraseg.recipes.evaluation.choose_building_filters`), then the
 validation and test images are measured with them.
 Truth polygons of the test scenes are clipped to the image; pieces with less
@@ -49,40 +54,58 @@ GSD_M = 0.3
 
 @dataclass(frozen=True)
 class Place:
-    """One labelled image of the shared real data."""
+    """One labelled image: of the shared real data, or (``seed``) a synthetic city."""
 
     folder: str
     image: str
     labels: str
     extent: str | None = None
     factor: int = 1  # integer decimation to ~0.3 m (Banepa centre: 0.149 m -> 0.298 m)
+    seed: int | None = None  # a synthetic city: make_city(seed=...), written to the workdir
 
     @property
     def name(self) -> str:
         return Path(self.image).stem
 
 
-STAGE1 = (
+SYNTHETIC_PX = 1536
+SYNTHETIC_CRS = "EPSG:32636"
+
+
+def synthetic(seed: int) -> Place:
+    """A synthetic city, :data:`SYNTHETIC_PX` pixels square at 0.3 m (``make_city``)."""
+    return Place("", f"city{seed}.tif", f"city{seed}.truth.gpkg", seed=seed)
+
+
+SYNTHETIC = tuple(synthetic(seed) for seed in (101, 102, 103, 104))
+"""Synthetic cities mixed into training: roof colours and shapes (orange tiles, grey and
+white flat roofs, large blocks) that the real training places lack."""
+_REAL_STAGE1 = (
     Place("zanzibar_oam_buildings", "zanzibar_oam_z19_block1.tif", "labels_block1.geojson"),
     Place("catanduanes_oam_buildings", "catanduanes_oam_z19_block1.tif", "labels_block1.geojson"),
-    Place("catanduanes_oam_buildings", "catanduanes_oam_z19_block2.tif", "labels_block2.geojson"),
     Place("banepa_outskirts_oam_z21_buildings", "banepa_oam_z19_block1.tif",
           "labels_block1.geojson"),
-    Place("banepa_outskirts_oam_z21_buildings", "banepa_oam_z19_block2.tif",
-          "labels_block2.geojson"),
     Place("banepa_centre_oam_z19x512_buildings", "banepa_centre_oam_z19_512px.tif",
           "labels_osm.geojson", factor=2),
 )
+STAGE1 = (*_REAL_STAGE1, *SYNTHETIC)
 """Stage 1's training images (fully labelled)."""
 TRAIN = (
-    *STAGE1,
+    *_REAL_STAGE1,
     Place("banepa_north_oam_z19_buildings", "banepa_north_oam_z19.tif", "labels_osm.geojson",
           extent="label_extent_bbox.geojson"),
     Place("nairobi_oam_buildings", "nairobi_oam_z19_block2.tif", "labels_block2.geojson"),
+    *SYNTHETIC,
 )
 """Stage 2's training images: stage 1's, Banepa north (partly labelled) and Nairobi block 2
 (grey slab roofs, dense)."""
-VAL = (Place("zanzibar_oam_buildings", "zanzibar_oam_z19_block2.tif", "labels_block2.geojson"),)
+VAL = (
+    Place("zanzibar_oam_buildings", "zanzibar_oam_z19_block2.tif", "labels_block2.geojson"),
+    Place("catanduanes_oam_buildings", "catanduanes_oam_z19_block2.tif", "labels_block2.geojson"),
+    Place("banepa_outskirts_oam_z21_buildings", "banepa_oam_z19_block2.tif",
+          "labels_block2.geojson"),
+)
+"""Validation (checkpoint and building filters, pooled): block 2 of three training places."""
 TEST = (
     Place("kampala_block_a_buildings", "kampala_oam_z21_block_a.tif", "labels_block_a.geojson"),
     Place("nairobi_oam_buildings", "nairobi_oam_z19_block1.tif", "labels_block1.geojson"),
@@ -128,7 +151,16 @@ def data_root() -> Path:
 
 
 def prepared_image(place: Place, root: Path, workdir: Path) -> Path:
-    """The place's image, decimated by ``place.factor`` (area average) into ``workdir``."""
+    """The place's image, decimated by ``place.factor`` (area average) into ``workdir``; a
+    synthetic place's city, made in ``workdir``."""
+    if place.seed is not None:
+        city = workdir / place.image
+        if not city.exists():
+            from terraseg.synthetic import make_city
+
+            make_city(city, size_px=SYNTHETIC_PX, seed=place.seed, gsd_m=GSD_M,
+                      crs=SYNTHETIC_CRS)
+        return city
     src_path = root / place.folder / place.image
     if place.factor == 1:
         return src_path
@@ -186,17 +218,26 @@ def clipped_truth(place: Place, root: Path, workdir: Path) -> Path:
     return out
 
 
+def _note(place: Place) -> str:
+    """How the card names a training image."""
+    if place.seed is not None:
+        return (f"terraseg.synthetic.make_city(size_px={SYNTHETIC_PX}, seed={place.seed}, "
+                f"gsd_m={GSD_M}, crs={SYNTHETIC_CRS}) (training)")
+    return (f"{place.folder}/{place.image} "
+            f"(training{', decimated x2' if place.factor > 1 else ''})")
+
+
 def train(root: Path, workdir: Path, stem: Path, places: Sequence[Place],
           settings: TrainConfig, command: str) -> None:
     """Train on ``places``, validated on :data:`VAL`, into ``<stem>.safetensors``."""
     from terraseg.models.train import train_semantic
 
     images = [prepared_image(p, root, workdir) for p in places]
-    labels = [root / p.folder / p.labels for p in places]
+    labels = [workdir / p.labels if p.seed is not None else root / p.folder / p.labels
+              for p in places]
     extents = [str(root / p.folder / p.extent) if p.extent else footprint(image, workdir)
                for p, image in zip(places, images, strict=True)]
-    notes = [f"{p.folder}/{p.image} (training{', decimated x2' if p.factor > 1 else ''})"
-             for p in places] + [f"{p.folder}/{p.image} (validation)" for p in VAL]
+    notes = [_note(p) for p in places] + [f"{p.folder}/{p.image} (validation)" for p in VAL]
     train_semantic(
         images, labels, stem, settings,
         val_image=[prepared_image(p, root, workdir) for p in VAL],
