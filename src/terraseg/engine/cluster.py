@@ -190,6 +190,7 @@ class _SceneRun:
     run: RunStats = field(default_factory=RunStats)
     chunks: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    failure_types: list[str] = field(default_factory=list)  # each failed chunk's error type
     failures_written: float = float("-inf")
     bytes_received: int = 0
     t0: float = field(default_factory=time.perf_counter)
@@ -329,6 +330,7 @@ class _Driver:
             sr.failures.append(json.dumps({
                 "chunk": list(index), "window": [w.row_off, w.col_off, w.height, w.width],
                 "error": f"{type(exc).__name__}: {exc}", "traceback": tb}))
+            sr.failure_types.append(type(exc).__name__)
             if time.monotonic() - sr.failures_written >= 5.0:  # else at the scene's end
                 _write_failures(sr)
             if sr.outcome.error is None or not isinstance(sr.outcome.error, ChunkFailedError):
@@ -393,7 +395,8 @@ def _finish_scene(sr: _SceneRun, *, keep_chunks: bool) -> None:
             out.error = ChunkFailedError(
                 f"{len(sr.failures)} of {n} chunks failed (first: {first}); details in "
                 f"'{sr.failures_path}'; fix the cause and rerun with --resume to compute "
-                "only those chunks", failures=sr.failures_path)
+                "only those chunks", failures=sr.failures_path,
+                error_types=tuple(sr.failure_types))
             out.error.__cause__ = first.__cause__
         return
     wall = time.perf_counter() - sr.t0
@@ -452,11 +455,12 @@ def drop_stage(job: SceneJob) -> None:
     if not job.stage:
         return
     stage = job.out_store
-    stage.delete_prefix("")
     if stage.is_local:
         import shutil
 
         shutil.rmtree(stage.local_path("x").parent, ignore_errors=True)
+    else:
+        stage.delete_prefix("")
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,12 +183,11 @@ def _raise_if_unreadable(exc: ChunkFailedError, job: Any) -> None:
     scene is refused). Raise the read error itself, as one line, and keep nothing."""
     from terraseg.errors import SceneReadError
 
-    failures = job.final_store.get_bytes("failures.jsonl").decode().splitlines()
-    errors = [json.loads(line)["error"] for line in failures if line.strip()]
-    if isinstance(exc.__cause__, SceneReadError) and all(
-            e.startswith(f"{type(exc.__cause__).__name__}:") for e in errors):
+    cause = exc.__cause__
+    if isinstance(cause, SceneReadError) and all(
+            name == type(cause).__name__ for name in getattr(exc, "error_types", ("?",))):
         _discard(job)
-        raise exc.__cause__ from None
+        raise cause from None
 
 
 def _discard(job: Any) -> None:
