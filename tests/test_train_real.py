@@ -510,7 +510,7 @@ def test_cli_train_with_the_real_data_options(
         "terraseg", "train", str(city), str(city.with_name("city.truth.gpkg")), "--out", str(out),
         "--epochs", "2", "--steps-per-epoch", "1", "--batch-size", "2", "--patch-px", "64",
         "--arch", "fpn", "--encoder", "tu-mobilenetv3_small_050", "--loss", "lovasz",
-        "--augment", "full", "--label-extent", str(extent), "--gsd-m", "0.5",
+        "--augment", "places", "--label-extent", str(extent), "--gsd-m", "0.5",
         "--monitor", "val_iou_building", "--patience", "3", "--accelerator", "auto",
     ]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
