@@ -90,3 +90,37 @@ def test_synthetic_places_are_made_in_the_workdir(
     assert recipe._note(place) == (
         "terraseg.synthetic.make_city(size_px=128, seed=7, gsd_m=0.3, crs=EPSG:32636) (training)")
     assert all(p.seed is None for p in (*recipe.VAL, *recipe.TEST))
+
+
+def test_a_decimated_place_is_averaged_and_keeps_its_alpha(tmp_path: Path) -> None:
+    """A place with ``factor`` is area-averaged into the workdir once: RGBA stays RGBA (an
+    undefined 4th band would lose the alpha mask), the transform is scaled; needs no real
+    data."""
+    import numpy as np
+    from rasterio.enums import ColorInterp
+    from rasterio.transform import from_origin
+
+    folder = tmp_path / "real" / "town"
+    folder.mkdir(parents=True)
+    pixels = np.zeros((4, 16, 16), np.uint8)
+    pixels[:3, :4, :4] = 200  # one 4x4 block: one output pixel of 200
+    pixels[:3, 4:6, :4] = 100  # half of the next block: 50 after averaging
+    pixels[3] = 255
+    profile = {"driver": "GTiff", "width": 16, "height": 16, "count": 4, "dtype": "uint8",
+               "crs": "EPSG:3857", "transform": from_origin(1000.0, 2000.0, 0.075, 0.075),
+               "photometric": "rgb", "alpha": "YES"}
+    with rasterio.open(folder / "town_oam_z21_block1.tif", "w", **profile) as dst:
+        dst.write(pixels)
+    place = recipe.Place("town", "town_oam_z21_block1.tif", "labels.geojson", factor=4)
+    image = recipe.prepared_image(place, tmp_path / "real", tmp_path)
+    assert image == tmp_path / "town_oam_z21_block1_x4.tif"
+    with rasterio.open(image) as src:
+        assert (src.width, src.height, src.count) == (4, 4, 4)
+        assert src.colorinterp[3] == ColorInterp.alpha
+        assert src.transform == from_origin(1000.0, 2000.0, 0.3, 0.3)
+        out = src.read()
+    assert out[0, 0, 0] == 200 and out[0, 1, 0] == 50 and out[0, 2, 0] == 0
+    assert (out[3] == 255).all()
+    made = image.stat().st_mtime_ns
+    assert recipe.prepared_image(place, tmp_path / "real", tmp_path) == image
+    assert image.stat().st_mtime_ns == made  # not made twice

@@ -165,7 +165,7 @@ def prepared_image(place: Place, root: Path, workdir: Path) -> Path:
     if place.factor == 1:
         return src_path
     import rasterio
-    from rasterio.enums import Resampling
+    from rasterio.enums import ColorInterp, Resampling
 
     out = workdir / f"{place.name}_x{place.factor}.tif"
     if out.exists():
@@ -178,6 +178,8 @@ def prepared_image(place: Place, root: Path, workdir: Path) -> Path:
             "transform": src.transform * src.transform.scale(place.factor, place.factor),
             "tiled": True, "blockxsize": 256, "blockysize": 256,
         }
+        if ColorInterp.alpha in src.colorinterp:  # RGBA stays RGBA
+            profile["alpha"] = "YES"
     tmp = out.with_suffix(".part.tif")
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
@@ -292,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stage1-steps", type=int, default=STAGE1_SETTINGS.max_steps)
     parser.add_argument("--max-steps", type=int, default=SETTINGS.max_steps,
                         help="Steps of stage 2.")
+    parser.add_argument("--lr", type=float, default=SETTINGS.lr,
+                        help="Peak learning rate of stage 2 (one-cycle schedule).")
     parser.add_argument("--stage1", type=Path, default=None,
                         help="Use this model as stage 1's result instead of training it.")
     parser.add_argument("--stage1-only", action="store_true",
@@ -316,10 +320,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"--workdir {args.workdir} --stage1 {stage1}", flush=True)
             return
         settings = SETTINGS.model_copy(update={"init_from": str(stage1),
-                                               "max_steps": args.max_steps})
+                                               "max_steps": args.max_steps, "lr": args.lr})
         train(root, args.workdir, stem, TRAIN, settings,
-              f"{module} --stage1-steps {args.stage1_steps} --max-steps {args.max_steps} "
-              "(stage 2, from stage 1)")
+              f"{module} --stage1-steps {args.stage1_steps} --max-steps {args.max_steps}"
+              + (f" --lr {args.lr:g}" if args.lr != SETTINGS.lr else "")
+              + f" (stage 2, from {stage1.name})")
     from terraseg.recipes.evaluation import record_building_filters
 
     record_building_filters(stem, [prepared_image(p, root, args.workdir) for p in VAL],
