@@ -124,3 +124,42 @@ def test_a_decimated_place_is_averaged_and_keeps_its_alpha(tmp_path: Path) -> No
     made = image.stat().st_mtime_ns
     assert recipe.prepared_image(place, tmp_path / "real", tmp_path) == image
     assert image.stat().st_mtime_ns == made  # not made twice
+
+
+def test_stage2_options_reach_the_settings_and_the_cards_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--lr`` and ``--edge-weight`` set stage 2's training, and the command the card
+    records names them and the stage-1 model it starts from; needs no real data."""
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(root: Path, workdir: Path, stem: Path, places: object,
+                   settings: object, command: str) -> None:
+        seen.update(places=places, settings=settings, command=command)
+        raise Stop
+
+    monkeypatch.setattr(recipe, "data_root", lambda: tmp_path)
+    monkeypatch.setattr(recipe, "train", fake_train)
+    stage1 = tmp_path / "s1.safetensors"
+    with pytest.raises(Stop):
+        recipe.main(["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                     "--stage1", str(stage1), "--lr", "3e-4", "--edge-weight", "5"])
+    settings = seen["settings"]
+    assert isinstance(settings, recipe.TrainConfig)
+    assert settings.lr == 3e-4 and settings.class_weights == [1.0, 1.0, 1.0, 5.0]
+    assert settings.init_from == str(stage1) and seen["places"] == recipe.TRAIN
+    assert seen["command"] == ("python -m terraseg.recipes.oam_buildings --stage1-steps 200 "
+                               "--max-steps 800 --lr 0.0003 --edge-weight 5 "
+                               "(stage 2, from s1.safetensors)")
+    with pytest.raises(Stop):  # the defaults are the bundled recipe's and are not repeated
+        recipe.main(["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
+                     "--stage1", str(stage1)])
+    settings = seen["settings"]
+    assert isinstance(settings, recipe.TrainConfig)
+    assert (settings.lr, settings.class_weights) == (recipe.SETTINGS.lr,
+                                                     recipe.SETTINGS.class_weights)
+    assert seen["command"] == ("python -m terraseg.recipes.oam_buildings --stage1-steps 200 "
+                               "--max-steps 800 (stage 2, from s1.safetensors)")

@@ -111,12 +111,14 @@ TEST = (
     Place("nairobi_oam_buildings", "nairobi_oam_z19_block1.tif", "labels_block1.geojson"),
 )
 
+#: Loss weight of the building-edge class (background, building and road weigh 1).
+EDGE_WEIGHT = 2.0
 #: Stage 1: from the synthetic demo-instance, basic augmentation, best epoch by mean IoU.
 STAGE1_SETTINGS = TrainConfig(
     task="boundary",
     edge_px=3,
     loss="ce+dice",
-    class_weights=[1.0, 1.0, 1.0, 2.0],
+    class_weights=[1.0, 1.0, 1.0, EDGE_WEIGHT],
     classes=[c.model_dump() for c in BOUNDARY_CLASSES],
     layers={"buildings": 1},
     init_from="demo-instance",
@@ -296,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="Steps of stage 2.")
     parser.add_argument("--lr", type=float, default=SETTINGS.lr,
                         help="Peak learning rate of stage 2 (one-cycle schedule).")
+    parser.add_argument("--edge-weight", type=float, default=EDGE_WEIGHT,
+                        help="Loss weight of the building-edge class in stage 2.")
     parser.add_argument("--stage1", type=Path, default=None,
                         help="Use this model as stage 1's result instead of training it.")
     parser.add_argument("--stage1-only", action="store_true",
@@ -320,10 +324,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"--workdir {args.workdir} --stage1 {stage1}", flush=True)
             return
         settings = SETTINGS.model_copy(update={"init_from": str(stage1),
-                                               "max_steps": args.max_steps, "lr": args.lr})
+                                               "max_steps": args.max_steps, "lr": args.lr,
+                                               "class_weights": [1.0, 1.0, 1.0,
+                                                                 args.edge_weight]})
         train(root, args.workdir, stem, TRAIN, settings,
               f"{module} --stage1-steps {args.stage1_steps} --max-steps {args.max_steps}"
               + (f" --lr {args.lr:g}" if args.lr != SETTINGS.lr else "")
+              + (f" --edge-weight {args.edge_weight:g}"
+                 if args.edge_weight != EDGE_WEIGHT else "")
               + f" (stage 2, from {stage1.name})")
     from terraseg.recipes.evaluation import record_building_filters
 
