@@ -43,7 +43,10 @@ else
   export DEBIAN_FRONTEND=noninteractive
   log="$(mktemp)"
   trap 'rm -f "$log"' EXIT
-  if ! { "${SUDO[@]}" apt-get update -qq \
+  # An earlier installation cut off mid-way (a CI run killed while apt ran) leaves dpkg
+  # "interrupted", and apt-get then refuses everything until it is finished.
+  if ! { "${SUDO[@]}" dpkg --configure -a \
+      && "${SUDO[@]}" apt-get update -qq \
       && "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
       >"$log" 2>&1; then
     tail -n 30 "$log" >&2
