@@ -211,3 +211,70 @@ def test_validation_patches_lie_inside_the_scene(tmp_path: Path, size_px: int) -
     assert cover.min() >= 1 and cover.max() <= (1 if size_px == 96 else 4)
     patch = ds[inside[-1]]["image"]  # the moved patch reads the scene, not the void past it
     assert tuple(patch.shape[-2:]) == (32, 32) and bool((patch == 1).all())
+
+
+def test_precision_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from terraseg.models import task
+
+    monkeypatch.setattr(task, "native_cpu_bf16", lambda: True)
+    assert task.resolve_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(task, "native_cpu_bf16", lambda: False)  # emulated bf16 is slower
+    assert task.resolve_precision("auto", "cpu") == "32"
+    assert task.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"  # asked for: given
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert task.resolve_precision("auto", "gpu") == "16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert task.resolve_precision("auto", "gpu") == "bf16-mixed"
+    assert task.resolve_precision("32", "gpu") == "32"
+    with pytest.raises(ConfigError, match="precision 16-mixed needs a GPU"):
+        task.resolve_precision("16-mixed", "cpu")
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32"])
+def test_mixed_precision_trains_under_autocast_channels_last(
+    city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    """The network sees bfloat16 autocast and channels-last images; the saved weights do not."""
+    from terraseg.models import task
+
+    seen: list[tuple[bool, bool]] = []
+    build = task.build_network
+
+    def spying_build(*args: object, **kwargs: object) -> torch.nn.Module:
+        net = build(*args, **kwargs)  # type: ignore[arg-type]
+
+        def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            if module.training:
+                x = inputs[0]
+                seen.append((torch.is_autocast_enabled("cpu"),
+                             x.is_contiguous(memory_format=torch.channels_last)))
+
+        net.register_forward_pre_hook(record)
+        return net
+
+    monkeypatch.setattr(task, "build_network", spying_build)
+    card = train_semantic(city, truth_gpkg(city), tmp_path / "m", max_steps=2, batch_size=2,
+                          patch_px=128, precision=precision, accelerator="cpu")
+    mixed = precision == "bf16-mixed"
+    assert seen and set(seen) == {(mixed, mixed)}
+    assert card.training is not None and card.training.precision == precision
+    net, loaded = load_model(tmp_path / "m.safetensors")
+    assert loaded.training is not None and loaded.training.precision == precision
+    assert all(p.is_contiguous() for p in net.parameters())
+    assert all(np.isfinite(v) for k, v in card.metrics.items() if k.startswith("val_iou_b"))
+
+
+def test_cli_refuses_float16_training_on_the_cpu(
+    city: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from terraseg.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", [
+        "terraseg", "train", str(city), str(truth_tif(city)), "--out", str(tmp_path / "m"),
+        "--max-steps", "1", "--accelerator", "cpu", "--precision", "16-mixed"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("terraseg: error: precision 16-mixed needs a GPU"), err
+    assert "\n" not in err and not list(tmp_path.iterdir())

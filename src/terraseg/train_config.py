@@ -177,6 +177,13 @@ class TrainConfig(_Model):
         description="Lightning accelerator: 'auto' (the GPU when torch sees one, else the CPU), "
         "'cpu', 'gpu'.",
     )
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
+        default="auto",
+        description="Arithmetic of training: 'auto' (bf16-mixed on a GPU that has bfloat16 and "
+        "on a CPU with native bfloat16 (AVX512-BF16 or AMX), 16-mixed on other GPUs, else "
+        "'32'), '32' (float32 throughout), 'bf16-mixed' or '16-mixed' (GPU only). Mixed "
+        "precision also lays tensors out channels-last; it is about 3x faster on such CPUs.",
+    )
     num_workers: int = Field(default=0, description="DataLoader worker processes.")
     progress: bool = Field(default=False, description="Show Lightning's progress bar.")
     command: str | None = Field(

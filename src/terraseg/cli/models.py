@@ -229,6 +229,11 @@ def train_command(
     accelerator: Annotated[
         str, typer.Option(help="auto (the GPU when there is one, else the CPU), cpu or gpu.")
     ] = "auto",
+    precision: Annotated[
+        str,
+        typer.Option(help="auto (bf16-mixed on a GPU or a CPU with native bfloat16, else 32), "
+                     "32, bf16-mixed or 16-mixed (GPU)."),
+    ] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
@@ -252,7 +257,7 @@ def train_command(
         "description": description, "dtype": "float16" if fp16 else "float32", "progress": progress,
         "command": "terraseg " + shlex.join(sys.argv[1:]), "task": task, "edge_px": edge_px,
         "loss": loss, "init_from": init_from, "augment": augment,
-        "accelerator": accelerator, "label_extent": label_extent or None,
+        "accelerator": accelerator, "precision": precision, "label_extent": label_extent or None,
         "val_label_extent": val_label_extent or None,
         "monitor": monitor, "patience": patience, "arch": arch, "encoder": encoder,
         "gsd_m": gsd_m,

@@ -164,6 +164,9 @@ class TrainingInfo(BaseModel):
     lr: float | None = Field(default=None, description="Learning rate.")
     seconds: float | None = Field(default=None, description="Wall-clock training time, seconds.")
     hardware: str | None = Field(default=None, description="Where it was trained, e.g. 'cpu x2'.")
+    precision: str | None = Field(
+        default=None, description="Arithmetic of training (Lightning's precision: 32, bf16-mixed)."
+    )
     software: dict[str, str] = Field(
         default_factory=dict, description="Versions of the packages used (torch, torchgeo, smp)."
     )

@@ -42,6 +42,7 @@ __all__ = [
     "iou_metrics",
     "quiet",
     "resolve_accelerator",
+    "resolve_precision",
     "versions",
 ]
 
@@ -53,6 +54,7 @@ class FitResult:
     net: nn.Module
     steps: int
     epochs: int
+    precision: str = "32"  # Lightning's precision the run trained with
 
 
 def _task_class() -> Callable[..., SemanticSegmentationTask]:
@@ -67,9 +69,14 @@ def _task_class() -> Callable[..., SemanticSegmentationTask]:
         """torchgeo's task with the card's architecture and a one-cycle schedule."""
 
         def __init__(
-            self, *, terraseg_card: dict[str, Any], total_steps: int, **kwargs: Any
+            self,
+            *,
+            terraseg_card: dict[str, Any],
+            total_steps: int,
+            channels_last: bool = False,
+            **kwargs: Any,
         ) -> None:
-            super().__init__(**kwargs)  # saves terraseg_card/total_steps as hyper-parameters
+            super().__init__(**kwargs)  # saves the three above as hyper-parameters
 
         def configure_losses(self) -> None:
             """The loss of :func:`terraseg.models.losses.build_loss` (all skip ignore_index)."""
@@ -84,6 +91,12 @@ def _task_class() -> Callable[..., SemanticSegmentationTask]:
         def configure_models(self) -> None:
             arch = Architecture.model_validate(self.hparams["terraseg_card"]["architecture"])
             self.model = build_network(arch, source="the training architecture")
+
+        def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+            """Channels-last images under mixed precision (the fast layout for oneDNN/cuDNN)."""
+            if self.hparams.get("channels_last") and isinstance(batch, dict):
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            return batch
 
         def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
             optimizer = AdamW(self.parameters(), lr=self.hparams["lr"], weight_decay=1e-4)
@@ -118,9 +131,12 @@ def fit_network(
     """
     import lightning.pytorch as pl
 
+    accelerator = resolve_accelerator(cfg.accelerator)
+    precision = resolve_precision(cfg.precision, accelerator)
     task = _task_class()(
         terraseg_card=card.model_dump(mode="json"),
         total_steps=total_steps,
+        channels_last=precision != "32",
         model="unet",
         backbone=str(card.architecture.kwargs.get("encoder_name", "resnet18")),
         weights=None,
@@ -133,14 +149,16 @@ def fit_network(
     )
     if init_state is not None:
         task.model.load_state_dict(init_state)
+    if precision != "32":
+        task.model.to(memory_format=torch.channels_last)
     # --progress: Lightning's bar on a terminal, plain lines in a log (its bar would not show)
     bar = cfg.progress and sys.stderr.isatty()
     callbacks = [*callbacks, *([_plain_progress(total_steps)] if cfg.progress and not bar else [])]
-    accelerator = resolve_accelerator(cfg.accelerator)
     with quiet():
         trainer = pl.Trainer(
             accelerator=accelerator,
             devices=1,
+            precision=precision,
             max_epochs=n_epochs,
             max_steps=total_steps,
             logger=False,
@@ -155,8 +173,8 @@ def fit_network(
             default_root_dir=str(workdir),
         )
         trainer.fit(task, train_dataloaders=train_loader)  # validated afterwards, once
-    net = task.model.cpu().eval()
-    return FitResult(net, int(trainer.global_step), int(trainer.current_epoch))
+    net = task.model.cpu().eval().to(memory_format=torch.contiguous_format)
+    return FitResult(net, int(trainer.global_step), int(trainer.current_epoch), precision)
 
 
 def _plain_progress(total_steps: int) -> Any:
@@ -252,6 +270,33 @@ def resolve_accelerator(accelerator: str) -> str:
     if accelerator == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     return accelerator
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), not emulated."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Lightning's ``precision`` for ``precision`` on the resolved ``accelerator``.
+
+    ``"auto"``: ``"bf16-mixed"`` on a GPU with bfloat16 and on a CPU that has it natively,
+    ``"16-mixed"`` on an older GPU, else ``"32"``. ``"16-mixed"`` needs a GPU.
+    """
+    from terraseg.errors import ConfigError
+
+    gpu = accelerator != "cpu"
+    if precision == "auto":
+        if gpu:
+            return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        return "bf16-mixed" if native_cpu_bf16() else "32"
+    if precision == "16-mixed" and not gpu:
+        raise ConfigError(
+            "precision 16-mixed needs a GPU (float16 autocast is emulated on CPUs); use "
+            "--precision bf16-mixed or 32 on the CPU"
+        )
+    return precision
 
 
 def hardware(accelerator: str) -> str:

@@ -63,7 +63,15 @@ from terraseg.models.spec import (
     ClassInfo,
     InputSpec,
 )
-from terraseg.models.task import FitResult, fit_network, hardware, quiet, versions
+from terraseg.models.task import (
+    FitResult,
+    fit_network,
+    hardware,
+    quiet,
+    resolve_accelerator,
+    resolve_precision,
+    versions,
+)
 
 __all__ = [
     "DEFAULT_LAYERS",
@@ -260,6 +268,7 @@ def _setup(cfg: TrainConfig, *, stem: str) -> _Setup:
         )
     except ValidationError as exc:
         raise ConfigError(f"invalid classes: {_one_line(exc)}") from None
+    resolve_precision(cfg.precision, resolve_accelerator(cfg.accelerator))  # fails early
     init = _load_init(cfg, classes)
     if cfg.architecture is not None and (cfg.arch or cfg.encoder):
         raise ConfigError("give architecture or arch/encoder, not both")
@@ -479,6 +488,7 @@ def _final_card(
                 lr=cfg.lr,
                 seconds=round(seconds, 1),
                 hardware=hardware(cfg.accelerator),
+                precision=fit.precision,
                 software=versions(),
             ),
             "metrics": best.metrics,

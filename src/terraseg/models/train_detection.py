@@ -170,7 +170,8 @@ def train_detection(
             command=cfg.command, init_from=cfg.init_from, seed=cfg.seed,
             epochs=math.ceil(steps / cfg.steps_per_epoch), steps=steps,
             batch_size=cfg.batch_size, patch_px=cfg.patch_px, lr=cfg.lr,
-            seconds=round(seconds, 1), hardware=hardware("cpu"), software=versions(),
+            seconds=round(seconds, 1), hardware=hardware("cpu"), precision="32",
+            software=versions(),
         ),
         "metrics": {"train_loss": round(float(np.mean(losses[-50:])), 4)},
         "evaluation": "train_loss: mean Mask R-CNN loss (sum of its five terms) over the last "

@@ -74,6 +74,7 @@ SETTINGS = TrainConfig(
     description="demo: buildings as instances (interior + contact band) and roads at 0.5 m, "
     "trained on synthetic cities only",
     dtype="float16",
+    precision="32",  # the bundled weights were trained in float32
     data_notes=[
         f"terraseg.synthetic.make_city(size_px={SCENE_PX}, seed={s}, gsd_m=0.5) (training)"
         for s in TRAIN_SEEDS
