@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -278,7 +278,10 @@ def native_cpu_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
+Precision = Literal["32", "bf16-mixed", "16-mixed"]
+
+
+def resolve_precision(precision: str, accelerator: str) -> Precision:
     """Lightning's ``precision`` for ``precision`` on the resolved ``accelerator``.
 
     ``"auto"``: ``"bf16-mixed"`` on a GPU with bfloat16 and on a CPU that has it natively,
@@ -296,7 +299,9 @@ def resolve_precision(precision: str, accelerator: str) -> str:
             "precision 16-mixed needs a GPU (float16 autocast is emulated on CPUs); use "
             "--precision bf16-mixed or 32 on the CPU"
         )
-    return precision
+    if precision == "bf16-mixed":
+        return "bf16-mixed"
+    return "16-mixed" if precision == "16-mixed" else "32"
 
 
 def hardware(accelerator: str) -> str:
