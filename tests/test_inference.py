@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from torch import nn
 from terraseg.engine.inference import TilePredictor, resolve_amp, select_device
 from terraseg.errors import ConfigError
 from terraseg.models.builtin import build_builtin
+from terraseg.models.task import native_cpu_bf16
 
 
 def test_select_device_auto_and_cpu() -> None:
@@ -30,12 +33,42 @@ def test_select_device_unknown() -> None:
         select_device("gpu0")
 
 
-def test_amp_is_off_on_cpu_and_refused_explicitly() -> None:
+def test_amp_is_off_on_cpu_and_bf16_only_where_the_cpu_has_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from terraseg.models import task
+
     cpu = torch.device("cpu")
-    assert resolve_amp("auto", cpu) is None
-    assert resolve_amp("off", cpu) is None
-    with pytest.raises(ConfigError, match="needs a CUDA device"):
+    for native in (False, True):
+        monkeypatch.setattr(task, "native_cpu_bf16", lambda native=native: native)
+        assert resolve_amp("auto", cpu) is None  # results would change: never by default
+        assert resolve_amp("off", cpu) is None
+        with pytest.raises(ConfigError, match="needs a CUDA device"):
+            resolve_amp("fp16", cpu)
+    assert resolve_amp("bf16", cpu) is torch.bfloat16
+    monkeypatch.setattr(task, "native_cpu_bf16", lambda: False)  # emulated: slower, refused
+    with pytest.raises(ConfigError, match=r"or, for bf16, a CPU with native bfloat16"):
         resolve_amp("bf16", cpu)
+
+
+@pytest.mark.skipif(not native_cpu_bf16(), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_bf16_predict_on_the_cpu_agrees_with_float32(tmp_path: Path) -> None:
+    """``--amp bf16`` on a CPU with native bfloat16: the same classes on 99.5 % of pixels."""
+    import rasterio
+
+    from terraseg.api import predict_to_dir
+    from terraseg.synthetic import make_city
+
+    scene = make_city(tmp_path / "city.tif", size_px=512, seed=21).image
+    rasters = {}
+    for amp in ("off", "bf16"):
+        res = predict_to_dir(scene, tmp_path / amp, model="demo-semantic", device="cpu",
+                             amp=amp, show_progress=False)
+        with rasterio.open(res.classes_path) as src:
+            rasters[amp] = src.read(1)
+    agree = float((rasters["off"] == rasters["bf16"]).mean())
+    assert agree >= 0.995, agree
+    assert (rasters["bf16"] == 1).sum() > 0.05 * rasters["bf16"].size  # buildings were found
 
 
 def test_amp_dtypes_on_cuda_device_object() -> None:

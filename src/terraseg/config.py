@@ -104,7 +104,8 @@ class InferenceConfig(_Model):
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     batch_size: int = Field(default=8, ge=1, description="Tiles per forward pass.")
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
-        default="auto", description="Mixed precision on CUDA (always off on the CPU)."
+        default="auto", description="Mixed precision: 'auto' on CUDA (off on the CPU); 'bf16' "
+        "also on a CPU with native bfloat16 (AVX512-BF16 or AMX)."
     )
     backend: Literal["torch", "onnxruntime"] = Field(
         default="torch",

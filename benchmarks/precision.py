@@ -1,6 +1,7 @@
-"""Training arithmetic (``--precision``): float32 against bfloat16 mixed, measured in one run.
+"""Arithmetic: float32 against bfloat16 mixed, for training and prediction, in one run.
 
-Two figures per precision, on the machine's default device (``--accelerator``):
+Training (``terraseg train --precision``), two figures per precision, on the
+machine's default device (``--accelerator``):
 
 * **model only**: one optimiser step (forward, loss, backward, AdamW) of the
   ``oam-buildings`` network on a random batch, after warm-up steps;
@@ -8,14 +9,19 @@ Two figures per precision, on the machine's default device (``--accelerator``):
   1024² at 0.5 m; data loading, augmentation, per-epoch validation included),
   the same seed and steps for both, with its held-out building IoU.
 
-Prints one human line per precision and one JSON line with the ratios
-(float32 time / mixed time). Mixed precision lays tensors out channels-last, as
-``terraseg train`` does.
+Prediction (``terraseg predict --amp``): ``demo-semantic`` over the same city
+(tile 512, overlap 64; after an untimed warm-up), ``--amp off`` against ``bf16``
+(CUDA, or a CPU with native bfloat16; skipped elsewhere), with the share of
+pixels given the same class and the building pixel IoU of each against the truth.
+
+Prints one human line per run and one JSON line with the ratios (float32 time /
+mixed time). Mixed precision lays tensors out channels-last, as ``terraseg
+train`` does (``terraseg predict`` always does).
 
 Usage::
 
-    python benchmarks/train_precision.py                 # ~3 min on 2 cores
-    python benchmarks/train_precision.py --steps 200 --accelerator gpu
+    python benchmarks/precision.py                 # ~4 min on 2 cores
+    python benchmarks/precision.py --steps 200 --accelerator gpu
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from typing import Any
 
 import torch
 
+from terraseg.api import predict_to_dir
+from terraseg.engine.inference import resolve_amp
+from terraseg.errors import ConfigError
 from terraseg.models.card import load_card
 from terraseg.models.networks import build_network
 from terraseg.models.task import resolve_accelerator
@@ -84,6 +93,38 @@ def training(precision: str, city: Path, out: Path, steps: int, accelerator: str
             "val_iou_building": card.metrics.get("val_iou_building")}
 
 
+def prediction(city: Path, out: Path, device: str) -> dict[str, Any]:
+    """Seconds of ``terraseg predict`` with amp off and bf16, class agreement, building IoU."""
+    import rasterio
+
+    try:
+        resolve_amp("bf16", torch.device(device))
+    except ConfigError as exc:
+        print(f"prediction: bf16 skipped ({exc})", flush=True)
+        return {}
+    with rasterio.open(city.with_name("city.truth.tif")) as src:
+        truth = src.read(1) == 1
+    row: dict[str, Any] = {}
+    classes = {}
+    for amp in ("off", "bf16", "off", "bf16"):  # the first two warm up
+        t0 = time.perf_counter()
+        res = predict_to_dir(city, out / f"predict-{amp}", model="demo-semantic", device=device,
+                             amp=amp, overwrite=True, show_progress=False)
+        row[f"predict_s_{amp}"] = round(time.perf_counter() - t0, 2)
+        with rasterio.open(res.classes_path) as src:
+            classes[amp] = src.read(1)
+    for amp, c in classes.items():
+        b = c == 1
+        row[f"building_iou_{amp}"] = round(float((b & truth).sum() / (b | truth).sum()), 4)
+    row["same_class"] = round(float((classes["off"] == classes["bf16"]).mean()), 4)
+    row["predict_speedup"] = round(row["predict_s_off"] / row["predict_s_bf16"], 2)
+    print(f"prediction: float32 {row['predict_s_off']:.1f} s, bf16 {row['predict_s_bf16']:.1f} s "
+          f"({row['predict_speedup']:.2f}x); same class on {row['same_class']:.2%} of pixels; "
+          f"building IoU {row['building_iou_off']:.3f} / {row['building_iou_bf16']:.3f}",
+          flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--steps", type=int, default=60, help="Training steps of each run.")
@@ -109,14 +150,16 @@ def main() -> None:
             print(f"{precision:>10}: model step {row['model_s_per_step']:.3f} s, training "
                   f"{row['train_s_per_step']:.3f} s/step (data, augmentation and validation "
                   f"included), held-out building IoU {row['val_iou_building']:.3f}", flush=True)
+        predicted = prediction(city, Path(tmp), device)
     f32, mix = rows["32"], rows[mixed]
     print(json.dumps({
-        "benchmark": "train_precision", "device": accelerator,
+        "benchmark": "precision", "device": accelerator,
         "machine": f"{platform.machine()} x{torch.get_num_threads()} threads "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})",
         "steps": args.steps, "runs": rows,
         "model_speedup": round(f32["model_s_per_step"] / mix["model_s_per_step"], 2),
         "training_speedup": round(f32["train_s_per_step"] / mix["train_s_per_step"], 2),
+        "prediction": predicted,
     }))
 
 
