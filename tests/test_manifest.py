@@ -227,6 +227,22 @@ def test_store_without_manifest_is_not_trusted(tmp_path: Path, scene: Path, mode
 # ----------------------------------------------------------------------------- pieces
 
 
+def test_a_bf16_run_is_not_resumed_in_float32(tmp_path: Path, scene: Path) -> None:
+    """An explicit --amp is part of the manifest (auto and off leave it as before)."""
+    from terraseg.engine.pipeline import plan_scene
+    from terraseg.engine.resume import build_manifest
+    from terraseg.io.scene import open_scene
+    from terraseg.models.builtin import build_builtin
+
+    sc, spec = open_scene(scene), build_builtin("identity")[1]
+    grid = plan_scene(sc, tile_px=64, overlap_px=8, chunk_px=128)
+    plain = build_manifest(sc, spec, grid)
+    assert build_manifest(sc, spec, grid, amp="off") == plain
+    assert build_manifest(sc, spec, grid, amp="auto") == plain
+    bf16 = build_manifest(sc, spec, grid, amp="bf16")
+    assert describe_changes(bf16, plain) == ["the tiling changed (amp bf16 → null)"]
+
+
 def test_describe_changes_ignores_display_fields_and_derived_grid() -> None:
     base: dict[str, Any] = {
         "model": {"semantic": {"name": "a.pt", "path": "/x/a.pt", "sha256": "1" * 64}},

@@ -293,7 +293,7 @@ def plan_scene_job(
         check_bands(sc, spec)
         manifest = build_manifest(
             sc, spec, grid, model=run_model_fingerprint(opts.model, opts.instance), ramp=ramp,
-            pad=pad, probabilities=probabilities, tta=opts.tta)
+            pad=pad, probabilities=probabilities, tta=opts.tta, amp=opts.amp)
         # outputs are published together, run.json last: classes.tif without run.json is
         # a run killed while publishing, resumed from its chunk store like any other
         if resume and out.exists("classes.tif") and out.exists("run.json"):

@@ -51,6 +51,7 @@ def build_manifest(
     pad: str = "reflect",
     probabilities: bool = False,
     tta: str = "none",
+    amp: str = "auto",
 ) -> dict[str, Any]:
     """What makes this scene's chunks, as a JSON-ready resume manifest.
 
@@ -70,6 +71,9 @@ def build_manifest(
     tta
         Test-time augmentation; recorded (under ``tiling``) only when not ``"none"``,
         so manifests of runs without it are unchanged.
+    amp
+        Mixed precision asked for; recorded (under ``tiling``) only when explicit
+        (``"bf16"``, ``"fp16"``), so a CPU run in bfloat16 is not resumed in float32.
     """
     if model is None:
         model = {"spec": {"name": spec.name, "source": "spec", "path": None, "sha256": None}}
@@ -90,6 +94,7 @@ def build_manifest(
             "ramp": ramp,
             "pad": pad,
             **({"tta": tta} if tta != "none" else {}),
+            **({"amp": amp} if amp not in ("auto", "off") else {}),
         },
         "outputs": {"probabilities": probabilities},
         "grid": grid_token(grid),
