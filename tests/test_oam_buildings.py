@@ -129,8 +129,9 @@ def test_a_decimated_place_is_averaged_and_keeps_its_alpha(tmp_path: Path) -> No
 def test_stage2_options_reach_the_settings_and_the_cards_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``--lr``, ``--edge-weight``, ``--augment`` and ``--precision`` set stage 2's training, and the command the card
-    records names them and the stage-1 model it starts from; needs no real data."""
+    """``--lr``, ``--edge-weight``, ``--edge-px``, ``--augment`` and ``--precision`` set stage
+    2's training, and the command the card records names them and the stage-1 model it starts
+    from; needs no real data."""
     seen: dict[str, object] = {}
 
     class Stop(Exception):
@@ -147,14 +148,16 @@ def test_stage2_options_reach_the_settings_and_the_cards_command(
     with pytest.raises(Stop):
         recipe.main(["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                      "--stage1", str(stage1), "--lr", "3e-4", "--edge-weight", "5",
-                     "--augment", "places", "--precision", "bf16-mixed"])
+                     "--edge-px", "5", "--augment", "places", "--precision", "bf16-mixed"])
     settings = seen["settings"]
     assert isinstance(settings, recipe.TrainConfig)
     assert settings.lr == 3e-4 and settings.class_weights == [1.0, 1.0, 1.0, 5.0]
     assert settings.augment == "places" and settings.precision == "bf16-mixed"
+    assert settings.edge_px == 5
     assert settings.init_from == str(stage1) and seen["places"] == recipe.TRAIN
     assert seen["command"] == ("python -m terraseg.recipes.oam_buildings --stage1-steps 200 "
-                               "--max-steps 800 --lr 0.0003 --edge-weight 5 --augment places "
+                               "--max-steps 800 --lr 0.0003 --edge-weight 5 --edge-px 5 "
+                               "--augment places "
                                "--precision bf16-mixed (stage 2, from s1.safetensors)")
     with pytest.raises(Stop):  # the defaults are the bundled recipe's and are not repeated
         recipe.main(["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
@@ -163,6 +166,6 @@ def test_stage2_options_reach_the_settings_and_the_cards_command(
     assert isinstance(settings, recipe.TrainConfig)
     assert (settings.lr, settings.class_weights) == (recipe.SETTINGS.lr,
                                                      recipe.SETTINGS.class_weights)
-    assert (settings.augment, settings.precision) == ("full", "32")  # as the bundled weights
+    assert (settings.augment, settings.precision, settings.edge_px) == ("full", "32", 3)
     assert seen["command"] == ("python -m terraseg.recipes.oam_buildings --stage1-steps 200 "
                                "--max-steps 800 (stage 2, from s1.safetensors)")

@@ -301,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="Peak learning rate of stage 2 (one-cycle schedule).")
     parser.add_argument("--edge-weight", type=float, default=EDGE_WEIGHT,
                         help="Loss weight of the building-edge class in stage 2.")
+    parser.add_argument("--edge-px", type=int, default=SETTINGS.edge_px,
+                        help="Width of the building-edge (contact) band of stage 2's targets, "
+                        "pixels on each side.")
     parser.add_argument("--augment", default=SETTINGS.augment,
                         help="Training augmentation of stage 2 (see terraseg train --augment).")
     parser.add_argument("--precision", default=SETTINGS.precision,
@@ -333,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = SETTINGS.model_copy(update={"init_from": str(stage1),
                                                "max_steps": args.max_steps, "lr": args.lr,
                                                "augment": args.augment,
+                                               "edge_px": args.edge_px,
                                                "precision": args.precision,
                                                "class_weights": [1.0, 1.0, 1.0,
                                                                  args.edge_weight]})
@@ -341,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               + (f" --lr {args.lr:g}" if args.lr != SETTINGS.lr else "")
               + (f" --edge-weight {args.edge_weight:g}"
                  if args.edge_weight != EDGE_WEIGHT else "")
+              + (f" --edge-px {args.edge_px}" if args.edge_px != SETTINGS.edge_px else "")
               + (f" --augment {args.augment}" if args.augment != SETTINGS.augment else "")
               + (f" --precision {args.precision}"
                  if args.precision != SETTINGS.precision else "")
