@@ -169,3 +169,16 @@ def test_stage2_options_reach_the_settings_and_the_cards_command(
     assert (settings.augment, settings.precision, settings.edge_px) == ("full", "32", 3)
     assert seen["command"] == ("python -m terraseg.recipes.oam_buildings --stage1-steps 200 "
                                "--max-steps 800 (stage 2, from s1.safetensors)")
+
+
+def test_a_held_out_place_leaves_training_and_joins_validation() -> None:
+    """``--hold-out``: the place trains in neither stage, and both its blocks validate."""
+    assert recipe.split() == (recipe.STAGE1, recipe.TRAIN, recipe.VAL)
+    stage1, train, val = recipe.split("zanzibar_oam_buildings")
+    assert all(p.folder != "zanzibar_oam_buildings" for p in (*stage1, *train))
+    assert {p.image for p in val if p.folder == "zanzibar_oam_buildings"} == {
+        "zanzibar_oam_z19_block1.tif", "zanzibar_oam_z19_block2.tif"}
+    assert len(stage1) == len(recipe.STAGE1) - 1 and len(train) == len(recipe.TRAIN) - 1
+    assert set(recipe.VAL) < set(val) and not set(val) & set(recipe.TEST)
+    with pytest.raises(SystemExit, match="--hold-out must be one of"):
+        recipe.split("kampala_block_a_buildings")  # a test place never trains or validates

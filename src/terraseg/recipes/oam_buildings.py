@@ -111,6 +111,27 @@ TEST = (
     Place("nairobi_oam_buildings", "nairobi_oam_z19_block1.tif", "labels_block1.geojson"),
 )
 
+HOLD_OUT = ("zanzibar_oam_buildings", "catanduanes_oam_buildings",
+            "banepa_outskirts_oam_z21_buildings")
+"""Places whose both blocks can be validation (``--hold-out``): a place the model never saw."""
+
+
+def split(hold_out: str | None = None) -> tuple[tuple[Place, ...], ...]:
+    """Stage 1's and stage 2's training places and the validation places.
+
+    ``hold_out`` (a folder of :data:`HOLD_OUT`): that place's training block leaves both
+    stages and joins the validation, so validation also measures an unseen place, as the
+    test images are.
+    """
+    if hold_out is None:
+        return STAGE1, TRAIN, VAL
+    if hold_out not in HOLD_OUT:
+        raise SystemExit(f"--hold-out must be one of {', '.join(HOLD_OUT)}, got {hold_out!r}")
+    out = tuple(p for p in TRAIN if p.folder == hold_out)
+    return (tuple(p for p in STAGE1 if p.folder != hold_out),
+            tuple(p for p in TRAIN if p.folder != hold_out), (*out, *VAL))
+
+
 #: Loss weight of the building-edge class (background, building and road weigh 1).
 EDGE_WEIGHT = 2.0
 #: Stage 1: from the synthetic demo-instance, basic augmentation, best epoch by mean IoU.
@@ -233,8 +254,8 @@ def _note(place: Place) -> str:
 
 
 def train(root: Path, workdir: Path, stem: Path, places: Sequence[Place],
-          settings: TrainConfig, command: str) -> None:
-    """Train on ``places``, validated on :data:`VAL`, into ``<stem>.safetensors``."""
+          settings: TrainConfig, command: str, val: Sequence[Place] = VAL) -> None:
+    """Train on ``places``, validated on ``val``, into ``<stem>.safetensors``."""
     from terraseg.models.train import train_semantic
 
     images = [prepared_image(p, root, workdir) for p in places]
@@ -242,18 +263,19 @@ def train(root: Path, workdir: Path, stem: Path, places: Sequence[Place],
               for p in places]
     extents = [str(root / p.folder / p.extent) if p.extent else footprint(image, workdir)
                for p, image in zip(places, images, strict=True)]
-    notes = [_note(p) for p in places] + [f"{p.folder}/{p.image} (validation)" for p in VAL]
+    notes = [_note(p) for p in places] + [f"{p.folder}/{p.image} (validation)" for p in val]
     train_semantic(
         images, labels, stem, settings,
-        val_image=[prepared_image(p, root, workdir) for p in VAL],
-        val_labels=[root / p.folder / p.labels for p in VAL],
+        val_image=[prepared_image(p, root, workdir) for p in val],
+        val_labels=[root / p.folder / p.labels for p in val],
         overwrite=True, command=command, data_notes=notes, progress=True,
         label_extent=extents,
     )
 
 
-def evaluate(stem: Path, root: Path, workdir: Path) -> dict[str, float]:
-    """Predict each :data:`VAL` and :data:`TEST` image with the engine; score its buildings.
+def evaluate(stem: Path, root: Path, workdir: Path,
+             val: Sequence[Place] = VAL) -> dict[str, float]:
+    """Predict each ``val`` and :data:`TEST` image with the engine; score its buildings.
 
     Building F1, precision, recall and mean IoU at IoU >= 0.5 (SpaceNet rule) and the
     count ratio, as ``val_<image>_*`` and ``test_<image>_*``.
@@ -263,7 +285,7 @@ def evaluate(stem: Path, root: Path, workdir: Path) -> dict[str, float]:
     from terraseg.evaluate.scores import evaluate as score
 
     metrics: dict[str, float] = {}
-    for role, place in [*(("val", p) for p in VAL), *(("test", p) for p in TEST)]:
+    for role, place in [*(("val", p) for p in val), *(("test", p) for p in TEST)]:
         image = prepared_image(place, root, workdir)
         out = workdir / f"test-{place.name}"
         t0 = time.perf_counter()
@@ -310,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         choices=["32", "bf16-mixed", "16-mixed"],
                         help="Arithmetic of stage 2 (terraseg train --precision); bf16-mixed "
                         "is about 2.3x faster on a CPU with native bfloat16.")
+    parser.add_argument("--hold-out", default=None, choices=HOLD_OUT,
+                        help="Leave this place out of training (both stages); both its blocks "
+                        "are validation: a validation place the model never saw.")
     parser.add_argument("--stage1", type=Path, default=None,
                         help="Use this model as stage 1's result instead of training it.")
     parser.add_argument("--stage1-only", action="store_true",
@@ -318,20 +343,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--eval-only", action="store_true",
                         help="Only re-choose the building filters and re-measure val_/test_*.")
     args = parser.parse_args(argv)
+    stage1_places, train_places, val = split(args.hold_out)
     root = data_root()
     args.workdir.mkdir(parents=True, exist_ok=True)
     stem = args.out / NAME
     if not args.eval_only:
         stage1 = args.stage1
         module = "python -m terraseg.recipes.oam_buildings"
+        options = ((f" --hold-out {args.hold_out}" if args.hold_out else "")
+                   + (f" --precision {args.precision}"
+                      if args.precision != SETTINGS.precision else ""))
         if stage1 is None:
             stage1 = args.workdir / f"{NAME}-stage1"
-            train(root, args.workdir, stage1, STAGE1, STAGE1_SETTINGS.model_copy(
-                update={"max_steps": args.stage1_steps}), f"{module} (stage 1)")
+            train(root, args.workdir, stage1, stage1_places, STAGE1_SETTINGS.model_copy(
+                update={"max_steps": args.stage1_steps, "precision": args.precision}),
+                f"{module}{options} (stage 1)", val)
             stage1 = stage1.with_suffix(".safetensors")
         if args.stage1_only:
             print(f"stage 1: {stage1}; stage 2: python -m terraseg.recipes.oam_buildings "
-                  f"--workdir {args.workdir} --stage1 {stage1}", flush=True)
+                  f"--workdir {args.workdir} --stage1 {stage1}{options}", flush=True)
             return
         settings = SETTINGS.model_copy(update={"init_from": str(stage1),
                                                "max_steps": args.max_steps, "lr": args.lr,
@@ -340,21 +370,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                "precision": args.precision,
                                                "class_weights": [1.0, 1.0, 1.0,
                                                                  args.edge_weight]})
-        train(root, args.workdir, stem, TRAIN, settings,
+        train(root, args.workdir, stem, train_places, settings,
               f"{module} --stage1-steps {args.stage1_steps} --max-steps {args.max_steps}"
               + (f" --lr {args.lr:g}" if args.lr != SETTINGS.lr else "")
               + (f" --edge-weight {args.edge_weight:g}"
                  if args.edge_weight != EDGE_WEIGHT else "")
               + (f" --edge-px {args.edge_px}" if args.edge_px != SETTINGS.edge_px else "")
               + (f" --augment {args.augment}" if args.augment != SETTINGS.augment else "")
-              + (f" --precision {args.precision}"
-                 if args.precision != SETTINGS.precision else "")
-              + f" (stage 2, from {stage1.name})")
+              + options + f" (stage 2, from {stage1.name})", val)
     from terraseg.recipes.evaluation import record_building_filters
 
-    record_building_filters(stem, [prepared_image(p, root, args.workdir) for p in VAL],
-                            [clipped_truth(p, root, args.workdir) for p in VAL], args.workdir)
-    metrics = evaluate(stem, root, args.workdir)
+    record_building_filters(stem, [prepared_image(p, root, args.workdir) for p in val],
+                            [clipped_truth(p, root, args.workdir) for p in val], args.workdir)
+    metrics = evaluate(stem, root, args.workdir, val)
     from terraseg.models.card import load_card, save_card
 
     card_path = stem.with_name(f"{stem.name}.card.yaml")
