@@ -138,8 +138,8 @@ def test_stage2_options_reach_the_settings_and_the_cards_command(
         pass
 
     def fake_train(root: Path, workdir: Path, stem: Path, places: object,
-                   settings: object, command: str) -> None:
-        seen.update(places=places, settings=settings, command=command)
+                   settings: object, command: str, val: object) -> None:
+        seen.update(places=places, settings=settings, command=command, val=val)
         raise Stop
 
     monkeypatch.setattr(recipe, "data_root", lambda: tmp_path)
@@ -155,6 +155,7 @@ def test_stage2_options_reach_the_settings_and_the_cards_command(
     assert settings.augment == "places" and settings.precision == "bf16-mixed"
     assert settings.edge_px == 5
     assert settings.init_from == str(stage1) and seen["places"] == recipe.TRAIN
+    assert seen["val"] == recipe.VAL
     assert seen["command"] == ("python -m terraseg.recipes.oam_buildings --stage1-steps 200 "
                                "--max-steps 800 --lr 0.0003 --edge-weight 5 --edge-px 5 "
                                "--augment places "
