@@ -278,3 +278,19 @@ def test_cli_refuses_float16_training_on_the_cpu(
     err = capsys.readouterr().err.strip()
     assert err.startswith("terraseg: error: precision 16-mixed needs a GPU"), err
     assert "\n" not in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("loss", ["ce", "focal", "jaccard", "dice", "ce+dice", "lovasz"])
+def test_every_loss_runs_under_bfloat16_autocast(loss: str) -> None:
+    """Mixed precision computes the loss in float32 (smp's Lovász fails on bfloat16 logits)."""
+    from terraseg.models.losses import build_loss
+    from terraseg.models.task import Float32Loss
+
+    criterion = Float32Loss(build_loss(loss, ignore_index=255, class_weights=None))
+    logits = torch.randn(2, 3, 16, 16, requires_grad=True)
+    target = torch.randint(0, 3, (2, 16, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = criterion(logits.to(torch.bfloat16), target)
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    value.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()

@@ -82,11 +82,11 @@ def _task_class() -> Callable[..., SemanticSegmentationTask]:
             """The loss of :func:`terraseg.models.losses.build_loss` (all skip ignore_index)."""
             from terraseg.models.losses import build_loss
 
-            self.criterion = build_loss(
+            self.criterion = Float32Loss(build_loss(
                 self.hparams["loss"],
                 ignore_index=self.hparams["ignore_index"],
                 class_weights=self.hparams["class_weights"],
-            )
+            ))
 
         def configure_models(self) -> None:
             arch = Architecture.model_validate(self.hparams["terraseg_card"]["architecture"])
@@ -110,6 +110,20 @@ def _task_class() -> Callable[..., SemanticSegmentationTask]:
             }
 
     return TerrasegSegmentationTask
+
+
+class Float32Loss(nn.Module):
+    """``loss`` computed in float32 outside autocast (mixed precision: Lovász's dot products
+    and Dice's sums need one dtype and full precision)."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(pred.device.type, enabled=False):
+            out: torch.Tensor = self.loss(pred.float(), target)
+        return out
 
 
 def fit_network(
