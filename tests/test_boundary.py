@@ -365,7 +365,7 @@ def test_a_model_rewritten_at_the_same_path_is_loaded_again(
     assert run["config"]["building_min_score"] == 0.6
 
 
-@pytest.mark.slow  # ~1 min: a recipe step (predict, 7 finishes, 77 evaluations)
+@pytest.mark.slow  # ~2 min: a recipe step (predict, 7-21 finishes, 77-231 evaluations)
 def test_recipe_chooses_building_filters_on_validation_data(
     tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -394,8 +394,20 @@ def test_recipe_chooses_building_filters_on_validation_data(
     truth = scene.with_name(f"{scene.stem}.truth.gpkg")
     best, found = choose_building_filters(stem.with_suffix(".safetensors"), [scene, scene],
                                           [truth, truth], tmp_path / "pooled")
-    assert best == (score, area)
+    assert best == (score, area, "edge", 0.6)  # the default watershed: the only candidate
     assert found[best] == (card.metrics["val_filters_f1"], card.metrics["val_filters_count_ratio"])
+    assert (card.building_landscape, card.building_seed_p) == ("edge", None)
+    # with a choice of watersheds, the one with the best pooled F1 goes into the card
+    splits = (("edge", 0.6), ("distance", 0.5))
+    best, found = choose_building_filters(stem.with_suffix(".safetensors"), [scene], [truth],
+                                          tmp_path / "split", splits=splits)
+    assert {k[2:] for k in found} == set(splits)
+    assert found[best][0] == max(f1 for f1, _ in found.values())
+    record_building_filters(stem, scene, truth, tmp_path / "split", splits=splits)
+    card = load_card(tmp_path / "tiny-boundary.card.yaml")
+    assert (card.building_min_score, card.building_min_area_m2, card.building_landscape,
+            card.building_seed_p or 0.6) == best
+    assert card.metrics["val_filters_f1"] == found[best][0]
     with pytest.raises(ValueError, match="2 validation scenes but 1 truth"):
         choose_building_filters(stem.with_suffix(".safetensors"), [scene, scene], [truth],
                                 tmp_path / "pooled")
@@ -479,3 +491,84 @@ def test_fine_tune_from_a_model(tiny_models: dict[str, Path], tmp_path: Path) ->
     one_line_error(run(*args, "--init-from", str(tiny_models["tiny-semantic"]), "--overwrite"),
                    "cannot fine-tune", "its task is semantic")
     one_line_error(run(*args, "--class-weights", "1,2", "--overwrite"), "class_weights has 2")
+
+
+def test_a_cards_watershed_reaches_predict_vectorize_and_the_notebook(tmp_path: Path) -> None:
+    """A card's ``building_landscape`` and ``building_seed_p`` split the buildings of
+    ``terraseg predict``, ``terraseg vectorize`` and the notebook API exactly as the
+    engine's watershed with those settings does; ``--landscape``/``--seed-p`` override
+    them, and bad values are refused with one line."""
+    import json
+    import shutil
+
+    import terraseg
+    from terraseg.engine.finish import FinishOptions
+    from terraseg.engine.postprocess import finish_scene
+    from terraseg.synthetic import make_city
+
+    scene = make_city(tmp_path / "t.tif", size_px=384, seed=21).image
+    bundled = Path(terraseg.__file__).parent / "models" / "bundled"
+    common = ["--tile-px", "128", "--overlap-px", "16", "--chunk-px", "128", "--device", "cpu"]
+    proc = run("predict", str(scene), "--out", str(tmp_path / "all"), "--model",
+               "demo-instance", *common)
+    assert proc.returncode == 0, proc.stderr
+    default = FinishOptions.from_masks(tmp_path / "all" / "classes.tif")
+    assert (default.seed_p, default.landscape) == (None, "edge")
+    # the reference: the engine's own watershed with the settings, chunked as in the run
+    ref = finish_scene(tmp_path / "all" / "classes.tif", tmp_path / "ref.tif", chunk_px=128,
+                       probabilities_path=tmp_path / "all" / "probabilities.tif",
+                       seed_p=0.9, landscape="distance")
+    with rasterio.open(tmp_path / "ref.tif") as a, \
+            rasterio.open(tmp_path / "all" / "instances.tif") as b:
+        expected, edge_default = a.read(1), b.read(1)
+    assert not np.array_equal(expected, edge_default)  # the settings change the instances
+
+    weights = tmp_path / "split.safetensors"
+    shutil.copy(bundled / "demo-instance.safetensors", weights)
+    card = yaml.safe_load((bundled / "demo-instance.card.yaml").read_text())
+    card.update(name="split", weights=weights.name, building_landscape="distance",
+                building_seed_p=0.9)
+    (tmp_path / "split.card.yaml").write_text(yaml.safe_dump(card))
+    from terraseg.models.card import load_card
+
+    assert "split distance from seeds p >= 0.9" in load_card(tmp_path / "split.card.yaml").summary()
+    proc = run("predict", str(scene), "--out", str(tmp_path / "p"), "--model", str(weights),
+               *common)
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(tmp_path / "p" / "instances.tif") as src:
+        assert np.array_equal(src.read(1), expected)
+    config = json.loads((tmp_path / "p" / "run.json").read_text())["config"]
+    assert (config["building_landscape"], config["building_seed_p"]) == ("distance", 0.9)
+    opts = FinishOptions.from_masks(tmp_path / "p" / "classes.tif")
+    assert (opts.seed_p, opts.landscape) == (0.9, "distance")
+    buildings = gpd.read_file(tmp_path / "p" / "t.gpkg", layer="buildings")
+    assert len(buildings) == len(ref.layers.buildings)
+
+    # `terraseg vectorize` of the run's classes reads the settings from the class raster
+    proc = run("vectorize", str(tmp_path / "p" / "classes.tif"), "--out",
+               str(tmp_path / "v" / "t.gpkg"), "--chunk-px", "128")
+    assert proc.returncode == 0, proc.stderr
+    again = gpd.read_file(tmp_path / "v" / "t.gpkg", layer="buildings")
+    assert len(again) == len(buildings)
+    assert np.allclose(np.sort(again.area), np.sort(buildings.area))
+
+    # the notebook API: the attributes carry them to terraseg.vectorize
+    probs = terraseg.predict(str(scene), model=str(weights), tile_px=128, overlap_px=16,
+                             chunk_px=128, device="cpu", probabilities=True)
+    assert (probs.attrs["building_landscape"], probs.attrs["building_seed_p"]) == (
+        "distance", 0.9)
+    nb = terraseg.vectorize(probs, chunk_px=128)["buildings"]
+    assert len(nb) == len(buildings)
+    assert np.allclose(np.sort(nb.area), np.sort(buildings.area))
+
+    # the options override the card: back to the engine's default watershed
+    proc = run("predict", str(scene), "--out", str(tmp_path / "o"), "--model", str(weights),
+               "--landscape", "edge", "--seed-p", "0.6", *common)
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(tmp_path / "o" / "instances.tif") as src:
+        assert np.array_equal(src.read(1), edge_default)
+    for option, value, words in (("--landscape", "ridge", "'edge' or 'distance'"),
+                                 ("--seed-p", "0", "(0, 1]")):
+        one_line_error(run("predict", str(scene), "--out", str(tmp_path / "bad"), "--model",
+                           str(weights), option, value, *common), words)
+        assert not (tmp_path / "bad").exists()

@@ -244,8 +244,7 @@ def _result_dataarray(out: Any, sc: Scene, win: PixelWindow, spec: Any) -> xr.Da
     if not probabilities:
         da = da.rio.write_nodata(255)
     da.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name,
-                    building_min_score=spec.building_min_score,
-                    building_min_area_m2=spec.building_min_area_m2)
+                    **spec.building_attrs())
     return da
 
 
@@ -288,7 +287,9 @@ def vectorize(
                 class_names={int(k): str(v) for k, v in attrs["classes"].items()},
                 tags=filter_tags(float(attrs.get("building_min_score", 0.0)),
                                  float(attrs.get("building_min_area_m2",
-                                                 BUILDING_MIN_AREA_M2))))
+                                                 BUILDING_MIN_AREA_M2)),
+                                 attrs.get("building_seed_p"),
+                                 str(attrs.get("building_landscape", "edge"))))
             vector: dict[str, Any] = {} if min_area_m2 is None else {"min_area_m2": min_area_m2}
             finished = finish_scene(classes_path, t / "instances.tif", chunk_px=chunk_px,
                                     probabilities_path=probs_path, regularize=regularize,

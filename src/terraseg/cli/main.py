@@ -152,6 +152,12 @@ def predict(
     min_area_m2: Annotated[
         float | None, typer.Option("--min-area-m2", help="Leave out buildings smaller than this (true m²); default: the model card's building_min_area_m2, else 4.")
     ] = None,
+    seed_p: Annotated[
+        float | None, typer.Option("--seed-p", help="Boundary models: the building-interior probability that seeds an instance (higher keeps half-separated neighbours together, lower splits more); default: the model card's building_seed_p, else 0.6. Needs --probabilities.")
+    ] = None,
+    landscape: Annotated[
+        str | None, typer.Option("--landscape", help="Boundary models: split touching buildings along the 'edge' probability or half way between seeds ('distance'); default: the model card's building_landscape, else edge. Needs --probabilities.")
+    ] = None,
 ) -> None:
     """Predict class masks for a scene chunk by chunk into a COG, then vectorize them.
 
@@ -183,6 +189,8 @@ def predict(
         tta=tta,
         min_score=min_score,
         min_area_m2=min_area_m2,
+        seed_p=seed_p,
+        landscape=landscape,
         vectorize=vectorize,
         resume=resume,
     )

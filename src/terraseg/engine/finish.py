@@ -35,6 +35,7 @@ from terraseg.core.metric import MetricFrame
 from terraseg.core.stitch import NODATA
 from terraseg.instances.merge import BOUNDARY_HALO_PX, _label_probabilities, _label_window
 from terraseg.instances.summary import ChunkSummary, summarize_chunk
+from terraseg.instances.watershed import Landscape
 from terraseg.io.masks import open_mask
 from terraseg.io.raster_sink import read_building_filters, read_class_names
 from terraseg.vector.centerlines import _chunk_lines
@@ -150,7 +151,10 @@ class FinishOptions:
     ``vectorize_masks``; ``max_road_vertices`` as ``iter_roads``' ``max_vertices``;
     ``road_min_area_m2``: road regions smaller than this are dropped; ``min_score``:
     buildings scoring below it are left out of the vectors (the model card's
-    ``building_min_score``; only with ``has_probs``).
+    ``building_min_score``; only with ``has_probs``). ``seed_p`` and ``landscape``: a
+    boundary model's watershed on its probabilities (the card's ``building_seed_p``,
+    None for :data:`~terraseg.instances.merge.BOUNDARY_SEED_P`, and
+    ``building_landscape``).
     """
 
     shape: tuple[int, int]
@@ -171,6 +175,8 @@ class FinishOptions:
     max_road_vertices: int | None = None
     road_min_area_m2: float = ROAD_MIN_AREA_M2
     min_score: float = 0.0
+    seed_p: float | None = None
+    landscape: Landscape = "edge"
 
     @classmethod
     def from_masks(
@@ -188,7 +194,8 @@ class FinishOptions:
         as :mod:`terraseg.engine.postprocess` reads them, and ``min_score`` and
         ``min_area_m2`` from its :data:`~terraseg.io.raster_sink.BUILDING_FILTER_TAGS`);
         ``vector`` sets ``min_area_m2``, ``simplify_m``, ``regularize``, ``prune_m``,
-        ``max_road_vertices``, ``min_score``."""
+        ``max_road_vertices``, ``min_score``, ``seed_p``, ``landscape`` (the last two also
+        from the tags)."""
         classes = open_mask(classes_path)
         for key, value in read_building_filters(classes_path).items():
             vector.setdefault(key, value)
@@ -252,7 +259,8 @@ def label_chunk(
     p = np.asarray(read_probs(window, bands)).astype(np.float32) / 254.0
     if opts.edge is not None:
         p[:, classes == NODATA] = 0.0  # probabilities.tif codes nodata as 255
-        return _label_probabilities(p), window, p.sum(axis=0)
+        return (_label_probabilities(p, seed_p=opts.seed_p, landscape=opts.landscape), window,
+                p.sum(axis=0))
     return _label_window(classes, opts.building), window, p[0]
 
 

@@ -455,6 +455,5 @@ def predict_dataarray(
     if not probabilities:
         result = result.rio.write_nodata(NODATA)
     result.attrs.update(classes=spec.class_names(), colors=spec.colormap(), model=spec.name,
-                        building_min_score=spec.building_min_score,
-                        building_min_area_m2=spec.building_min_area_m2)
+                        **spec.building_attrs())
     return cast("xr.DataArray", result)

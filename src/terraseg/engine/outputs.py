@@ -146,12 +146,19 @@ def output_paths(
     return out, classes_path, probs_path, run_json
 
 
-def filter_tags(min_score: float, min_area_m2: float) -> dict[str, str]:
-    """Tags of a class COG beyond its class names: the model's building filters
-    (:data:`~terraseg.io.raster_sink.BUILDING_FILTER_TAGS`) that are not the defaults."""
+def filter_tags(min_score: float, min_area_m2: float, seed_p: float | None = None,
+                landscape: str = "edge") -> dict[str, str]:
+    """Tags of a class COG beyond its class names: the model's building settings
+    (:data:`~terraseg.io.raster_sink.BUILDING_FILTER_TAGS`, as
+    :meth:`~terraseg.models.spec.ModelSpec.building_settings` gives them) that are not
+    the defaults."""
     values = {"min_score": min_score if min_score else None,
-              "min_area_m2": min_area_m2 if min_area_m2 != BUILDING_MIN_AREA_M2 else None}
-    return {BUILDING_FILTER_TAGS[k]: f"{v:g}" for k, v in values.items() if v is not None}
+              "min_area_m2": min_area_m2 if min_area_m2 != BUILDING_MIN_AREA_M2 else None,
+              "seed_p": seed_p}
+    tags = {BUILDING_FILTER_TAGS[k]: f"{v:g}" for k, v in values.items() if v is not None}
+    if landscape != "edge":
+        tags[BUILDING_FILTER_TAGS["landscape"]] = landscape
+    return tags
 
 
 def masks_from_probabilities(
@@ -243,7 +250,7 @@ def _open_sinks(
                 classes_path, like=scene, count=1, dtype="uint8", nodata=NODATA,
                 overwrite=overwrite, class_names=spec.class_names(), colormap=spec.colormap(),
                 band_names=["class"],
-                tags=filter_tags(spec.building_min_score, spec.building_min_area_m2),
+                tags=filter_tags(**spec.building_settings()),
             )
         )
     probs_sink = None

@@ -84,6 +84,8 @@ def predict_to_dir(
     tta: str = "none",
     min_score: float | None = None,
     min_area_m2: float | None = None,
+    seed_p: float | None = None,
+    landscape: str | None = None,
     vectorize: bool = False,
     resume: bool = False,
     client: distributed.Client | None = None,
@@ -111,7 +113,9 @@ def predict_to_dir(
     model; outputs stay on the scene's grid. ``tta="d4"`` averages the eight
     flips and rotations of every tile. ``min_score`` and ``min_area_m2`` replace the
     card's ``building_min_score`` and ``building_min_area_m2`` (buildings scoring
-    below the one or smaller than the other are left out of the vectors).
+    below the one or smaller than the other are left out of the vectors); ``seed_p``
+    and ``landscape`` the card's ``building_seed_p`` and ``building_landscape`` (how a
+    boundary model's watershed splits touching buildings).
 
     Everything is validated (scene, CRS, sizes, device, model, outputs) before
     the model sees a pixel. A scene that turns out unreadable in some chunks (a
@@ -129,7 +133,8 @@ def predict_to_dir(
     sc = open_input(inp, assume_crs=assume_crs)
     opts = PredictorOptions(model=model, device=device, batch_size=batch_size, amp=amp,
                             backend=backend, tta=tta)
-    spec = _with_filters(get_worker_predictor(opts)[1], min_score, min_area_m2)
+    spec = _with_filters(get_worker_predictor(opts)[1], min_score, min_area_m2, seed_p,
+                         landscape)
     view, spec = adapt_scene(sc, spec, gsd=model_gsd(model), resample=resample)
     warn_if_huge(sc, len(plan_scene(view, tile_px=tile_px, overlap_px=overlap_px,
                                     chunk_px=chunk_px)))
@@ -140,6 +145,7 @@ def predict_to_dir(
         "backend": backend, "resample": resample, "tta": tta,
         "building_min_score": spec.building_min_score,
         "building_min_area_m2": spec.building_min_area_m2,
+        "building_seed_p": spec.building_seed_p, "building_landscape": spec.building_landscape,
         "ramp": ramp, "write_probabilities": write_probabilities, "assume_crs": assume_crs,
     }
     out_dir = Path(out)
@@ -199,8 +205,9 @@ def _discard(job: Any) -> None:
     drop_stage(job)
 
 
-def _with_filters(spec: Any, min_score: float | None, min_area_m2: float | None) -> Any:
-    """``spec`` with the building filters replaced where given (checked)."""
+def _with_filters(spec: Any, min_score: float | None, min_area_m2: float | None,
+                  seed_p: float | None = None, landscape: str | None = None) -> Any:
+    """``spec`` with the building settings replaced where given (checked)."""
     from terraseg.errors import ConfigError
 
     if min_score is not None:
@@ -212,4 +219,13 @@ def _with_filters(spec: Any, min_score: float | None, min_area_m2: float | None)
             raise ConfigError(f"min_area_m2 must be >= 0, got {min_area_m2}",
                               min_area_m2=min_area_m2)
         spec = spec.model_copy(update={"building_min_area_m2": float(min_area_m2)})
+    if seed_p is not None:
+        if not 0.0 < seed_p <= 1.0:
+            raise ConfigError(f"seed_p must lie in (0, 1], got {seed_p}", seed_p=seed_p)
+        spec = spec.model_copy(update={"building_seed_p": float(seed_p)})
+    if landscape is not None:
+        if landscape not in ("edge", "distance"):
+            raise ConfigError(f"landscape must be 'edge' or 'distance', got {landscape!r}",
+                              landscape=landscape)
+        spec = spec.model_copy(update={"building_landscape": landscape})
     return spec

@@ -279,7 +279,7 @@ def finish_options(job: SceneJob) -> Any:
         building=names.get("building", 1), edge=edge, road=names.get("road", 2),
         halo_px=BOUNDARY_HALO_PX if edge is not None else 8, has_probs=job.with_probs,
         pixel_area_m2=float(gx * gy), nodata=float(NODATA),
-        min_score=job.spec.building_min_score, min_area_m2=job.spec.building_min_area_m2,
+        **job.spec.building_settings(),
     )
 
 

@@ -42,7 +42,7 @@ from terraseg.instances.table import (
     Labels,
     RelabelTable,
 )
-from terraseg.instances.watershed import instances_from_boundary
+from terraseg.instances.watershed import Landscape, instances_from_boundary
 
 __all__ = [
     "BOUNDARY_HALO_PX",
@@ -401,18 +401,21 @@ def _label_window(classes: NDArray[Any], building: int, edge: int | None = None)
     ).astype(np.int64)
 
 
-def _label_probabilities(interior_edge: NDArray[Any]) -> NDArray[Any]:
+def _label_probabilities(interior_edge: NDArray[Any], *, seed_p: float | None = None,
+                         landscape: Landscape = "edge") -> NDArray[Any]:
     """Local building labels of one window from a boundary model's probabilities.
 
     ``interior_edge`` is ``(2, h, w)``: building-interior and building-edge
-    probabilities. Seeds are confident interior (:data:`BOUNDARY_SEED_P`), so the
-    interiors of touching houses that the model only half separates still seed
-    one instance each; buildings are where interior + edge >= 0.5, flooded
-    through the edge probability.
+    probabilities. Seeds are confident interior (``seed_p``, default
+    :data:`BOUNDARY_SEED_P`), so the interiors of touching houses that the model only
+    half separates still seed one instance each; buildings are where interior + edge
+    >= 0.5, flooded through ``landscape``: the edge probability, or the distance to
+    the seeds (which splits a contact half way where the edge probability is flat).
     """
     return instances_from_boundary(
-        interior_edge, interior_class=0, edge_class=1, seed_thresh=BOUNDARY_SEED_P,
-        building_thresh=0.5, min_seed_px=BOUNDARY_MIN_SEED_PX, landscape="edge",
+        interior_edge, interior_class=0, edge_class=1,
+        seed_thresh=BOUNDARY_SEED_P if seed_p is None else seed_p,
+        building_thresh=0.5, min_seed_px=BOUNDARY_MIN_SEED_PX, landscape=landscape,
     ).astype(np.int64)
 
 

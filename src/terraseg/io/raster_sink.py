@@ -81,9 +81,12 @@ CLASS_NAMES_TAG = "TERRASEG_CLASS_NAMES"
 BUILDING_FILTER_TAGS = {
     "min_score": "TERRASEG_BUILDING_MIN_SCORE",
     "min_area_m2": "TERRASEG_BUILDING_MIN_AREA_M2",
+    "seed_p": "TERRASEG_BUILDING_SEED_P",
+    "landscape": "TERRASEG_BUILDING_LANDSCAPE",
 }
-"""Tags of a class COG: its model's ``building_min_score`` and ``building_min_area_m2``
-(when not the defaults), read back by the vectorizer."""
+"""Tags of a class COG: its model's ``building_min_score``, ``building_min_area_m2``,
+``building_seed_p`` and ``building_landscape`` (when not the defaults), read back by
+the vectorizer."""
 OverviewResampling: TypeAlias = Literal["nearest", "mode", "average", "bilinear", "cubic"]
 _COLORMAP_DTYPES = ("uint8", "uint16")
 
@@ -502,11 +505,13 @@ def read_class_names(path: str | os.PathLike[str]) -> dict[int, str]:
     return {int(k): str(v) for k, v in json.loads(raw).items()} if raw else {}
 
 
-def read_building_filters(path: str | os.PathLike[str]) -> dict[str, float]:
-    """The :data:`BUILDING_FILTER_TAGS` a class COG has (``{"min_score": 0.85}``...)."""
+def read_building_filters(path: str | os.PathLike[str]) -> dict[str, float | str]:
+    """The :data:`BUILDING_FILTER_TAGS` a class COG has (``{"min_score": 0.85,
+    "landscape": "distance"}``...): numbers, and the landscape's name."""
     with rasterio.open(path) as ds:
         tags = ds.tags()
-    return {k: float(tags[tag]) for k, tag in BUILDING_FILTER_TAGS.items() if tags.get(tag)}
+    return {k: tags[tag] if k == "landscape" else float(tags[tag])
+            for k, tag in BUILDING_FILTER_TAGS.items() if tags.get(tag)}
 
 
 def validate_cog(path: str | os.PathLike[str]) -> list[str]:

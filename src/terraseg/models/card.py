@@ -289,6 +289,9 @@ class ModelCard(ModelSpec):
         gsd = f"{self.gsd_m:g} m" if self.gsd_m else "any gsd"
         classes = "/".join(c.name for c in self.classes)
         score = f", min score {self.building_min_score:g}" if self.building_min_score else ""
+        if self.building_seed_p is not None or self.building_landscape != "edge":
+            score += (f", split {self.building_landscape} from seeds p >= "
+                      f"{self.building_seed_p or 0.6:g}")
         return (
             f"{self.task}, {classes}, bands {list(self.input.bands)}, {gsd}{score}, {what}"
             + (f" - {self.description}" if self.description else "")

@@ -6,7 +6,7 @@ layer unpacks them into plain keyword arguments for the engine.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -156,6 +156,31 @@ class ModelSpec(BaseModel):
         description="Buildings smaller than this (true m²) are left out of the vector layers "
         "(chosen on validation data with building_min_score; default 4).",
     )
+    building_seed_p: float | None = Field(
+        default=None, gt=0.0, le=1.0,
+        description="Boundary models with probabilities: the building-interior probability "
+        "that seeds an instance (higher: fewer seeds, so touching houses the model only half "
+        "separates stay one; lower: more splits). None: the engine's default, 0.6.",
+    )
+    building_landscape: Literal["edge", "distance"] = Field(
+        default="edge",
+        description="Boundary models: what the seeds flood through to share the building "
+        "mask between them, the 'building edge' probability or the distance to the nearest "
+        "seed (chosen on validation data with the filters).",
+    )
+
+    def building_settings(self) -> dict[str, Any]:
+        """How buildings are finished from this model's output, as
+        :class:`~terraseg.engine.finish.FinishOptions` takes them: ``min_score``,
+        ``min_area_m2``, ``seed_p`` (None: the engine's default) and ``landscape``."""
+        return {"min_score": self.building_min_score, "min_area_m2": self.building_min_area_m2,
+                "seed_p": self.building_seed_p, "landscape": self.building_landscape}
+
+    def building_attrs(self) -> dict[str, Any]:
+        """:meth:`building_settings` as ``building_*`` attributes of a DataArray (netCDF
+        attributes cannot be None: an unset ``seed_p`` is left out)."""
+        return {f"building_{k}": v for k, v in self.building_settings().items()
+                if v is not None}
 
     @property
     def n_classes(self) -> int:

@@ -26,11 +26,12 @@ never saw, neither in training nor in validation:
   resamples it to the model's 0.3 m) and Nairobi block 1 at 0.30 m.
 
 Training starts from the bundled synthetic ``demo-instance`` (``init_from``).
-After training, the card's ``building_min_score`` and ``building_min_area_m2``
-are chosen on the validation images (the pair with the best building F1@0.5,
-matches summed over them;
-:func:`terraseg.recipes.evaluation.choose_building_filters`), then the
-validation and test images are measured with them.
+After training, the card's ``building_min_score`` and ``building_min_area_m2``,
+and the watershed that splits touching buildings (``building_landscape`` and
+``building_seed_p``, of :data:`terraseg.recipes.evaluation.SPLIT_GRID`), are chosen
+on the validation images (the candidate with the best building F1@0.5, matches
+summed over them; :func:`terraseg.recipes.evaluation.choose_building_filters`),
+then the validation and test images are measured with them.
 Truth polygons of the test scenes are clipped to the image; pieces with less
 than half their area inside are dropped (they cannot be matched fairly).
 """
@@ -341,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="Train stage 1 into the workdir and stop (run 1 of 2; run 2 is "
                         "--stage1 WORKDIR/oam-buildings-stage1.safetensors).")
     parser.add_argument("--eval-only", action="store_true",
-                        help="Only re-choose the building filters and re-measure val_/test_*.")
+                        help="Only re-choose the building filters and watershed, and "
+                        "re-measure val_/test_*.")
     args = parser.parse_args(argv)
     stage1_places, train_places, val = split(args.hold_out)
     root = data_root()
@@ -378,10 +380,11 @@ def main(argv: Sequence[str] | None = None) -> None:
               + (f" --edge-px {args.edge_px}" if args.edge_px != SETTINGS.edge_px else "")
               + (f" --augment {args.augment}" if args.augment != SETTINGS.augment else "")
               + options + f" (stage 2, from {stage1.name})", val)
-    from terraseg.recipes.evaluation import record_building_filters
+    from terraseg.recipes.evaluation import SPLIT_GRID, record_building_filters
 
     record_building_filters(stem, [prepared_image(p, root, args.workdir) for p in val],
-                            [clipped_truth(p, root, args.workdir) for p in val], args.workdir)
+                            [clipped_truth(p, root, args.workdir) for p in val], args.workdir,
+                            splits=SPLIT_GRID)
     metrics = evaluate(stem, root, args.workdir, val)
     from terraseg.models.card import load_card, save_card
 
