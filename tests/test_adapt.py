@@ -494,14 +494,19 @@ def test_real_scenes_classes_on_the_scene_grid(rel: str, tmp_path: Path) -> None
 
 
 @pytest.mark.slow  # ~30 s each: the CLI with instances and vectors
+@pytest.mark.parametrize("model", ["demo-instance", "oam-buildings"])
 @pytest.mark.parametrize("rel", REAL_SCENES)
-def test_real_scenes_run_and_outputs_lie_on_the_scene(rel: str, tmp_path: Path) -> None:
+def test_real_scenes_run_and_outputs_lie_on_the_scene(rel: str, model: str,
+                                                      tmp_path: Path) -> None:
+    """``terraseg predict --model M`` on 1-band uint16 pan (projected and EPSG:4326) and an
+    RGBA drone mosaic: exit 0, classes on the scene's grid with nodata exactly where the
+    scene has none, buildings inside its footprint."""
     import geopandas as gpd
     from shapely.geometry import box
 
     path = real_file(rel)
     out = tmp_path / "o"
-    proc = cli("predict", str(path), "--out", str(out), "--device", "cpu")
+    proc = cli("predict", str(path), "--out", str(out), "--device", "cpu", "--model", model)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     classes, transform, crs = read(out / "classes.tif")

@@ -148,18 +148,18 @@ def test_stage2_options_reach_the_settings_and_the_cards_command(
     with pytest.raises(Stop):
         recipe.main(["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                      "--stage1", str(stage1), "--lr", "3e-4", "--edge-weight", "5",
-                     "--edge-px", "5", "--augment", "places", "--precision", "bf16-mixed"])
+                     "--edge-px", "4", "--augment", "places", "--precision", "32"])
     settings = seen["settings"]
     assert isinstance(settings, recipe.TrainConfig)
     assert settings.lr == 3e-4 and settings.class_weights == [1.0, 1.0, 1.0, 5.0]
-    assert settings.augment == "places" and settings.precision == "bf16-mixed"
-    assert settings.edge_px == 5
+    assert settings.augment == "places" and settings.precision == "32"
+    assert settings.edge_px == 4
     assert settings.init_from == str(stage1) and seen["places"] == recipe.TRAIN
     assert seen["val"] == recipe.VAL
     assert seen["command"] == ("python -m terraseg.recipes.oam_buildings --stage1-steps 200 "
-                               "--max-steps 800 --lr 0.0003 --edge-weight 5 --edge-px 5 "
+                               "--max-steps 2000 --lr 0.0003 --edge-weight 5 --edge-px 4 "
                                "--augment places "
-                               "--precision bf16-mixed (stage 2, from s1.safetensors)")
+                               "--precision 32 (stage 2, from s1.safetensors)")
     with pytest.raises(Stop):  # the defaults are the bundled recipe's and are not repeated
         recipe.main(["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "o"),
                      "--stage1", str(stage1)])
@@ -167,9 +167,9 @@ def test_stage2_options_reach_the_settings_and_the_cards_command(
     assert isinstance(settings, recipe.TrainConfig)
     assert (settings.lr, settings.class_weights) == (recipe.SETTINGS.lr,
                                                      recipe.SETTINGS.class_weights)
-    assert (settings.augment, settings.precision, settings.edge_px) == ("full", "32", 3)
+    assert (settings.augment, settings.precision, settings.edge_px) == ("full", "bf16-mixed", 5)
     assert seen["command"] == ("python -m terraseg.recipes.oam_buildings --stage1-steps 200 "
-                               "--max-steps 800 (stage 2, from s1.safetensors)")
+                               "--max-steps 2000 (stage 2, from s1.safetensors)")
 
 
 def test_a_held_out_place_leaves_training_and_joins_validation() -> None:

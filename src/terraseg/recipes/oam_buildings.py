@@ -156,13 +156,16 @@ STAGE1_SETTINGS = TrainConfig(
     description="buildings as instances on real aerial/drone imagery at ~0.3 m "
     "(OpenAerialMap: Zanzibar, Catanduanes, Banepa, Nairobi); roads are not trained",
     dtype="float16",
-    precision="32",  # as the bundled weights were trained (--precision bf16-mixed: 2-3x faster)
+    # as the bundled weights were trained: 2-3x faster than "32" on a CPU with native
+    # bfloat16 (AVX512-BF16/AMX), emulated (slower) on one without; --precision 32 there
+    precision="bf16-mixed",
 )
-#: Stage 2: from stage 1, all training images, full augmentation for real imagery, 800
-#: steps, the best epoch by the pooled validation building IoU (it still rose at 400 steps;
-#: see benchmarks/RESULTS.md).
+#: Stage 2: from stage 1, all training images, full augmentation for real imagery, a
+#: contact band of 5 px (1.5 m) each side, 2000 steps, the best epoch by the pooled
+#: validation building IoU (see benchmarks/RESULTS.md for what each choice bought).
 SETTINGS = STAGE1_SETTINGS.model_copy(
-    update={"augment": "full", "monitor": "val_iou_building", "seed": 1, "max_steps": 800}
+    update={"augment": "full", "monitor": "val_iou_building", "seed": 1, "max_steps": 2000,
+            "edge_px": 5}
 )
 
 
