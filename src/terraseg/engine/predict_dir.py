@@ -84,8 +84,7 @@ def predict_to_dir(
     tta: str = "none",
     min_score: float | None = None,
     min_area_m2: float | None = None,
-    seed_p: float | None = None,
-    landscape: str | None = None,
+    seed_p: float | None = None, landscape: str | None = None,
     vectorize: bool = False,
     resume: bool = False,
     client: distributed.Client | None = None,
@@ -111,11 +110,9 @@ def predict_to_dir(
     resampled to its GSD when outside the tolerance (``resample=False`` refuses
     instead), one band repeated to RGB, 16-bit values stretched for an 8-bit
     model; outputs stay on the scene's grid. ``tta="d4"`` averages the eight
-    flips and rotations of every tile. ``min_score`` and ``min_area_m2`` replace the
-    card's ``building_min_score`` and ``building_min_area_m2`` (buildings scoring
-    below the one or smaller than the other are left out of the vectors); ``seed_p``
-    and ``landscape`` the card's ``building_seed_p`` and ``building_landscape`` (how a
-    boundary model's watershed splits touching buildings).
+    flips and rotations of every tile. ``min_score``, ``min_area_m2``, ``seed_p`` and
+    ``landscape`` replace the card's ``building_*`` settings (vector filters; a boundary
+    model's watershed).
 
     Everything is validated (scene, CRS, sizes, device, model, outputs) before
     the model sees a pixel. A scene that turns out unreadable in some chunks (a
@@ -133,8 +130,7 @@ def predict_to_dir(
     sc = open_input(inp, assume_crs=assume_crs)
     opts = PredictorOptions(model=model, device=device, batch_size=batch_size, amp=amp,
                             backend=backend, tta=tta)
-    spec = _with_filters(get_worker_predictor(opts)[1], min_score, min_area_m2, seed_p,
-                         landscape)
+    spec = _with_filters(get_worker_predictor(opts)[1], min_score, min_area_m2, seed_p, landscape)
     view, spec = adapt_scene(sc, spec, gsd=model_gsd(model), resample=resample)
     warn_if_huge(sc, len(plan_scene(view, tile_px=tile_px, overlap_px=overlap_px,
                                     chunk_px=chunk_px)))
@@ -143,9 +139,7 @@ def predict_to_dir(
         "model": model, "tile_px": tile_px, "overlap_px": overlap_px,
         "chunk_px": chunk_px, "batch_size": batch_size, "device": device, "amp": amp,
         "backend": backend, "resample": resample, "tta": tta,
-        "building_min_score": spec.building_min_score,
-        "building_min_area_m2": spec.building_min_area_m2,
-        "building_seed_p": spec.building_seed_p, "building_landscape": spec.building_landscape,
+        **{f"building_{k}": v for k, v in spec.building_settings().items()},
         "ramp": ramp, "write_probabilities": write_probabilities, "assume_crs": assume_crs,
     }
     out_dir = Path(out)
