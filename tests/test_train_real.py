@@ -78,7 +78,9 @@ def test_scale_jitter_pads_the_mask_with_ignore_when_zooming_out() -> None:
     assert seen
 
 
-@pytest.mark.parametrize("name", ["brightness", "contrast", "hue", "colour", "blur", "noise"])
+@pytest.mark.parametrize(
+    "name", ["brightness", "contrast", "hue", "colour", "desaturate", "blur", "noise"]
+)
 def test_photometric_augmentations_keep_values_in_range_and_the_mask(name: str) -> None:
     changed = False
     for seed in range(16):
@@ -91,7 +93,7 @@ def test_photometric_augmentations_keep_values_in_range_and_the_mask(name: str) 
     assert changed
 
 
-@pytest.mark.parametrize("name", ["hue", "colour"])
+@pytest.mark.parametrize("name", ["hue", "colour", "desaturate"])
 def test_hue_keeps_grey_pixels_grey(name: str) -> None:
     x = torch.full((3, 8, 8), 0.4)
     for seed in range(8):
@@ -121,6 +123,26 @@ def test_colour_turns_a_red_roof_any_hue_or_grey() -> None:
     assert 16 <= unchanged <= 48
 
 
+def test_desaturate_pulls_a_red_roof_towards_grey_and_keeps_its_hue() -> None:
+    """`desaturate` changes about a quarter of the samples; a changed red roof keeps its
+    grey level and its hue (red stays the largest band) with at most half its saturation."""
+    x = torch.zeros(4, 8, 8)
+    x[0], x[1], x[2], x[3] = 0.7, 0.2, 0.2, 0.9
+    y = torch.zeros(8, 8, dtype=torch.long)
+    changed = 0
+    for seed in range(80):
+        xa, ya = AUGMENTATIONS["desaturate"](x.clone(), y.clone(), np.random.default_rng(seed))
+        assert torch.equal(ya, y) and torch.equal(xa[3], x[3])
+        if torch.equal(xa, x):
+            continue
+        changed += 1
+        rgb = xa[:3, 0, 0]
+        assert float(rgb.mean()) == pytest.approx(float(x[:3, 0, 0].mean()), abs=1e-6)
+        assert float(rgb[0] - rgb[1]) <= 0.5 * 0.5 + 1e-6  # saturation gain ≤ 0.5
+        assert float(rgb[1]) == pytest.approx(float(rgb[2])) and rgb[0] >= rgb[1]
+    assert 8 <= changed <= 35
+
+
 def test_augmentation_is_deterministic_from_the_seed() -> None:
     x, y = _coded_sample()
     names = PRESETS["full"]
@@ -138,8 +160,10 @@ def test_augment_names() -> None:
     with pytest.raises(ConfigError, match=r"augment: unknown augmentation\(s\) \['flip'\]"):
         TrainConfig.checked({"augment": ["d4", "flip"]})
     assert augment_names("none") == ()
-    assert augment_names("places") == tuple(AUGMENTATIONS)
-    assert augment_names("full") == tuple(n for n in AUGMENTATIONS if n != "colour")
+    full = tuple(n for n in AUGMENTATIONS if n not in ("colour", "desaturate"))
+    assert augment_names("full") == full
+    assert augment_names("places") == tuple(n for n in AUGMENTATIONS if n != "desaturate")
+    assert augment_names("muted") == tuple(n for n in AUGMENTATIONS if n != "colour")
     assert augment_names("noise,d4") == ("d4", "noise")
     with pytest.raises(ValueError, match=r"unknown augmentation\(s\) \['rotate'\]"):
         augment_names(["rotate"])
@@ -530,8 +554,8 @@ def test_cli_train_with_the_real_data_options(
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         "terraseg: error: augment: unknown augmentation(s) ['rotate']; use a preset (none, "
-        "basic, full, places) or names from d4, brightness, contrast, hue, colour, scale, blur, "
-        "noise"
+        "basic, full, muted, places) or names from d4, brightness, contrast, hue, colour, "
+        "desaturate, scale, blur, noise"
     )
 
 

@@ -29,9 +29,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-AUGMENT_NAMES = ("d4", "brightness", "contrast", "hue", "colour", "scale", "blur", "noise")
+AUGMENT_NAMES = (
+    "d4", "brightness", "contrast", "hue", "colour", "desaturate", "scale", "blur", "noise",
+)
 """Training augmentations (:data:`terraseg.models.augment.AUGMENTATIONS`, same order)."""
-AUGMENT_PRESETS = ("none", "basic", "full", "places")
+AUGMENT_PRESETS = ("none", "basic", "full", "muted", "places")
 """Named sets of augmentations (:data:`terraseg.models.augment.PRESETS`)."""
 
 
@@ -119,10 +121,11 @@ class TrainConfig(_Model):
     augment: str | list[str] = Field(
         default="basic",
         description="Training augmentation: 'basic' (D4 flips/rotations and a ±10 % gain), "
-        "'full' (also contrast, hue, scale ±25 %, blur, noise: for real imagery), 'places' "
+        "'full' (also contrast, hue, scale ±25 %, blur, noise: for real imagery), 'muted' "
+        "('full' and desaturate: a quarter of the patches pulled towards grey), 'places' "
         "('full' and colour: any hue, saturation 0-1.5, for models meant for unseen places), "
-        "'none', or a list of names from d4, brightness, contrast, hue, colour, scale, blur, "
-        "noise.",
+        "'none', or a list of names from d4, brightness, contrast, hue, colour, desaturate, "
+        "scale, blur, noise.",
     )
     label_extent: str | list[str] | None = Field(
         default=None,

@@ -210,7 +210,8 @@ def train_command(
         str,
         typer.Option(
             help="basic (D4 flips/rotations, ±10 % gain), full (also contrast, hue, scale "
-            "±25 %, blur, noise: for real imagery), places (full and colour: any hue, "
+            "±25 %, blur, noise: for real imagery), muted (full and desaturate: a quarter "
+            "of the patches pulled towards grey), places (full and colour: any hue, "
             "saturation 0-1.5, for unseen places), none, or names, comma-separated.",
         ),
     ] = "basic",

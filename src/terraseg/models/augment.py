@@ -118,6 +118,24 @@ def colour(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> Sample
     return torch.cat([rgb, x[3:]]).clamp(lo, hi), y
 
 
+def desaturate(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> Sample:
+    """On a quarter of the samples, pull the first three bands towards grey by a gain in [0, 0.5].
+
+    A milder form of ``colour``: the hue stays, but a red or orange roof is
+    sometimes shown nearly grey (gain 0: fully grey), so the model cannot rely
+    on colour alone for the grey, beige and brown iron sheets its training
+    places have few of. Images with fewer than three bands are returned
+    unchanged; grey pixels stay grey.
+    """
+    gain = float(rng.uniform(0.0, 0.5))
+    if rng.random() >= 0.25 or x.shape[0] < 3:
+        return x, y
+    lo, hi = _limits(x)
+    rgb = x[:3]
+    grey = rgb.mean(dim=0, keepdim=True)
+    return torch.cat([grey + (rgb - grey) * gain, x[3:]]).clamp(lo, hi), y
+
+
 def scale(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> Sample:
     """Zoom by a factor in [0.75, 1.25], keeping the patch size (pixel centres kept aligned).
 
@@ -185,22 +203,32 @@ AUGMENTATIONS: dict[str, Augment] = {
     "contrast": contrast,
     "hue": hue,
     "colour": colour,
+    "desaturate": desaturate,
     "scale": scale,
     "blur": blur,
     "noise": noise,
 }
 """Augmentations by name, applied in this order whatever order they are given in."""
 
+def _ordered(*names: str) -> tuple[str, ...]:
+    return tuple(name for name in AUGMENTATIONS if name in names)
+
+
+_FULL = ("d4", "brightness", "contrast", "hue", "scale", "blur", "noise")
+
 PRESETS: dict[str, tuple[str, ...]] = {
     "none": (),
-    "basic": ("d4", "brightness"),
-    "full": tuple(name for name in AUGMENTATIONS if name != "colour"),
-    "places": tuple(AUGMENTATIONS),
+    "basic": _ordered("d4", "brightness"),
+    "full": _ordered(*_FULL),
+    "muted": _ordered(*_FULL, "desaturate"),
+    "places": _ordered(*_FULL, "colour"),
 }
 """Named sets: ``basic`` (flips/rotations and ±10 % gain, the default, as before
-issue 17), ``full`` (all but ``colour``, for real imagery), ``places`` (everything:
-``full`` and any-hue ``colour``, for models that must work in places whose roofs
-look unlike the training places'), ``none``."""
+issue 17), ``full`` (geometry, photometric jitter, scale, blur and noise: for real
+imagery), ``muted`` (``full`` and ``desaturate``: roofs sometimes shown nearly
+grey), ``places`` (``full`` and any-hue ``colour``, for models that must work in
+places whose roofs look unlike the training places'), ``none``. Each preset
+applies its names in :data:`AUGMENTATIONS` order."""
 
 
 def augment_names(value: str | Sequence[str]) -> tuple[str, ...]:

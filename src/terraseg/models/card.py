@@ -290,8 +290,10 @@ class ModelCard(ModelSpec):
         classes = "/".join(c.name for c in self.classes)
         score = f", min score {self.building_min_score:g}" if self.building_min_score else ""
         if self.building_seed_p is not None or self.building_landscape != "edge":
-            score += (f", split {self.building_landscape} from seeds p >= "
-                      f"{self.building_seed_p or 0.6:g}")
+            from terraseg.instances.merge import BOUNDARY_SEED_P
+
+            seed_p = BOUNDARY_SEED_P if self.building_seed_p is None else self.building_seed_p
+            score += f", split {self.building_landscape} from seeds p >= {seed_p:g}"
         return (
             f"{self.task}, {classes}, bands {list(self.input.bands)}, {gsd}{score}, {what}"
             + (f" - {self.description}" if self.description else "")

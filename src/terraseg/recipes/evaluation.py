@@ -16,6 +16,7 @@ from pathlib import Path
 from terraseg.api import predict_to_dir
 from terraseg.engine.postprocess import vectorize_scene
 from terraseg.evaluate.scores import evaluate
+from terraseg.instances.merge import BOUNDARY_SEED_P
 
 __all__ = ["MIN_AREA_GRID", "MIN_SCORE_GRID", "SPLIT_GRID", "choose_building_filters",
            "evaluate_buildings", "record_building_filters", "record_evaluation",
@@ -26,7 +27,7 @@ MIN_SCORE_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 :func:`choose_building_filters`."""
 MIN_AREA_GRID = (4.0, 8.0, 12.0, 16.0, 20.0, 25.0, 30.0)
 """Candidate ``building_min_area_m2`` values (4 m², the engine's default, up to a small shed)."""
-DEFAULT_SPLIT = ("edge", 0.6)
+DEFAULT_SPLIT = ("edge", BOUNDARY_SEED_P)
 """The engine's watershed of a boundary model: seeds at interior p >= 0.6
 (:data:`~terraseg.instances.merge.BOUNDARY_SEED_P`), flooded through the edge probability."""
 SPLIT_GRID = tuple((landscape, seed) for landscape in ("edge", "distance")
