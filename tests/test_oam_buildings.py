@@ -11,6 +11,7 @@ from real_data import real_file
 
 from terraseg.models import load_model
 from terraseg.models.card import load_card
+from terraseg.models.resume import RESUME_SUFFIX
 from terraseg.recipes import oam_buildings as recipe
 
 BUNDLED = Path(recipe.__file__).resolve().parents[1] / "models/bundled"
@@ -170,6 +171,46 @@ def test_stage2_options_reach_the_settings_and_the_cards_command(
     assert (settings.augment, settings.precision, settings.edge_px) == ("full", "bf16-mixed", 5)
     assert seen["command"] == ("python -m terraseg.recipes.oam_buildings --stage1-steps 200 "
                                "--max-steps 2000 (stage 2, from s1.safetensors)")
+
+
+def test_max_minutes_and_resume_reach_the_stage_being_trained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--max-minutes`` reaches both stages; ``--resume`` continues the paused stage and
+    keeps a finished stage 1 (needs no real data)."""
+    calls: list[tuple[str, object]] = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(root: Path, workdir: Path, stem: Path, places: object,
+                   settings: object, command: str, val: object) -> None:
+        calls.append((stem.name, settings))
+        if stem.name == recipe.NAME:
+            raise Stop
+
+    monkeypatch.setattr(recipe, "data_root", lambda: tmp_path)
+    monkeypatch.setattr(recipe, "train", fake_train)
+    work, out = tmp_path / "w", tmp_path / "o"
+    argv = ["--workdir", str(work), "--out", str(out), "--max-minutes", "25"]
+    stage1 = work / f"{recipe.NAME}-stage1"
+
+    def run(*extra: str) -> list[tuple[str, bool, float | None]]:
+        calls.clear()
+        with pytest.raises(Stop):
+            recipe.main([*argv, *extra])
+        return [(name, s.resume, s.max_minutes) for name, s in calls]  # type: ignore[attr-defined]
+
+    work.mkdir()
+    assert run() == [(stage1.name, False, 25), (recipe.NAME, False, 25)]
+    stage1.with_name(stage1.name + RESUME_SUFFIX).touch()  # stage 1 paused
+    assert run("--resume") == [(stage1.name, True, 25), (recipe.NAME, False, 25)]
+    stage1.with_name(stage1.name + RESUME_SUFFIX).unlink()
+    stage1.with_suffix(".safetensors").touch()  # stage 1 finished, stage 2 paused
+    out.mkdir()
+    (out / f"{recipe.NAME}{RESUME_SUFFIX}").touch()
+    assert run("--resume") == [(recipe.NAME, True, 25)]
+    assert run() == [(stage1.name, False, 25), (recipe.NAME, False, 25)]  # no --resume: afresh
 
 
 def test_a_held_out_place_leaves_training_and_joins_validation() -> None:

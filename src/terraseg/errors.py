@@ -27,6 +27,7 @@ __all__ = [
     "ChunkFailedError",
     "EmptySceneError",
     "ResumeMismatchError",
+    "TrainingPaused",
 ]
 
 
@@ -99,3 +100,12 @@ class EmptySceneError(SceneReadError):
 
 class ResumeMismatchError(TerrasegError, ValueError):
     """``--resume`` of a run whose stored chunks were made by another model, tiling or scene."""
+
+
+class TrainingPaused(TerrasegError):
+    """Training stopped at ``max_minutes`` with its state saved: run it again with ``resume``.
+
+    Not a failure: the CLI prints the message and exits with status 75
+    (``EX_TEMPFAIL``: try again), so a script can loop until the run finishes.
+    ``err.path`` is the state file.
+    """

@@ -187,6 +187,17 @@ class TrainConfig(_Model):
         "'32'), '32' (float32 throughout), 'bf16-mixed' or '16-mixed' (GPU only). Mixed "
         "precision also lays tensors out channels-last; it is about 3x faster on such CPUs.",
     )
+    max_minutes: float | None = Field(
+        default=None,
+        ge=0,
+        description="Pause after the first epoch that ends past this many minutes; the state "
+        "is kept in <out>.resume.ckpt and the same settings with resume continue it.",
+    )
+    resume: bool = Field(
+        default=False,
+        description="Continue the paused or interrupted run in <out>.resume.ckpt (refused if "
+        "its settings or data differ).",
+    )
     num_workers: int = Field(default=0, description="DataLoader worker processes.")
     progress: bool = Field(default=False, description="Show Lightning's progress bar.")
     command: str | None = Field(

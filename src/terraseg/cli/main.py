@@ -3,7 +3,9 @@
 Any :class:`~terraseg.errors.TerrasegError` is printed as one line,
 ``terraseg: error: <message>``, on stderr, with exit status 2; any other
 exception as one line too (``terraseg: error: internal error: ...``), with exit
-status 1. Warnings and log records become one line each
+status 1. A training run paused at ``--max-minutes``
+(:class:`~terraseg.errors.TrainingPaused`) prints its resume line and exits
+with status 75 (``EX_TEMPFAIL``). Warnings and log records become one line each
 (:mod:`terraseg.cli.output`). ``--debug`` shows tracebacks and warnings with
 their file and line instead; ``-q``/``-v`` set the verbosity. Help texts are
 rich markup: write a literal ``[`` as ``\\[`` (``terraseg\\[onnx]``).
@@ -19,7 +21,7 @@ import typer
 
 from terraseg._version import __version__
 from terraseg.cli.output import OutputSettings, install_output
-from terraseg.errors import TerrasegError
+from terraseg.errors import TerrasegError, TrainingPaused
 from terraseg.progress import progress_bars
 
 app = typer.Typer(
@@ -418,6 +420,9 @@ def main() -> None:
     _state.update(debug=False, progress=True)  # the root callback sets them from the options
     try:
         app(standalone_mode=False)
+    except TrainingPaused as exc:  # not a failure: run again with --resume
+        typer.echo(f"terraseg: {exc}", err=True)
+        sys.exit(75)
     except TerrasegError as exc:
         if _state["debug"]:
             raise

@@ -235,6 +235,13 @@ def train_command(
         typer.Option(help="auto (bf16-mixed on a GPU or a CPU with native bfloat16, else 32), "
                      "32, bf16-mixed or 16-mixed (GPU)."),
     ] = "auto",
+    max_minutes: Annotated[
+        float | None,
+        typer.Option("--max-minutes", help="Pause after the first epoch that ends past this many minutes (state in OUT.resume.ckpt; exit status 75); continue with --resume."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the paused run in OUT.resume.ckpt (same options).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
 ) -> None:
@@ -258,7 +265,8 @@ def train_command(
         "description": description, "dtype": "float16" if fp16 else "float32", "progress": progress,
         "command": "terraseg " + shlex.join(sys.argv[1:]), "task": task, "edge_px": edge_px,
         "loss": loss, "init_from": init_from, "augment": augment,
-        "accelerator": accelerator, "precision": precision, "label_extent": label_extent or None,
+        "accelerator": accelerator, "precision": precision, "max_minutes": max_minutes,
+        "resume": resume, "label_extent": label_extent or None,
         "val_label_extent": val_label_extent or None,
         "monitor": monitor, "patience": patience, "arch": arch, "encoder": encoder,
         "gsd_m": gsd_m,

@@ -16,6 +16,7 @@ With ``progress``, each epoch also prints one plain line to stderr, e.g.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import sys
@@ -192,6 +193,29 @@ def training_record(
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             self.loss_sum, self.loss_n = 0.0, 0
 
+        def state_dict(self) -> dict[str, Any]:
+            """The record so far, for a paused run (:mod:`terraseg.models.resume`)."""
+            best = record.epochs.index(record.best) if record.best is not None else -1
+            return {
+                "epochs": json.dumps([_epoch_values(r) for r in record.epochs]),
+                "best": best,
+                "best_state": record.best_state or {},
+                "seconds": time.perf_counter() - self.t0,
+                "validated_step": self.validated_step,
+            }
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            record.epochs[:] = [EpochRecord(**r) for r in json.loads(state["epochs"])]
+            best = int(state["best"])
+            record.best = record.epochs[best] if best >= 0 else None
+            record.best_state = dict(state["best_state"]) or None
+            self.t0 = time.perf_counter() - float(state["seconds"])
+            self.validated_step = int(state["validated_step"])
+            with open(csv_path, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, header)
+                writer.writeheader()
+                writer.writerows(r.row() for r in record.epochs)
+
         def on_train_batch_end(
             self, trainer: Any, pl_module: Any, outputs: Any, *args: Any
         ) -> None:
@@ -247,6 +271,12 @@ def training_record(
                 trainer.should_stop = True
 
     return EpochValidation(), record
+
+
+def _epoch_values(rec: EpochRecord) -> dict[str, Any]:
+    """An epoch's record as plain values (JSON)."""
+    return {"epoch": rec.epoch, "step": rec.step, "seconds": rec.seconds,
+            "train_loss": rec.train_loss, "metrics": rec.metrics}
 
 
 def _epoch_line(

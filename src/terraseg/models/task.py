@@ -136,12 +136,15 @@ def fit_network(
     workdir: Path,
     init_state: dict[str, Any] | None = None,
     callbacks: Sequence[Any] = (),
+    resume_from: Path | None = None,
 ) -> FitResult:
     """Train ``card``'s network on ``train_loader`` for ``total_steps`` (no validation loop).
 
     ``init_state`` (a state dict of the same architecture) replaces the random
     initial weights: fine-tuning. ``callbacks`` are more Lightning callbacks
-    (the per-epoch validation of :mod:`terraseg.models.records`).
+    (the per-epoch validation of :mod:`terraseg.models.records`). ``resume_from``
+    continues a paused run (:mod:`terraseg.models.resume`), read with
+    ``weights_only=True``.
     """
     import lightning.pytorch as pl
 
@@ -186,7 +189,8 @@ def fit_network(
             deterministic=True if accelerator == "cpu" else "warn",
             default_root_dir=str(workdir),
         )
-        trainer.fit(task, train_dataloaders=train_loader)  # validated afterwards, once
+        trainer.fit(task, train_dataloaders=train_loader, weights_only=True,
+                    ckpt_path=str(resume_from) if resume_from is not None else None)
     net = task.model.cpu().eval().to(memory_format=torch.contiguous_format)
     return FitResult(net, int(trainer.global_step), int(trainer.current_epoch), precision)
 

@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from terraseg.config import TrainConfig
-from terraseg.errors import ConfigError, ModelLoadError, OutputExistsError
+from terraseg.errors import ConfigError, ModelLoadError, OutputExistsError, TrainingPaused
 from terraseg.models.augment import augment_names
 from terraseg.models.card import (
     CARD_SUFFIX,
@@ -57,6 +57,13 @@ from terraseg.models.labels import DEFAULT_LAYERS, LabelWarning, PathLike, raste
 from terraseg.models.loading import save_model
 from terraseg.models.networks import build_network, smp_architecture
 from terraseg.models.records import TrainingRecord, metric_names, training_record
+from terraseg.models.resume import (
+    RESUME_SUFFIX,
+    PauseState,
+    check_resume,
+    fingerprint,
+    pause_callback,
+)
 from terraseg.models.spec import (
     BOUNDARY_CLASSES,
     DEFAULT_CLASSES,
@@ -84,7 +91,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_SEMANTIC_ONLY = ("label_extent", "gsd_m", "arch", "encoder", "patience")
+_SEMANTIC_ONLY = ("label_extent", "gsd_m", "arch", "encoder", "patience", "max_minutes")
 """Settings the detection trainer does not implement (refused there, not ignored)."""
 
 METRICS_SUFFIX = ".metrics.csv"
@@ -184,6 +191,14 @@ def train_semantic(
     if cfg.task == "detection":
         return _detection(image, labels, weights_path, cfg, overwrite=overwrite)
     setup = _setup(cfg, stem=weights_path.name[: -len(".safetensors")])
+    state_path = weights_path.with_name(weights_path.name[: -len(".safetensors")] + RESUME_SUFFIX)
+    run = PauseState(
+        fingerprint(cfg, as_paths(image), as_paths(labels),
+                    as_paths(val_image) if val_image is not None else None,
+                    as_paths(val_labels) if val_labels is not None else None),
+        minutes=cfg.max_minutes,
+    )
+    resumed = bool(check_resume(state_path, cfg, run.fingerprint, overwrite=overwrite))
     partial_csv = csv_path.with_name(csv_path.name + ".part")
     partial_csv.parent.mkdir(parents=True, exist_ok=True)  # a new output folder
     with tempfile.TemporaryDirectory(prefix="terraseg-train-") as tmp:
@@ -198,11 +213,22 @@ def train_semantic(
             n_classes=setup.card.n_classes,
             workdir=workdir,
         )
-        fit, record = _fit_and_score(setup, areas, workdir, partial_csv)
-    seconds = time.perf_counter() - t0
-    card = _final_card(setup, areas, fit, record, seconds, csv_path.name)
+        fit, record = _fit_and_score(
+            setup, areas, workdir, partial_csv, resume=(state_path, run, resumed)
+        )
+    if run.paused:
+        last = record.epochs[-1]
+        raise TrainingPaused(
+            f"training paused after {cfg.max_minutes:g} min at epoch {last.epoch} (step "
+            f"{last.step}); continue it with the same settings and --resume (resume=True); "
+            f"its state is in '{state_path}'",
+            path=state_path,
+        )
+    seconds = run.before + time.perf_counter() - t0  # this run and the paused ones
+    card = _final_card(setup, areas, fit, record, seconds, csv_path.name, runs=run.runs)
     save_model(fit.net, card, weights_path.with_suffix(""), dtype=cfg.dtype, overwrite=overwrite)
     partial_csv.replace(csv_path)
+    state_path.unlink(missing_ok=True)
     metrics = card.metrics
     log.info("trained %s in %.0f s: %s", card.name, seconds, metrics)
     return load_card(card_path)
@@ -220,6 +246,7 @@ def _detection(
     if cfg.epochs is None and cfg.max_steps is None:
         raise ConfigError("give epochs or max_steps (e.g. --epochs 10)")
     unsupported = [k for k in _SEMANTIC_ONLY if getattr(cfg, k) is not None]
+    unsupported += ["resume"] if cfg.resume else []
     if unsupported:
         raise ConfigError(
             f"task 'detection' does not take {', '.join(unsupported)} (semantic and boundary "
@@ -409,7 +436,12 @@ def _schedule(cfg: TrainConfig) -> tuple[int, int]:
 
 
 def _fit_and_score(
-    setup: _Setup, areas: TrainingAreas, workdir: Path, csv_path: Path
+    setup: _Setup,
+    areas: TrainingAreas,
+    workdir: Path,
+    csv_path: Path,
+    *,
+    resume: tuple[Path, PauseState, bool],
 ) -> tuple[FitResult, TrainingRecord]:
     """Seed, build datasets and loaders, train with validation after every epoch.
 
@@ -434,6 +466,10 @@ def _fit_and_score(
         n_epochs=n_epochs,
         progress=cfg.progress,
     )
+    state_path, run, resumed = resume
+    pause = pause_callback(
+        state_path, run, train_loader, total_steps=total_steps, resumed=resumed
+    )
     fit = fit_network(
         setup.card,
         train_loader,
@@ -442,7 +478,8 @@ def _fit_and_score(
         n_epochs=n_epochs,
         workdir=workdir,
         init_state=setup.init.state if setup.init else None,
-        callbacks=[callback],
+        callbacks=[callback, pause],
+        resume_from=state_path if resumed else None,
     )
     if record.best_state is not None:
         fit.net.load_state_dict(record.best_state)
@@ -456,6 +493,8 @@ def _final_card(
     record: TrainingRecord,
     seconds: float,
     csv_name: str,
+    *,
+    runs: int = 1,
 ) -> ModelCard:
     """The provisional card with its GSD, ``training`` record, metrics and what they measure."""
     cfg = setup.cfg
@@ -475,7 +514,10 @@ def _final_card(
             "gsd_tolerance": cfg.gsd_tolerance,
             "training": TrainingInfo(
                 data=list(cfg.data_notes) or [Path(p.image.path).name for p in areas.train],
-                command=cfg.command,
+                command=cfg.command if runs == 1 or cfg.command is None else (
+                    f"{cfg.command} (in {runs} runs: with --max-minutes "
+                    f"{cfg.max_minutes or 0:g}, then the same with --resume)"
+                ),
                 init_from=setup.init.note if setup.init else None,
                 seed=cfg.seed,
                 epochs=len(record.epochs),

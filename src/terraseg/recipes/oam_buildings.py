@@ -8,6 +8,9 @@ see that folder's README for licences). Run from a checkout::
 
     python -m terraseg.recipes.oam_buildings                 # train + evaluate
     python -m terraseg.recipes.oam_buildings --eval-only
+    # on a slower machine, in runs of at most 25 minutes (exit status 75: run again)
+    python -m terraseg.recipes.oam_buildings --max-minutes 25
+    python -m terraseg.recipes.oam_buildings --max-minutes 25 --resume   # until it exits 0
 
 The data is split by place, so that the test figures are on imagery the model
 never saw, neither in training nor in validation:
@@ -40,12 +43,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from terraseg.config import TrainConfig
+from terraseg.models.resume import RESUME_SUFFIX
 from terraseg.models.spec import BOUNDARY_CLASSES
 from terraseg.recipes.demo_semantic import BUNDLED
 
@@ -344,6 +349,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stage1-only", action="store_true",
                         help="Train stage 1 into the workdir and stop (run 1 of 2; run 2 is "
                         "--stage1 WORKDIR/oam-buildings-stage1.safetensors).")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="Pause the stage being trained after the first epoch past this "
+                        "many minutes (exit status 75); rerun the same command with --resume.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue a paused stage (its state in WORKDIR or OUT); a "
+                        "finished stage 1 in WORKDIR is used as it is.")
     parser.add_argument("--eval-only", action="store_true",
                         help="Only re-choose the building filters and watershed, and "
                         "re-measure val_/test_*.")
@@ -358,11 +369,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         options = ((f" --hold-out {args.hold_out}" if args.hold_out else "")
                    + (f" --precision {args.precision}"
                       if args.precision != SETTINGS.precision else ""))
+        runs = {"max_minutes": args.max_minutes}
         if stage1 is None:
             stage1 = args.workdir / f"{NAME}-stage1"
-            train(root, args.workdir, stage1, stage1_places, STAGE1_SETTINGS.model_copy(
-                update={"max_steps": args.stage1_steps, "precision": args.precision}),
-                f"{module}{options} (stage 1)", val)
+            paused = stage1.with_name(stage1.name + RESUME_SUFFIX).exists()
+            if not (args.resume and stage1.with_suffix(".safetensors").exists() and not paused):
+                train(root, args.workdir, stage1, stage1_places, STAGE1_SETTINGS.model_copy(
+                    update={"max_steps": args.stage1_steps, "precision": args.precision,
+                            "resume": args.resume and paused, **runs}),
+                    f"{module}{options} (stage 1)", val)
             stage1 = stage1.with_suffix(".safetensors")
         if args.stage1_only:
             print(f"stage 1: {stage1}; stage 2: python -m terraseg.recipes.oam_buildings "
@@ -374,7 +389,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                "edge_px": args.edge_px,
                                                "precision": args.precision,
                                                "class_weights": [1.0, 1.0, 1.0,
-                                                                 args.edge_weight]})
+                                                                 args.edge_weight],
+                                               "resume": args.resume and stem.with_name(
+                                                   stem.name + RESUME_SUFFIX).exists(),
+                                               **runs})
         train(root, args.workdir, stem, train_places, settings,
               f"{module} --stage1-steps {args.stage1_steps} --max-steps {args.max_steps}"
               + (f" --lr {args.lr:g}" if args.lr != SETTINGS.lr else "")
@@ -399,4 +417,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from terraseg.errors import TrainingPaused
+
+    try:
+        main()
+    except TrainingPaused as exc:  # not a failure: the same command with --resume goes on
+        print(f"paused: {exc}", file=sys.stderr, flush=True)
+        sys.exit(75)
