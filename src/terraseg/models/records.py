@@ -159,6 +159,26 @@ class TrainingRecord:
         return math.isnan(best) or value > best
 
 
+    def state(self) -> dict[str, Any]:
+        """Every epoch, the best one and its weights, as ``torch.load(weights_only=True)`` reads."""
+        return {
+            "epochs": json.dumps([_epoch_values(r) for r in self.epochs]),
+            "best": self.epochs.index(self.best) if self.best is not None else -1,
+            "best_state": self.best_state or {},
+        }
+
+    def restore(self, state: dict[str, Any], csv_path: Path, header: Sequence[str]) -> None:
+        """Take back :meth:`state` and rewrite ``csv_path`` with its rows."""
+        self.epochs[:] = [EpochRecord(**r) for r in json.loads(state["epochs"])]
+        best = int(state["best"])
+        self.best = self.epochs[best] if best >= 0 else None
+        self.best_state = dict(state["best_state"]) or None
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, header)
+            writer.writeheader()
+            writer.writerows(r.row() for r in self.epochs)
+
+
 def training_record(
     val_loader: Iterable[Batch],
     classes: Sequence[ClassInfo],
@@ -195,26 +215,13 @@ def training_record(
 
         def state_dict(self) -> dict[str, Any]:
             """The record so far, for a paused run (:mod:`terraseg.models.resume`)."""
-            best = record.epochs.index(record.best) if record.best is not None else -1
-            return {
-                "epochs": json.dumps([_epoch_values(r) for r in record.epochs]),
-                "best": best,
-                "best_state": record.best_state or {},
-                "seconds": time.perf_counter() - self.t0,
-                "validated_step": self.validated_step,
-            }
+            return {**record.state(), "seconds": time.perf_counter() - self.t0,
+                    "validated_step": self.validated_step}
 
         def load_state_dict(self, state: dict[str, Any]) -> None:
-            record.epochs[:] = [EpochRecord(**r) for r in json.loads(state["epochs"])]
-            best = int(state["best"])
-            record.best = record.epochs[best] if best >= 0 else None
-            record.best_state = dict(state["best_state"]) or None
+            record.restore(state, csv_path, header)
             self.t0 = time.perf_counter() - float(state["seconds"])
             self.validated_step = int(state["validated_step"])
-            with open(csv_path, "w", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, header)
-                writer.writeheader()
-                writer.writerows(r.row() for r in record.epochs)
 
         def on_train_batch_end(
             self, trainer: Any, pl_module: Any, outputs: Any, *args: Any

@@ -9,7 +9,9 @@ epoch's metrics, the best epoch's weights, the early-stop count), the time
 spent, and the random generators of the samplers and augmentations. The same
 settings with ``resume`` continue from it, and a run paused and resumed gives
 the same weights and ``metrics.csv`` as one that was not (tested; with
-``num_workers=0``, since worker processes draw their own augmentations).
+``num_workers=0``: worker processes draw their own augmentations, and resumed
+workers start their generators afresh, so with workers a resumed run is the
+same training but not the same bits).
 A run that is killed rather than paused keeps no state: plan long runs with
 ``max_minutes``.
 
@@ -33,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from terraseg.errors import ConfigError, ResumeMismatchError
+from terraseg.errors import ConfigError, ResumeMismatchError, TrainingPaused
+from terraseg.models.records import EpochRecord
 from terraseg.train_config import TrainConfig
 
 __all__ = ["RESUME_SUFFIX", "PauseState", "check_resume", "fingerprint", "pause_callback"]
@@ -117,6 +120,15 @@ class PauseState:
         self.paused = False
         self.before = 0.0
         """Seconds the earlier runs took (restored on resume)."""
+
+    def pause_error(self, last: EpochRecord, path: Path) -> TrainingPaused:
+        """What a paused run raises: where it stopped and how to go on."""
+        return TrainingPaused(
+            f"training paused after {self.minutes or 0:g} min at epoch {last.epoch} (step "
+            f"{last.step}); continue it with the same settings and --resume (resume=True); "
+            f"its state is in '{path}'",
+            path=path,
+        )
 
 
 def _generator_states(loader: Any) -> list[torch.Tensor]:

@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from terraseg.config import TrainConfig
-from terraseg.errors import ConfigError, ModelLoadError, OutputExistsError, TrainingPaused
+from terraseg.errors import ConfigError, ModelLoadError, OutputExistsError
 from terraseg.models.augment import augment_names
 from terraseg.models.card import (
     CARD_SUFFIX,
@@ -193,9 +193,8 @@ def train_semantic(
     setup = _setup(cfg, stem=weights_path.name[: -len(".safetensors")])
     state_path = weights_path.with_name(weights_path.name[: -len(".safetensors")] + RESUME_SUFFIX)
     run = PauseState(
-        fingerprint(cfg, as_paths(image), as_paths(labels),
-                    as_paths(val_image) if val_image is not None else None,
-                    as_paths(val_labels) if val_labels is not None else None),
+        fingerprint(cfg, *(as_paths(p) if p is not None else None
+                           for p in (image, labels, val_image, val_labels))),
         minutes=cfg.max_minutes,
     )
     resumed = bool(check_resume(state_path, cfg, run.fingerprint, overwrite=overwrite))
@@ -217,13 +216,7 @@ def train_semantic(
             setup, areas, workdir, partial_csv, resume=(state_path, run, resumed)
         )
     if run.paused:
-        last = record.epochs[-1]
-        raise TrainingPaused(
-            f"training paused after {cfg.max_minutes:g} min at epoch {last.epoch} (step "
-            f"{last.step}); continue it with the same settings and --resume (resume=True); "
-            f"its state is in '{state_path}'",
-            path=state_path,
-        )
+        raise run.pause_error(record.epochs[-1], state_path)
     seconds = run.before + time.perf_counter() - t0  # this run and the paused ones
     card = _final_card(setup, areas, fit, record, seconds, csv_path.name, runs=run.runs)
     save_model(fit.net, card, weights_path.with_suffix(""), dtype=cfg.dtype, overwrite=overwrite)
