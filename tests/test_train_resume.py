@@ -124,3 +124,50 @@ def test_cli_train_pauses_with_status_75_and_resumes(
     main()
     assert f"wrote {out}.safetensors" in capsys.readouterr().out
     assert not Path(f"{out}{RESUME_SUFFIX}").exists()
+
+
+def test_a_workflow_train_stage_pauses_and_terraseg_run_resume_finishes_it(
+    city: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from terraseg.cli.main import main
+
+    image, labels = city
+    wf = tmp_path / "train.yaml"
+    wf.write_text(
+        f"""
+version: 1
+name: t
+stages: [train]
+outputs: {{dir: {tmp_path / "out"}}}
+train:
+  image: {image}
+  labels: {labels}
+  out: m
+  max_steps: 4
+  steps_per_epoch: 2
+  batch_size: 2
+  patch_px: 64
+  max_minutes: 0
+""",
+        encoding="utf-8",
+    )
+    state = tmp_path / "out" / f"m{RESUME_SUFFIX}"
+    monkeypatch.setattr(sys, "argv", ["terraseg", "run", str(wf)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 75 and state.is_file()
+    assert "training paused after 0 min at epoch 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # again without --resume: refused, state kept
+        main()
+    assert info.value.code == 2 and state.is_file()
+    assert "holds a paused training run; pass --resume" in capsys.readouterr().err
+    wf.write_text(wf.read_text(encoding="utf-8").replace("  max_minutes: 0\n", ""),
+                  encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["terraseg", "run", str(wf), "--resume"])
+    main()
+    assert (tmp_path / "out" / "m.safetensors").is_file() and not state.exists()
+    rows = _rows(tmp_path / "out" / "m.metrics.csv")
+    assert [r["step"] for r in rows] == ["2", "4"]

@@ -166,7 +166,7 @@ def run_workflow(
     t0 = time.perf_counter()
     if wf.stages == ["train"]:
         root = wf.output_dir(out)
-        trained = _train_stage(wf, root, overwrite=overwrite)
+        trained = _train_stage(wf, root, overwrite=overwrite, resume=resume)
         result = RunSummary(wf.name, str(root), [trained], time.perf_counter() - t0)
         _write_summary(root, wf, result)
         return result
@@ -365,14 +365,18 @@ def _resumed_stats(job: Any) -> dict[str, Any]:
     return {"chunks_computed": 0, "chunks_resumed": "all"} if not job.predict else {}
 
 
-def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:
+def _train_stage(wf: Workflow, root: Path, *, overwrite: bool, resume: bool) -> SceneSummary:
     """Train a semantic model from the workflow's ``train:`` section.
+
+    A run paused at ``max_minutes`` goes on with ``terraseg run --resume``
+    (:mod:`terraseg.models.resume`).
 
     ``image: synthetic`` generates one city per seed (the last seed is the
     validation scene) with :func:`terraseg.synthetic.make_city` into
     ``<out>/data``; otherwise ``image``/``labels`` name a GeoTIFF and its
     vector labels (layers ``buildings`` and ``roads``).
     """
+    from terraseg.models.resume import RESUME_SUFFIX
     from terraseg.models.train import train_semantic
 
     cfg = wf.train
@@ -398,6 +402,8 @@ def _train_stage(wf: Workflow, root: Path, *, overwrite: bool) -> SceneSummary:
     if cfg.label_extent is not None:  # relative to the workflow file, like image and labels
         extents = [cfg.label_extent] if isinstance(cfg.label_extent, str) else cfg.label_extent
         kw["label_extent"] = [wf.resolve(e) for e in extents]
+    if resume and Path(f"{out}{RESUME_SUFFIX}").exists():  # `terraseg run --resume`
+        kw["resume"] = True  # continues a train stage paused at max_minutes
     card = train_semantic(images, labels, out, cfg, name=cfg.name or out.name, **kw)
     weights = out.with_suffix(".safetensors") if out.suffix != ".safetensors" else out
     return SceneSummary(scene=str(cfg.image), out_dir=str(out.parent),
