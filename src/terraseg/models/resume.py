@@ -42,7 +42,7 @@ from terraseg.train_config import TrainConfig
 __all__ = ["RESUME_SUFFIX", "PauseState", "check_resume", "fingerprint", "pause_callback"]
 
 RESUME_SUFFIX = ".resume.ckpt"
-"""A paused or interrupted run's state: ``<out>.resume.ckpt`` beside the outputs."""
+"""A paused run's state: ``<out>.resume.ckpt`` beside the outputs."""
 
 _NOT_IN_FINGERPRINT = ("resume", "max_minutes", "progress", "command", "num_workers")
 """Settings that do not change what is learnt (how the run is driven and recorded)."""
