@@ -65,6 +65,36 @@ def test_a_run_paused_twice_and_resumed_equals_one_run(
     assert not state.exists()  # finished: the state is gone
 
 
+def test_a_run_that_dies_resumes_from_its_last_epoch(
+    city: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state is saved after every epoch, so a run that fails (here: in epoch 2's
+    validation) goes on from epoch 1 with ``resume`` to the model of an uninterrupted run."""
+    from terraseg.models import records
+
+    image, labels = city
+    train_semantic(image, labels, tmp_path / "whole", **RUN)
+    real, calls = records.iou_metrics, []
+
+    def dies_in_epoch_2(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("worker lost")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(records, "iou_metrics", dies_in_epoch_2)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        train_semantic(image, labels, tmp_path / "died", **RUN)
+    monkeypatch.setattr(records, "iou_metrics", real)
+    assert (tmp_path / f"died{RESUME_SUFFIX}").is_file()
+    assert not (tmp_path / "died.safetensors").exists()
+    train_semantic(image, labels, tmp_path / "died", resume=True, **RUN)
+    a = load_file(tmp_path / "whole.safetensors")
+    b = load_file(tmp_path / "died.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _rows(tmp_path / "died.metrics.csv") == _rows(tmp_path / "whole.metrics.csv")
+
+
 def test_resume_refuses_other_settings_a_missing_or_bad_state(
     city: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -85,7 +115,7 @@ def test_resume_refuses_other_settings_a_missing_or_bad_state(
     other.write_bytes(image.read_bytes())
     with pytest.raises(ResumeMismatchError, match=r"\(the training or validation files\)"):
         train_semantic(other, labels, out, resume=True, **RUN)
-    with pytest.raises(OutputExistsError, match="holds a paused training run; pass --resume"):
+    with pytest.raises(OutputExistsError, match="holds an unfinished training run; pass --resume"):
         train_semantic(image, labels, out, **RUN)
     assert state.read_bytes() == paused  # refusals leave the state as it was
     state.write_bytes(b"not a checkpoint")
@@ -163,7 +193,7 @@ train:
     with pytest.raises(SystemExit) as info:  # again without --resume: refused, state kept
         main()
     assert info.value.code == 2 and state.is_file()
-    assert "holds a paused training run; pass --resume" in capsys.readouterr().err
+    assert "holds an unfinished training run; pass --resume" in capsys.readouterr().err
     wf.write_text(wf.read_text(encoding="utf-8").replace("  max_minutes: 0\n", ""),
                   encoding="utf-8")
     monkeypatch.setattr(sys, "argv", ["terraseg", "run", str(wf), "--resume"])

@@ -240,7 +240,7 @@ def train_command(
         typer.Option("--max-minutes", help="Pause after the first epoch that ends past this many minutes (state in OUT.resume.ckpt; exit status 75); continue with --resume."),
     ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue the paused run in OUT.resume.ckpt (same options).")
+        bool, typer.Option(help="Continue the paused or interrupted run in OUT.resume.ckpt (same options).")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,

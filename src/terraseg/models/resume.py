@@ -12,8 +12,8 @@ the same weights and ``metrics.csv`` as one that was not (tested; with
 ``num_workers=0``: worker processes draw their own augmentations, and resumed
 workers start their generators afresh, so with workers a resumed run is the
 same training but not the same bits).
-A run that is killed rather than paused keeps no state: plan long runs with
-``max_minutes``.
+The state is written after every epoch (not only at a pause), so a run that
+dies or is killed resumes from its last finished epoch, to the same result.
 
 The file is read with ``torch.load(weights_only=True)``: it holds tensors,
 numbers, strings and containers only, and can run no code. It also holds the
@@ -42,7 +42,7 @@ from terraseg.train_config import TrainConfig
 __all__ = ["RESUME_SUFFIX", "PauseState", "check_resume", "fingerprint", "pause_callback"]
 
 RESUME_SUFFIX = ".resume.ckpt"
-"""A paused run's state: ``<out>.resume.ckpt`` beside the outputs."""
+"""An unfinished run's state, after its last finished epoch: ``<out>.resume.ckpt``."""
 
 _NOT_IN_FINGERPRINT = ("resume", "max_minutes", "progress", "command", "num_workers")
 """Settings that do not change what is learnt (how the run is driven and recorded)."""
@@ -74,7 +74,7 @@ def check_resume(
     if not cfg.resume:
         if path.exists() and not overwrite:
             raise OutputExistsError(
-                f"'{path}' holds a paused training run; pass --resume (resume=True) to "
+                f"'{path}' holds an unfinished training run; pass --resume (resume=True) to "
                 "continue it, or --overwrite to start again",
                 path=path,
             )
@@ -192,22 +192,24 @@ def pause_callback(
                 dataset.rng = np.random.default_rng()
                 dataset.rng.bit_generator.state = json.loads(saved["numpy_rng"])
 
+        def on_save_checkpoint(self, trainer: Any, pl_module: Any, ckpt: dict[str, Any]) -> None:
+            # Saved once the epoch is trained and validated: record it as closed, and clear
+            # the within-epoch counters as the next epoch's start would, so that Lightning
+            # resumes at a new epoch (not inside this one).
+            loop = ckpt["loops"]["fit_loop"]
+            epochs = loop["epoch_progress"]
+            for part in ("total", "current"):
+                epochs[part]["completed"] = epochs[part]["processed"]
+            _clear_current({k: v for k, v in loop.items() if k != "epoch_progress"})
+
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
             if int(trainer.global_step) >= total_steps or trainer.should_stop:
                 return  # finished (or stopped early): the outputs are written instead
+            tmp = path.with_name(path.name + ".tmp")  # every epoch: a killed run resumes too
+            trainer.save_checkpoint(tmp)
+            os.replace(tmp, path)
             if state.minutes is not None and time.monotonic() - t0 >= state.minutes * 60:
                 state.paused = True
                 trainer.should_stop = True
-
-        def on_save_checkpoint(self, trainer: Any, pl_module: Any, ckpt: dict[str, Any]) -> None:
-            # The epoch is closed: clear the within-epoch counters, as the next epoch's start
-            # would, so that Lightning resumes at a new epoch (not at the end of this one).
-            _clear_current(ckpt["loops"]["fit_loop"])
-
-        def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-            if state.paused:  # the loop has closed the epoch: a clean place to resume
-                tmp = path.with_name(path.name + ".tmp")
-                trainer.save_checkpoint(tmp)
-                os.replace(tmp, path)
 
     return _Pause()
