@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from terraseg.errors import ConfigError, OutputExistsError, ResumeMismatchError, TrainingPaused
-from terraseg.models.resume import RESUME_SUFFIX
+from terraseg.models.resume import RESUME_SUFFIX, state_file
 from terraseg.models.train import train_semantic
 from terraseg.synthetic import make_city
 
@@ -25,6 +25,12 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     path = tmp_path_factory.mktemp("city") / "city.tif"
     make_city(path, size_px=256, seed=3)
     return path, path.with_name("city.truth.gpkg")
+
+
+def test_the_state_file_of_a_stem_and_of_its_weights_is_the_same() -> None:
+    for out in ("a/m", "a/m.safetensors"):
+        assert state_file(out) == Path(f"a/m{RESUME_SUFFIX}")
+    assert state_file("a/m.v2") == Path(f"a/m.v2{RESUME_SUFFIX}")  # a dotted stem is kept
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -156,7 +162,9 @@ def test_cli_train_pauses_with_status_75_and_resumes(
     assert not Path(f"{out}{RESUME_SUFFIX}").exists()
 
 
+@pytest.mark.parametrize("out", ["m", "m.safetensors"])
 def test_a_workflow_train_stage_pauses_and_terraseg_run_resume_finishes_it(
+    out: str,
     city: tuple[Path, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -175,7 +183,7 @@ outputs: {{dir: {tmp_path / "out"}}}
 train:
   image: {image}
   labels: {labels}
-  out: m
+  out: {out}
   max_steps: 4
   steps_per_epoch: 2
   batch_size: 2

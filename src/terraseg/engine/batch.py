@@ -376,7 +376,7 @@ def _train_stage(wf: Workflow, root: Path, *, overwrite: bool, resume: bool) -> 
     ``<out>/data``; otherwise ``image``/``labels`` name a GeoTIFF and its
     vector labels (layers ``buildings`` and ``roads``).
     """
-    from terraseg.models.resume import RESUME_SUFFIX
+    from terraseg.models.resume import state_file
     from terraseg.models.train import train_semantic
 
     cfg = wf.train
@@ -402,7 +402,7 @@ def _train_stage(wf: Workflow, root: Path, *, overwrite: bool, resume: bool) -> 
     if cfg.label_extent is not None:  # relative to the workflow file, like image and labels
         extents = [cfg.label_extent] if isinstance(cfg.label_extent, str) else cfg.label_extent
         kw["label_extent"] = [wf.resolve(e) for e in extents]
-    if resume and Path(f"{out}{RESUME_SUFFIX}").exists():  # `terraseg run --resume`
+    if resume and state_file(out).exists():  # `terraseg run --resume`
         kw["resume"] = True  # continues a train stage paused at max_minutes
     card = train_semantic(images, labels, out, cfg, name=cfg.name or out.name, **kw)
     weights = out.with_suffix(".safetensors") if out.suffix != ".safetensors" else out

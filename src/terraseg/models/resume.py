@@ -39,10 +39,18 @@ from terraseg.errors import ConfigError, ResumeMismatchError, TrainingPaused
 from terraseg.models.records import EpochRecord
 from terraseg.train_config import TrainConfig
 
-__all__ = ["RESUME_SUFFIX", "PauseState", "check_resume", "fingerprint", "pause_callback"]
+__all__ = ["RESUME_SUFFIX", "PauseState", "check_resume", "fingerprint", "pause_callback",
+           "state_file"]
 
 RESUME_SUFFIX = ".resume.ckpt"
 """An unfinished run's state, after its last finished epoch: ``<out>.resume.ckpt``."""
+
+
+def state_file(out: str | os.PathLike[str]) -> Path:
+    """Where the run writing ``out`` (a stem, or its ``.safetensors``) keeps its state."""
+    p = Path(out)
+    stem = p.stem if p.suffix == ".safetensors" else p.name
+    return p.with_name(stem + RESUME_SUFFIX)
 
 _NOT_IN_FINGERPRINT = ("resume", "max_minutes", "progress", "command", "num_workers")
 """Settings that do not change what is learnt (how the run is driven and recorded)."""
@@ -57,8 +65,8 @@ def fingerprint(cfg: TrainConfig, *paths: Sequence[str | os.PathLike[str]] | Non
 
 def check_resume(
     path: Path, cfg: TrainConfig, run_print: str, *, overwrite: bool
-) -> dict[str, Any]:
-    """The paused state to continue from (``cfg.resume``), or ``{}`` to start afresh.
+) -> bool:
+    """Whether the run continues a paused state (``cfg.resume``, checked) or starts afresh.
 
     Raises
     ------
@@ -79,7 +87,7 @@ def check_resume(
                 path=path,
             )
         path.unlink(missing_ok=True)
-        return {}
+        return False
     if not path.exists():
         raise ConfigError(
             f"nothing to resume: '{path}' does not exist; run without --resume to start "
@@ -88,8 +96,7 @@ def check_resume(
         )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt["callbacks"][PauseState.__qualname__]
-        stored = json.loads(state["fingerprint"])
+        stored = json.loads(ckpt["callbacks"][PauseState.__qualname__]["fingerprint"])
     except Exception as exc:  # noqa: BLE001 - any unreadable file: one line
         raise ConfigError(
             f"cannot resume from '{path}': not a readable training state "
@@ -107,7 +114,7 @@ def check_resume(
             f"({', '.join(differ)}); give the same settings, or --overwrite to start again",
             path=path,
         )
-    return dict(state)
+    return True
 
 
 class PauseState:

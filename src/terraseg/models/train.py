@@ -58,11 +58,11 @@ from terraseg.models.loading import save_model
 from terraseg.models.networks import build_network, smp_architecture
 from terraseg.models.records import TrainingRecord, metric_names, training_record
 from terraseg.models.resume import (
-    RESUME_SUFFIX,
     PauseState,
     check_resume,
     fingerprint,
     pause_callback,
+    state_file,
 )
 from terraseg.models.spec import (
     BOUNDARY_CLASSES,
@@ -190,14 +190,14 @@ def train_semantic(
     cfg = (config if config is not None else TrainConfig()).with_overrides(overrides)
     if cfg.task == "detection":
         return _detection(image, labels, weights_path, cfg, overwrite=overwrite)
-    setup = _setup(cfg, stem=weights_path.name[: -len(".safetensors")])
-    state_path = weights_path.with_name(weights_path.name[: -len(".safetensors")] + RESUME_SUFFIX)
+    setup = _setup(cfg, stem=weights_path.stem)
+    state_path = state_file(weights_path)
     run = PauseState(
         fingerprint(cfg, *(as_paths(p) if p is not None else None
                            for p in (image, labels, val_image, val_labels))),
         minutes=cfg.max_minutes,
     )
-    resumed = bool(check_resume(state_path, cfg, run.fingerprint, overwrite=overwrite))
+    resumed = check_resume(state_path, cfg, run.fingerprint, overwrite=overwrite)
     partial_csv = csv_path.with_name(csv_path.name + ".part")
     partial_csv.parent.mkdir(parents=True, exist_ok=True)  # a new output folder
     with tempfile.TemporaryDirectory(prefix="terraseg-train-") as tmp:

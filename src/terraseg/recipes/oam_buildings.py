@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from terraseg.config import TrainConfig
-from terraseg.models.resume import RESUME_SUFFIX
+from terraseg.models.resume import state_file
 from terraseg.models.spec import BOUNDARY_CLASSES
 from terraseg.recipes.demo_semantic import BUNDLED
 
@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs = {"max_minutes": args.max_minutes}
         if stage1 is None:
             stage1 = args.workdir / f"{NAME}-stage1"
-            paused = stage1.with_name(stage1.name + RESUME_SUFFIX).exists()
+            paused = state_file(stage1).exists()
             if not (args.resume and stage1.with_suffix(".safetensors").exists() and not paused):
                 train(root, args.workdir, stage1, stage1_places, STAGE1_SETTINGS.model_copy(
                     update={"max_steps": args.stage1_steps, "precision": args.precision,
@@ -390,8 +390,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                "precision": args.precision,
                                                "class_weights": [1.0, 1.0, 1.0,
                                                                  args.edge_weight],
-                                               "resume": args.resume and stem.with_name(
-                                                   stem.name + RESUME_SUFFIX).exists(),
+                                               "resume": args.resume
+                                               and state_file(stem).exists(),
                                                **runs})
         train(root, args.workdir, stem, train_places, settings,
               f"{module} --stage1-steps {args.stage1_steps} --max-steps {args.max_steps}"
