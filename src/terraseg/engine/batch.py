@@ -405,7 +405,8 @@ def _train_stage(wf: Workflow, root: Path, *, overwrite: bool, resume: bool) -> 
     if resume and state_file(out).exists():  # `terraseg run --resume`
         kw["resume"] = True  # continues a train stage paused at max_minutes
     card = train_semantic(images, labels, out, cfg, name=cfg.name or out.name, **kw)
-    weights = out.with_suffix(".safetensors") if out.suffix != ".safetensors" else out
+    assert card.weights is not None  # train_semantic names the file it wrote
+    weights = out.parent / card.weights
     return SceneSummary(scene=str(cfg.image), out_dir=str(out.parent),
                         outputs={"weights": str(weights)}, stats=dict(card.metrics))
 
