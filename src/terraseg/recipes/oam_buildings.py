@@ -122,20 +122,38 @@ HOLD_OUT = ("zanzibar_oam_buildings", "catanduanes_oam_buildings",
 """Places whose both blocks can be validation (``--hold-out``): a place the model never saw."""
 
 
-def split(hold_out: str | None = None) -> tuple[tuple[Place, ...], ...]:
-    """Stage 1's and stage 2's training places and the validation places.
+def _z21(place: Place, factor: int) -> Place:
+    """The zoom-21 (7.46 cm) file of a zoom-19 block, the same ground, read ``factor``:1."""
+    return Place(place.folder, place.image.replace("_z19_", "_z21_"), place.labels,
+                 factor=factor)
+
+
+RENDERINGS = tuple(_z21(p, 4) for p in TRAIN if "_z19_block" in p.image)
+"""``--renderings``: the zoom-21 files of stage 2's zoom-19 training blocks, averaged 4:1
+to 0.30 m as ``terraseg predict`` reads a finer scene (Kampala's case): the same ground and
+labels as the tile server's zoom 19, which is sharper and less compressed."""
+
+
+def split(hold_out: str | None = None,
+          renderings: bool = False) -> tuple[tuple[Place, ...], ...]:
+    """Stage 1's and stage 2's training places, the validation places, and the unseen ones.
 
     ``hold_out`` (a folder of :data:`HOLD_OUT`): that place's training block leaves both
     stages and joins the validation, so validation also measures an unseen place, as the
-    test images are.
+    test images are; its zoom-21 files, read at the model's GSD by the engine as Kampala is,
+    are the fourth group (measured, never used to choose). ``renderings`` adds
+    :data:`RENDERINGS` (but the held-out place's) to stage 2.
     """
+    extra = RENDERINGS if renderings else ()
     if hold_out is None:
-        return STAGE1, TRAIN, VAL
+        return STAGE1, (*TRAIN, *extra), VAL, ()
     if hold_out not in HOLD_OUT:
         raise SystemExit(f"--hold-out must be one of {', '.join(HOLD_OUT)}, got {hold_out!r}")
     out = tuple(p for p in TRAIN if p.folder == hold_out)
+    val = (*out, *VAL)
     return (tuple(p for p in STAGE1 if p.folder != hold_out),
-            tuple(p for p in TRAIN if p.folder != hold_out), (*out, *VAL))
+            tuple(p for p in (*TRAIN, *extra) if p.folder != hold_out), val,
+            tuple(_z21(p, 1) for p in val if p.folder == hold_out))
 
 
 #: Loss weight of the building-edge class (background, building and road weigh 1).
@@ -259,7 +277,7 @@ def _note(place: Place) -> str:
         return (f"terraseg.synthetic.make_city(size_px={SYNTHETIC_PX}, seed={place.seed}, "
                 f"gsd_m={GSD_M}, crs={SYNTHETIC_CRS}) (training)")
     return (f"{place.folder}/{place.image} "
-            f"(training{', decimated x2' if place.factor > 1 else ''})")
+            f"(training{f', decimated x{place.factor}' if place.factor > 1 else ''})")
 
 
 def train(root: Path, workdir: Path, stem: Path, places: Sequence[Place],
@@ -282,19 +300,21 @@ def train(root: Path, workdir: Path, stem: Path, places: Sequence[Place],
     )
 
 
-def evaluate(stem: Path, root: Path, workdir: Path,
-             val: Sequence[Place] = VAL) -> dict[str, float]:
-    """Predict each ``val`` and :data:`TEST` image with the engine; score its buildings.
+def evaluate(stem: Path, root: Path, workdir: Path, val: Sequence[Place] = VAL,
+             unseen: Sequence[Place] = ()) -> dict[str, float]:
+    """Predict each ``val``, :data:`TEST` and ``unseen`` image with the engine; score its
+    buildings.
 
     Building F1, precision, recall and mean IoU at IoU >= 0.5 (SpaceNet rule) and the
-    count ratio, as ``val_<image>_*`` and ``test_<image>_*``.
+    count ratio, as ``val_<image>_*``, ``test_<image>_*`` and ``unseen_<image>_*``.
     """
     from terraseg.api import predict_to_dir
     from terraseg.engine.postprocess import vectorize_scene
     from terraseg.evaluate.scores import evaluate as score
 
     metrics: dict[str, float] = {}
-    for role, place in [*(("val", p) for p in val), *(("test", p) for p in TEST)]:
+    for role, place in [*(("val", p) for p in val), *(("test", p) for p in TEST),
+                        *(("unseen", p) for p in unseen)]:
         image = prepared_image(place, root, workdir)
         out = workdir / f"test-{place.name}"
         t0 = time.perf_counter()
@@ -344,6 +364,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hold-out", default=None, choices=HOLD_OUT,
                         help="Leave this place out of training (both stages); both its blocks "
                         "are validation: a validation place the model never saw.")
+    parser.add_argument("--renderings", action="store_true",
+                        help="Stage 2 also trains on the zoom-21 files of its zoom-19 blocks, "
+                        "averaged to 0.3 m as predict reads a finer scene.")
     parser.add_argument("--stage1", type=Path, default=None,
                         help="Use this model as stage 1's result instead of training it.")
     parser.add_argument("--stage1-only", action="store_true",
@@ -359,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="Only re-choose the building filters and watershed, and "
                         "re-measure val_/test_*.")
     args = parser.parse_args(argv)
-    stage1_places, train_places, val = split(args.hold_out)
+    stage1_places, train_places, val, unseen = split(args.hold_out, args.renderings)
     root = data_root()
     args.workdir.mkdir(parents=True, exist_ok=True)
     stem = args.out / NAME
@@ -400,13 +423,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                  if args.edge_weight != EDGE_WEIGHT else "")
               + (f" --edge-px {args.edge_px}" if args.edge_px != SETTINGS.edge_px else "")
               + (f" --augment {args.augment}" if args.augment != SETTINGS.augment else "")
+              + (" --renderings" if args.renderings else "")
               + options + f" (stage 2, from {stage1.name})", val)
     from terraseg.recipes.evaluation import SPLIT_GRID, record_building_filters
 
     record_building_filters(stem, [prepared_image(p, root, args.workdir) for p in val],
                             [clipped_truth(p, root, args.workdir) for p in val], args.workdir,
                             splits=SPLIT_GRID)
-    metrics = evaluate(stem, root, args.workdir, val)
+    metrics = evaluate(stem, root, args.workdir, val, unseen)
     from terraseg.models.card import load_card, save_card
 
     card_path = stem.with_name(f"{stem.name}.card.yaml")
