@@ -26,7 +26,12 @@ never saw, neither in training nor in validation:
   Catanduanes and Banepa outskirts, pooled: one image of a hundred-odd
   buildings picked both poorly;
 * **test**: Kampala block A at its native 7.46 cm (``terraseg predict``
-  resamples it to the model's 0.3 m) and Nairobi block 1 at 0.30 m.
+  resamples it to the model's 0.3 m) and Nairobi block 1 at 0.30 m;
+* **measured, choosing nothing**: the zoom-21 (7.46 cm) file of each validation
+  block, read at 0.3 m by the engine as Kampala is (``z21_*`` in the card).
+
+``--renderings`` adds to stage 2 the zoom-21 files of its zoom-19 blocks, averaged
+4:1 as the engine reads them; ``--hold-out PLACE`` validates on a place no stage saw.
 
 Training starts from the bundled synthetic ``demo-instance`` (``init_from``).
 After training, the card's ``building_min_score`` and ``building_min_area_m2``,
@@ -136,24 +141,23 @@ labels as the tile server's zoom 19, which is sharper and less compressed."""
 
 def split(hold_out: str | None = None,
           renderings: bool = False) -> tuple[tuple[Place, ...], ...]:
-    """Stage 1's and stage 2's training places, the validation places, and the unseen ones.
+    """Stage 1's and stage 2's training places, the validation places, and their zoom-21 files.
 
     ``hold_out`` (a folder of :data:`HOLD_OUT`): that place's training block leaves both
     stages and joins the validation, so validation also measures an unseen place, as the
-    test images are; its zoom-21 files, read at the model's GSD by the engine as Kampala is,
-    are the fourth group (measured, never used to choose). ``renderings`` adds
-    :data:`RENDERINGS` (but the held-out place's) to stage 2.
+    test images are. The fourth group is the zoom-21 file of each validation block, read at
+    the model's GSD by the engine as Kampala is: measured (``z21_*``), never used to choose.
+    ``renderings`` adds :data:`RENDERINGS` (but the held-out place's) to stage 2.
     """
     extra = RENDERINGS if renderings else ()
     if hold_out is None:
-        return STAGE1, (*TRAIN, *extra), VAL, ()
+        return STAGE1, (*TRAIN, *extra), VAL, tuple(_z21(p, 1) for p in VAL)
     if hold_out not in HOLD_OUT:
         raise SystemExit(f"--hold-out must be one of {', '.join(HOLD_OUT)}, got {hold_out!r}")
-    out = tuple(p for p in TRAIN if p.folder == hold_out)
-    val = (*out, *VAL)
+    val = (*(p for p in TRAIN if p.folder == hold_out), *VAL)
     return (tuple(p for p in STAGE1 if p.folder != hold_out),
             tuple(p for p in (*TRAIN, *extra) if p.folder != hold_out), val,
-            tuple(_z21(p, 1) for p in val if p.folder == hold_out))
+            tuple(_z21(p, 1) for p in val))
 
 
 #: Loss weight of the building-edge class (background, building and road weigh 1).
@@ -301,12 +305,12 @@ def train(root: Path, workdir: Path, stem: Path, places: Sequence[Place],
 
 
 def evaluate(stem: Path, root: Path, workdir: Path, val: Sequence[Place] = VAL,
-             unseen: Sequence[Place] = ()) -> dict[str, float]:
-    """Predict each ``val``, :data:`TEST` and ``unseen`` image with the engine; score its
+             z21: Sequence[Place] = ()) -> dict[str, float]:
+    """Predict each ``val``, :data:`TEST` and ``z21`` image with the engine; score its
     buildings.
 
     Building F1, precision, recall and mean IoU at IoU >= 0.5 (SpaceNet rule) and the
-    count ratio, as ``val_<image>_*``, ``test_<image>_*`` and ``unseen_<image>_*``.
+    count ratio, as ``val_<image>_*``, ``test_<image>_*`` and ``z21_<image>_*``.
     """
     from terraseg.api import predict_to_dir
     from terraseg.engine.postprocess import vectorize_scene
@@ -314,7 +318,7 @@ def evaluate(stem: Path, root: Path, workdir: Path, val: Sequence[Place] = VAL,
 
     metrics: dict[str, float] = {}
     for role, place in [*(("val", p) for p in val), *(("test", p) for p in TEST),
-                        *(("unseen", p) for p in unseen)]:
+                        *(("z21", p) for p in z21)]:
         image = prepared_image(place, root, workdir)
         out = workdir / f"test-{place.name}"
         t0 = time.perf_counter()
@@ -382,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="Only re-choose the building filters and watershed, and "
                         "re-measure val_/test_*.")
     args = parser.parse_args(argv)
-    stage1_places, train_places, val, unseen = split(args.hold_out, args.renderings)
+    stage1_places, train_places, val, z21 = split(args.hold_out, args.renderings)
     root = data_root()
     args.workdir.mkdir(parents=True, exist_ok=True)
     stem = args.out / NAME
@@ -430,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     record_building_filters(stem, [prepared_image(p, root, args.workdir) for p in val],
                             [clipped_truth(p, root, args.workdir) for p in val], args.workdir,
                             splits=SPLIT_GRID)
-    metrics = evaluate(stem, root, args.workdir, val, unseen)
+    metrics = evaluate(stem, root, args.workdir, val, z21)
     from terraseg.models.card import load_card, save_card
 
     card_path = stem.with_name(f"{stem.name}.card.yaml")
