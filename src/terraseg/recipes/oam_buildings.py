@@ -384,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "finished stage 1 in WORKDIR is used as it is.")
     parser.add_argument("--eval-only", action="store_true",
                         help="Only re-choose the building filters and watershed, and "
-                        "re-measure val_/test_*.")
+                        "re-measure val_/test_/z21_*.")
     args = parser.parse_args(argv)
     stage1_places, train_places, val, z21 = split(args.hold_out, args.renderings)
     root = data_root()
