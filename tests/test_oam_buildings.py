@@ -170,7 +170,7 @@ def test_stage2_options_reach_the_settings_and_the_cards_command(
     assert isinstance(settings, recipe.TrainConfig) and seen["places"] == recipe.TRAIN
     assert (settings.lr, settings.class_weights) == (recipe.SETTINGS.lr,
                                                      recipe.SETTINGS.class_weights)
-    assert (settings.augment, settings.precision, settings.edge_px) == ("full", "bf16-mixed", 5)
+    assert (settings.augment, settings.precision, settings.edge_px) == ("muted", "bf16-mixed", 5)
     assert seen["command"] == ("python -m terraseg.recipes.oam_buildings --stage1-steps 200 "
                                "--max-steps 2000 (stage 2, from s1.safetensors)")
 

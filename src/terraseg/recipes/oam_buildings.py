@@ -187,11 +187,12 @@ STAGE1_SETTINGS = TrainConfig(
     # bfloat16 (AVX512-BF16/AMX), emulated (slower) on one without; --precision 32 there
     precision="bf16-mixed",
 )
-#: Stage 2: from stage 1, all training images, full augmentation for real imagery, a
+#: Stage 2: from stage 1, all training images, ``muted`` augmentation (``full`` for real
+#: imagery, and a quarter of patches pulled towards grey; it won on a held-out place), a
 #: contact band of 5 px (1.5 m) each side, 2000 steps, the best epoch by the pooled
 #: validation building IoU (see benchmarks/RESULTS.md for what each choice bought).
 SETTINGS = STAGE1_SETTINGS.model_copy(
-    update={"augment": "full", "monitor": "val_iou_building", "seed": 1, "max_steps": 2000,
+    update={"augment": "muted", "monitor": "val_iou_building", "seed": 1, "max_steps": 2000,
             "edge_px": 5}
 )
 
